@@ -1,0 +1,285 @@
+"""``http://`` and ``https://``: one file per URL, ranged when the server allows.
+
+* The file is named by the URL's last path segment (as KServe does); any
+  Content-Type is accepted (an archive is recognised by its name).
+* A probe ``GET`` with ``Range: bytes=0-0`` learns the size, whether ranges
+  work, and the validator (``ETag`` or ``Last-Modified``). It is a GET, not a
+  HEAD, because presigned URLs are signed for GET only.
+* Ranged reads carry ``If-Match`` (strong ETags) and every response's
+  validator is compared with the probe's, so a file replaced mid-download is
+  detected instead of spliced.
+* Headers come from the ``<hostname>-headers`` variable (JSON object), as in
+  KServe. Proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundles
+  (``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``CURL_CA_BUNDLE``) are read
+  from the provider's environment.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+from storage_initializer.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    TransientError,
+    UsageError,
+)
+from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.redact import redact, register_secret
+
+log = logging.getLogger("storage_initializer.http")
+
+_HEADERS_SUFFIX = "-headers"
+
+
+def error_for_status(status: int, url: str, reason: str = "") -> StorageInitializerError:
+    """The error a failed HTTP status stands for (shared with providers built on HTTP)."""
+    shown = redact(url)
+    if status == 404 or status == 410:
+        return NotFoundError(f"{shown} not found (HTTP {status})", hint="check the URL")
+    if status in (401, 403):
+        return AccessDeniedError(
+            f"{shown} refused access (HTTP {status} {reason})".rstrip(),
+            hint="check the credentials or the <hostname>-headers variable",
+        )
+    if status == 412:
+        return ObjectChangedError(f"{shown} changed during the download (HTTP 412)")
+    if status == 429 or status >= 500 or status == 408:
+        return TransientError(f"{shown} answered HTTP {status} {reason}".rstrip())
+    return StorageInitializerError(f"{shown} answered HTTP {status} {reason}".rstrip())
+
+
+def _parse_total(content_range: str | None) -> int | None:
+    # "bytes 0-0/12345" -> 12345 ("*" when unknown)
+    if not content_range or "/" not in content_range:
+        return None
+    total = content_range.rsplit("/", 1)[1].strip()
+    return int(total) if total.isdigit() else None
+
+
+class _BodyStream:
+    """A response body read with ``readinto`` straight from the socket.
+
+    ``urllib3``'s own ``readinto`` copies through an intermediate ``bytes``;
+    reading from the underlying ``http.client`` response avoids that copy.
+    The connection returns to the pool only when the body was read to its
+    end; otherwise it is closed (its remaining bytes are unknown).
+    """
+
+    def __init__(self, response: Any) -> None:
+        self._response = response
+        raw = response.raw
+        fp = getattr(raw, "_fp", None)
+        plain = not raw.headers.get("Content-Encoding") or raw.headers.get("Content-Encoding") == "identity"
+        self._fast = fp if plain and hasattr(fp, "readinto") else None
+        self._raw = raw
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._fast is not None:
+            return int(self._fast.readinto(buffer))
+        return int(self._raw.readinto(buffer))
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self._raw.read(n))
+
+    def __enter__(self) -> _BodyStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fp = self._fast
+        finished = fp is not None and (getattr(fp, "fp", None) is None or getattr(fp, "length", 1) == 0)
+        if finished:
+            self._raw.release_conn()
+        else:
+            self._response.close()
+
+
+class HttpProvider(Provider):
+    """Plain HTTP(S) downloads of one file per URL."""
+
+    uri_formats = (UriFormat(prefix="http://"), UriFormat(prefix="https://"))
+    fallback = True
+    requires = ("requests",)
+    description = "one file per URL; parallel byte ranges when the server supports them"
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._local = threading.local()
+        self._verify: bool | str = self._ca_bundle()
+
+    # -- configuration ---------------------------------------------------------
+    def _ca_bundle(self) -> bool | str:
+        setting = self.env.get("STORAGE_INITIALIZER_HTTP_VERIFY_SSL", "true").strip().lower()
+        if setting in ("0", "false", "no", "off"):
+            log.warning("TLS certificate verification is disabled for http(s) downloads")
+            return False
+        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+            if self.env.get(name):
+                return self.env[name]
+        return True
+
+    def headers_for(self, url: str) -> dict[str, str]:
+        """Extra request headers from the ``<hostname>-headers`` variable."""
+        host = urlsplit(url).hostname or ""
+        raw = self.env.get(host + _HEADERS_SUFFIX)
+        if not raw:
+            return {}
+        try:
+            headers = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{host}{_HEADERS_SUFFIX} is not valid JSON", hint='use {"Name": "value"}') from None
+        if not isinstance(headers, dict):
+            raise ConfigError(f"{host}{_HEADERS_SUFFIX} must be a JSON object of header names to values")
+        for value in headers.values():
+            register_secret(str(value))
+        return {str(k): str(v) for k, v in headers.items()}
+
+    def _proxies(self) -> dict[str, str]:
+        proxies = {}
+        for scheme in ("http", "https", "all"):
+            value = self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY")
+            if value:
+                proxies[scheme] = value
+                register_secret(urlsplit(value).password)
+        return proxies
+
+    def session(self) -> Any:
+        """One ``requests.Session`` per thread, with a pool for the worker count."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import requests
+            from requests.adapters import HTTPAdapter
+
+            session = requests.Session()
+            session.trust_env = False  # configuration comes from self.env, not os.environ
+            session.verify = self._verify
+            session.proxies = self._proxies()
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    def _no_proxy(self, url: str) -> bool:
+        from requests.utils import should_bypass_proxies
+
+        no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
+        return bool(no_proxy) and bool(should_bypass_proxies(url, no_proxy=no_proxy))
+
+    def get(self, url: str, headers: Mapping[str, str]) -> Any:
+        """A streamed GET with the provider's timeouts, headers and proxies."""
+        import requests
+
+        all_headers = {"Accept-Encoding": "identity", **self.headers_for(url), **headers}
+        kwargs: dict[str, Any] = {}
+        if self._no_proxy(url):
+            kwargs["proxies"] = {"http": "", "https": "", "all": ""}
+        try:
+            return self.session().get(
+                url,
+                headers=all_headers,
+                stream=True,
+                timeout=(self.context.connect_timeout, self.context.stall_timeout),
+                **kwargs,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise StorageInitializerError(
+                f"TLS verification failed for {redact(url)}: {exc}",
+                hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate",
+            ) from None
+        except requests.exceptions.InvalidURL as exc:
+            raise UsageError(f"invalid URL {redact(url)}: {exc}") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise TransientError(f"cannot reach {redact(url)}: {type(exc).__name__}") from None
+
+    # -- the provider contract -------------------------------------------------
+    def validate(self, uri: str) -> None:
+        parts = urlsplit(uri)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(f"{redact(uri)} is not an http(s) URL", hint="expected http(s)://HOST[:PORT]/PATH/FILE")
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise UsageError(
+                f"{redact(uri)} has an invalid port", hint="expected http(s)://HOST[:PORT]/PATH/FILE"
+            ) from None
+        if not self.file_name(uri):
+            raise UsageError(f"no file name in {redact(uri)}", hint="the URL path must end with the file's name")
+
+    @staticmethod
+    def file_name(uri: str) -> str:
+        return unquote(urlsplit(uri).path.rsplit("/", 1)[-1])
+
+    def list(self, uri: str) -> Iterator[RemoteObject]:
+        response = self.get(uri, {"Range": "bytes=0-0"})
+        with response:
+            if response.status_code not in (200, 206):
+                raise error_for_status(response.status_code, uri, response.reason or "")
+            headers = response.headers
+            etag = headers.get("ETag")
+            version = etag or headers.get("Last-Modified")
+            if response.status_code == 206:
+                size = _parse_total(headers.get("Content-Range"))
+                ranges = size is not None
+            else:
+                length = headers.get("Content-Length")
+                size = int(length) if length and length.isdigit() else None
+                ranges = False
+        if not ranges:
+            log.info("%s does not serve byte ranges: one stream, restarted on failure", redact(uri))
+        yield RemoteObject(
+            key=self.file_name(uri),
+            size=size,
+            version=version,
+            supports_ranges=ranges,
+            extra={"etag": etag, "last_modified": headers.get("Last-Modified")},
+        )
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        headers: dict[str, str] = {}
+        ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
+        if ranged:
+            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        etag = obj.extra.get("etag") if isinstance(obj.extra, dict) else None
+        if etag and not etag.startswith("W/"):
+            headers["If-Match"] = etag
+        response = self.get(uri, headers)
+        try:
+            self._check(uri, obj, response, start, ranged)
+        except BaseException:
+            response.close()
+            raise
+        return _BodyStream(response)  # type: ignore[return-value]
+
+    def _check(self, uri: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
+        status = response.status_code
+        if status == 416:
+            raise ObjectChangedError(f"{redact(uri)} is shorter than when listed (HTTP 416)")
+        if status not in (200, 206):
+            raise error_for_status(status, uri, response.reason or "")
+        if ranged and status != 206:
+            raise StorageInitializerError(f"{redact(uri)} ignored a Range request it had accepted before")
+        if ranged:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {start}-"):
+                raise TransientError(f"{redact(uri)} answered range {content_range!r} for a request at {start}")
+        extra = obj.extra if isinstance(obj.extra, dict) else {}
+        for header, listed in (("ETag", extra.get("etag")), ("Last-Modified", extra.get("last_modified"))):
+            if listed and response.headers.get(header) and response.headers[header] != listed:
+                now = response.headers[header]
+                raise ObjectChangedError(
+                    f"{redact(uri)} changed during the download ({header} was {listed}, now {now})",
+                    hint="run again to download the new version",
+                )

@@ -1,0 +1,189 @@
+"""Safe extraction of a downloaded archive (the KServe rule).
+
+When a URI yields exactly one ``.zip``/``.tar``/``.tar.gz``/``.tgz``/
+``.tar.bz2``/``.tar.xz`` file, it is extracted into DEST and removed.
+Extraction goes to a staging directory inside DEST's state directory and the
+results are renamed into place only when the whole archive was read, so a
+hostile or broken archive leaves nothing behind. Refused, with a clear error:
+members that escape (``..``, absolute paths, links pointing outside), device
+files and FIFOs, zip symlinks, and archives that expand beyond
+``max_ratio`` times their size (bombs). Hard links and symlinks that stay
+inside the archive are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from typing import IO
+
+from storage_initializer.engine.dest import DestDir, describe_os_error
+from storage_initializer.engine.paths import STATE_DIR_NAME, safe_relpath
+from storage_initializer.errors import ArchiveError, UnsafePathError
+
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
+MAX_MEMBERS = 1_000_000
+_CHUNK = 1024 * 1024
+
+
+def is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _member_path(name: str) -> str | None:
+    """Normalise an archive member name; None for the archive root itself."""
+    while name.startswith("./"):
+        name = name[2:]
+    name = name.rstrip("/")
+    if name in ("", "."):
+        return None
+    try:
+        return safe_relpath(name)
+    except UnsafePathError as exc:
+        raise ArchiveError(f"archive member refused: {exc.message}") from None
+
+
+class _Budget:
+    """Counts extracted bytes against the bomb cap."""
+
+    def __init__(self, archive_size: int, max_ratio: float) -> None:
+        self.limit = int(max(archive_size, 1) * max_ratio) + _CHUNK
+        self.used = 0
+        self.max_ratio = max_ratio
+
+    def spend(self, n: int) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise ArchiveError(
+                f"archive expands beyond {self.max_ratio:g}x its size ({self.limit} bytes); refusing a possible bomb",
+                hint="raise STORAGE_INITIALIZER_MAX_EXTRACT_RATIO if this archive is legitimate",
+            )
+
+
+def _copy(source: IO[bytes], target: str, budget: _Budget, mode: int) -> None:
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+    except FileExistsError:
+        raise ArchiveError(f"archive holds {os.path.basename(target)!r} twice") from None
+    with os.fdopen(fd, "wb") as out:
+        while chunk := source.read(_CHUNK):
+            budget.spend(len(chunk))
+            try:
+                out.write(chunk)
+            except OSError as exc:
+                raise describe_os_error(exc, target) from None
+
+
+def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
+    try:
+        archive = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the with below
+    except (tarfile.TarError, OSError) as exc:
+        raise ArchiveError(f"cannot open {os.path.basename(path)} as a tar archive: {exc}") from None
+    with archive:
+        count = 0
+        try:
+            for member in archive:
+                count += 1
+                if count > MAX_MEMBERS:
+                    raise ArchiveError(f"archive has more than {MAX_MEMBERS} members")
+                relpath = _member_path(member.name)
+                if relpath is None:
+                    continue
+                try:
+                    checked = tarfile.data_filter(member, staging.root)
+                except tarfile.FilterError as exc:
+                    raise ArchiveError(f"archive member {member.name!r} refused: {exc}") from None
+                if member.isdir():
+                    staging.ensure_dir(relpath)
+                elif member.isreg():
+                    target = staging.ensure_parent(relpath)
+                    source = archive.extractfile(member)
+                    assert source is not None
+                    _copy(source, target, budget, 0o755 if member.mode & 0o111 else 0o644)
+                elif member.issym() or member.islnk():
+                    staging.ensure_parent(relpath)
+                    archive.extract(checked.replace(name=relpath), staging.root, filter="fully_trusted")
+                else:
+                    raise ArchiveError(f"archive member {member.name!r} is a device or FIFO; refused")
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise describe_os_error(exc, staging.root) from None
+            raise ArchiveError(f"archive {os.path.basename(path)} is corrupt: {exc}") from None
+
+
+def _extract_zip(path: str, staging: DestDir, budget: _Budget) -> None:
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ArchiveError(f"cannot open {os.path.basename(path)} as a zip archive: {exc}") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ArchiveError(f"archive has more than {MAX_MEMBERS} members")
+        for info in infos:
+            relpath = _member_path(info.filename)
+            if relpath is None:
+                continue
+            unix_mode = info.external_attr >> 16
+            if stat.S_ISLNK(unix_mode):
+                raise ArchiveError(f"archive member {info.filename!r} is a symlink; refused in zip archives")
+            if info.is_dir():
+                staging.ensure_dir(relpath)
+                continue
+            target = staging.ensure_parent(relpath)
+            try:
+                with archive.open(info) as source:
+                    _copy(source, target, budget, 0o755 if unix_mode & 0o111 else 0o644)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as exc:
+                raise ArchiveError(f"archive {os.path.basename(path)} is corrupt: {exc}") from None
+            except RuntimeError as exc:  # encrypted members
+                raise ArchiveError(f"cannot extract {info.filename!r}: {exc}") from None
+
+
+def _walk(root: str) -> Iterator[tuple[str, bool]]:
+    """Yield (relative path, is_dir) of everything under ``root``, parents first."""
+    for directory, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(directory, root)
+        for name in sorted(dirnames):
+            yield (name if rel == "." else f"{rel}/{name}"), True
+        for name in sorted(filenames):
+            yield (name if rel == "." else f"{rel}/{name}"), False
+
+
+def extract(path: str, dest: DestDir, max_ratio: float) -> int:
+    """Extract the archive at ``path`` into ``dest``; return the number of files.
+
+    The archive file itself is removed on success and kept on failure.
+    """
+    state_dir = os.path.join(dest.root, STATE_DIR_NAME)
+    os.makedirs(state_dir, exist_ok=True)
+    staging_root = tempfile.mkdtemp(prefix="extract-", dir=state_dir)
+    staging = DestDir(staging_root)
+    budget = _Budget(os.path.getsize(path), max_ratio)
+    try:
+        if path.lower().endswith(".zip"):
+            _extract_zip(path, staging, budget)
+        else:
+            _extract_tar(path, staging, budget)
+        files = 0
+        for relpath, is_dir in _walk(staging_root):
+            if is_dir and not os.path.islink(staging.path_of(relpath)):
+                dest.ensure_dir(relpath)
+                continue
+            final = dest.ensure_parent(relpath)
+            dest.check_target(final)
+            os.replace(staging.path_of(relpath), final)
+            files += 1
+        if files == 0:
+            raise ArchiveError(f"archive {os.path.basename(path)} holds no files")
+        os.unlink(path)
+        return files
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging_root)

@@ -1,0 +1,207 @@
+"""Resume state kept in ``DEST/.storage-initializer/`` (out of the model's way).
+
+* ``manifest.jsonl``: one line per file published and verified, with the
+  object's size and version and the file's mtime. A rerun skips a file whose
+  line matches both the store's listing and the file on disk.
+* ``partial/<id>.json``: for a file downloaded in parts, which parts are
+  already in its temporary file. Written (atomically) after each part's bytes
+  are in the file, so after a crash every part it lists is really there.
+* ``running``: present while a run is in progress; a run that finds it
+  cleans up temporary files the crashed run left behind, once it succeeds.
+
+Only process death is covered by default (the page cache survives it). Set
+``STORAGE_INITIALIZER_FSYNC=true`` to also survive power loss on a volume
+that outlives the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from storage_initializer.engine.paths import STATE_DIR_NAME, TEMP_PREFIX, TEMP_SUFFIX
+from storage_initializer.provider import RemoteObject
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    size: int
+    version: str | None
+    checksums: Mapping[str, str]
+    mtime_ns: int
+    extracted: bool = False
+
+
+def _identity_matches(entry: ManifestEntry, obj: RemoteObject) -> bool:
+    """Is the recorded download of the same content the store lists now?"""
+    if obj.size is not None and obj.size != entry.size:
+        return False
+    if obj.version is not None:
+        return obj.version == entry.version
+    # No version: fall back to an announced checksum; without one we cannot know.
+    shared = set(obj.checksums) & set(entry.checksums)
+    return bool(shared) and all(obj.checksums[a].lower() == entry.checksums[a].lower() for a in shared)
+
+
+class DestState:
+    """Reads and writes the resume state of one DEST."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.dir = os.path.join(root, STATE_DIR_NAME)
+        self.partial_dir = os.path.join(self.dir, "partial")
+        self._manifest_path = os.path.join(self.dir, "manifest.jsonl")
+        self._running_path = os.path.join(self.dir, "running")
+        self._lock = threading.Lock()
+        self._entries: dict[str, ManifestEntry] = {}
+        self._manifest_fd: int | None = None
+        self.previous_run_interrupted = False
+
+    # -- lifecycle -----------------------------------------------------------
+    def open(self) -> None:
+        os.makedirs(self.partial_dir, exist_ok=True)
+        self.previous_run_interrupted = os.path.exists(self._running_path)
+        with open(self._running_path, "w") as marker:
+            marker.write(str(os.getpid()))
+        self._load_manifest()
+        self._manifest_fd = os.open(self._manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def close(self, success: bool) -> None:
+        if self._manifest_fd is not None:
+            os.close(self._manifest_fd)
+            self._manifest_fd = None
+        if success:
+            if self.previous_run_interrupted:
+                self.sweep_leftovers()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._running_path)
+
+    def _load_manifest(self) -> None:
+        try:
+            with open(self._manifest_path, encoding="utf-8") as handle:
+                lines = handle.readlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                raw: dict[str, Any] = json.loads(line)
+                self._entries[raw["path"]] = ManifestEntry(
+                    size=int(raw["size"]),
+                    version=raw.get("version"),
+                    checksums=dict(raw.get("checksums") or {}),
+                    mtime_ns=int(raw["mtime_ns"]),
+                    extracted=bool(raw.get("extracted", False)),
+                )
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line after a crash: ignore it
+        if len(lines) > 2 * len(self._entries) + 100:
+            self._compact()
+
+    def _compact(self) -> None:
+        temp = self._manifest_path + ".tmp"
+        with open(temp, "w", encoding="utf-8") as handle:
+            for path, entry in self._entries.items():
+                handle.write(self._line(path, entry))
+        os.replace(temp, self._manifest_path)
+
+    @staticmethod
+    def _line(path: str, entry: ManifestEntry) -> str:
+        record: dict[str, Any] = {
+            "path": path,
+            "size": entry.size,
+            "version": entry.version,
+            "checksums": dict(entry.checksums),
+            "mtime_ns": entry.mtime_ns,
+        }
+        if entry.extracted:
+            record["extracted"] = True
+        return json.dumps(record, separators=(",", ":")) + "\n"
+
+    # -- completed files -----------------------------------------------------
+    def is_complete(self, relpath: str, final_path: str, obj: RemoteObject) -> bool:
+        entry = self._entries.get(relpath)
+        if entry is None or entry.extracted or not _identity_matches(entry, obj):
+            return False
+        try:
+            st = os.lstat(final_path)
+        except OSError:
+            return False
+        return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+
+    def was_extracted(self, relpath: str, obj: RemoteObject) -> bool:
+        entry = self._entries.get(relpath)
+        return entry is not None and entry.extracted and _identity_matches(entry, obj)
+
+    def record_complete(self, relpath: str, final_path: str, obj: RemoteObject, *, extracted: bool = False) -> None:
+        if extracted:
+            size, mtime_ns = obj.size or 0, 0
+        else:
+            st = os.stat(final_path)
+            size, mtime_ns = st.st_size, st.st_mtime_ns
+        entry = ManifestEntry(size, obj.version, dict(obj.checksums), mtime_ns, extracted)
+        line = self._line(relpath, entry).encode("utf-8")
+        with self._lock:
+            self._entries[relpath] = entry
+            if self._manifest_fd is not None:
+                os.write(self._manifest_fd, line)
+
+    # -- partial files -------------------------------------------------------
+    def _partial_path(self, relpath: str) -> str:
+        digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+        return os.path.join(self.partial_dir, digest + ".json")
+
+    def load_parts(self, relpath: str, obj: RemoteObject, part_size: int) -> set[int]:
+        """Indices of parts already in the temporary file, if it is the same object."""
+        if obj.version is None and not obj.checksums:
+            return set()
+        try:
+            with open(self._partial_path(relpath), encoding="utf-8") as handle:
+                raw = json.load(handle)
+        except (OSError, ValueError):
+            return set()
+        same = (
+            raw.get("path") == relpath
+            and raw.get("size") == obj.size
+            and raw.get("version") == obj.version
+            and raw.get("checksums") == dict(obj.checksums)
+            and raw.get("part_size") == part_size
+        )
+        return {int(i) for i in raw.get("done", [])} if same else set()
+
+    def save_parts(self, relpath: str, obj: RemoteObject, part_size: int, done: set[int]) -> None:
+        path = self._partial_path(relpath)
+        temp = path + f".{threading.get_ident()}.tmp"
+        record = {
+            "path": relpath,
+            "size": obj.size,
+            "version": obj.version,
+            "checksums": dict(obj.checksums),
+            "part_size": part_size,
+            "done": sorted(done),
+        }
+        with open(temp, "w", encoding="utf-8") as handle:
+            json.dump(record, handle)
+        os.replace(temp, path)
+
+    def forget_parts(self, relpath: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._partial_path(relpath))
+
+    def sweep_leftovers(self) -> None:
+        """Remove temporary files and partial records a crashed run left behind."""
+        for name in os.listdir(self.partial_dir):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.partial_dir, name))
+        for directory, dirnames, filenames in os.walk(self.root):
+            if directory == self.root and STATE_DIR_NAME in dirnames:
+                dirnames.remove(STATE_DIR_NAME)
+            for name in filenames:
+                if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))

@@ -1,0 +1,508 @@
+"""Download one listing into DEST: parallel, ranged, verified, atomic, resumable.
+
+One :class:`Engine` per run owns the worker threads, one shared concurrency
+limit and one fixed buffer per worker, so memory is flat whatever the number
+and size of the files. A :class:`PairTransfer` feeds it the objects of one
+``SRC_URI DEST`` pair as the provider lists them: transfers start before the
+listing ends, and the number of queued tasks is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
+from storage_initializer.engine.hashing import Hasher, SequentialHasher, choose_checksum, new_hasher
+from storage_initializer.engine.parts import part_size_for, plan_parts
+from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
+from storage_initializer.engine.progress import Progress
+from storage_initializer.engine.state import DestState
+from storage_initializer.errors import (
+    CancelledError,
+    DestinationError,
+    IntegrityError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    TransientError,
+    classify,
+)
+from storage_initializer.provider import Provider, RemoteObject
+from storage_initializer.redact import redact
+from storage_initializer.settings import Settings
+
+log = logging.getLogger("storage_initializer")
+
+_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+
+
+class Engine:
+    """Worker threads, buffers and the cancellation flag shared by every pair."""
+
+    def __init__(self, settings: Settings, progress: Progress) -> None:
+        self.settings = settings
+        self.progress = progress
+        self.cancelled = threading.Event()
+        self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="transfer")
+        # Bounds queued tasks so a 100k-object listing does not sit in memory.
+        self._slots = threading.BoundedSemaphore(settings.concurrency * 4)
+        self._local = threading.local()
+
+    def buffer(self) -> memoryview:
+        buf: memoryview | None = getattr(self._local, "buffer", None)
+        if buf is None:
+            buf = memoryview(bytearray(self.settings.buffer_size))
+            self._local.buffer = buf
+        return buf
+
+    def submit(self, task: Callable[[], None], stop: threading.Event) -> bool:
+        """Queue ``task``; block while the queue is full. False if stopped first."""
+        while not self._slots.acquire(timeout=0.2):
+            if stop.is_set() or self.cancelled.is_set():
+                return False
+
+        def run() -> None:
+            try:
+                task()
+            finally:
+                self._slots.release()
+
+        self._pool.submit(run)
+        return True
+
+    def shutdown(self, wait: bool = True) -> None:
+        self._pool.shutdown(wait=wait, cancel_futures=not wait)
+
+
+@dataclass
+class PairResult:
+    uri: str
+    dest: str
+    files: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    error: StorageInitializerError | None = None
+    published: list[str] = field(default_factory=list)
+
+
+class _FileJob:
+    """One file being downloaded: its temp file, parts and verification."""
+
+    def __init__(self, relpath: str, final: str, obj: RemoteObject) -> None:
+        self.relpath = relpath
+        self.final = final
+        self.temp = temp_path_for(final)
+        self.obj = obj
+        self.parts: list[tuple[int, int]] = []
+        self.part_size = 0
+        self.done: set[int] = set()
+        self.fd = -1
+        self.hasher: SequentialHasher | None = None
+        self.lock = threading.Lock()
+        self.finished = False
+
+
+class PairTransfer:
+    """Downloads the listing of one URI into one DEST directory."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        provider: Provider,
+        uri: str,
+        dest: DestDir,
+        state: DestState,
+    ) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.progress = engine.progress
+        self.provider = provider
+        self.uri = uri
+        self.shown = redact(uri)
+        self.dest = dest
+        self.state = state
+        self.filter = PathFilter(self.settings.allow_patterns, self.settings.ignore_patterns)
+        self.layout = LayoutChecker()
+        self.failed = threading.Event()
+        self.error: StorageInitializerError | None = None
+        self._outstanding = 0
+        self._idle = threading.Condition()
+        self._jobs: dict[str, _FileJob] = {}
+        self._jobs_lock = threading.Lock()
+        self.result = PairResult(uri=self.shown, dest=dest.root)
+        self.matched = 0
+        self.first_match: tuple[str, RemoteObject] | None = None
+        self.markers = 0
+        self.filtered = 0
+        self._has_fast_path = type(provider).download_to is not Provider.download_to
+
+    # -- planning ------------------------------------------------------------
+    def run(self, list_objects: Callable[[], Iterable[RemoteObject]]) -> None:
+        """Plan and download every listed object; raise the first failure.
+
+        A listing that fails transiently is started again (after a backoff);
+        objects already planned by the failed pass are skipped.
+        """
+        attempt = 0
+        relisting = False
+        try:
+            while True:
+                planned_before = self.matched
+                try:
+                    for obj in list_objects():
+                        if self.failed.is_set() or self.engine.cancelled.is_set():
+                            break
+                        self._plan(obj, relisting)
+                    break
+                except BaseException as exc:
+                    error = classify(exc)
+                    if not error.retryable or self.failed.is_set():
+                        raise error from None
+                    attempt = 0 if self.matched > planned_before else attempt + 1
+                    self._backoff_or_raise(error, attempt, "the listing")
+                    relisting = True
+        except BaseException as exc:
+            self._fail(classify(exc))
+        finally:
+            self._wait_idle()
+        if self.engine.cancelled.is_set() and self.error is None:
+            self._fail(CancelledError("stopped by a signal; the work done so far is kept for a rerun"))
+        if self.error is not None:
+            self._cleanup_after_failure()
+            raise self.error
+        if not self.matched:
+            self._raise_nothing_matched()
+
+    def _raise_nothing_matched(self) -> None:
+        if self.filtered:
+            raise NotFoundError(
+                f"nothing in {self.shown} matches the allow/ignore patterns ({self.filtered} object(s) filtered out)",
+                hint="check STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS",
+            )
+        what = "only directory markers" if self.markers else "no objects"
+        raise NotFoundError(f"{self.shown} holds {what}", hint="check the path; an empty model is an error")
+
+    def _plan(self, obj: RemoteObject, relisting: bool = False) -> None:
+        if obj.is_dir_marker:
+            self.markers += 1
+            return
+        relpath = safe_relpath(obj.key)
+        if not self.filter.keep(relpath):
+            self.filtered += 1
+            return
+        if relisting and relpath in self.layout:
+            return
+        self.layout.add(relpath)
+        self.matched += 1
+        if self.first_match is None:
+            self.first_match = (relpath, obj)
+        final = self.dest.ensure_parent(relpath)
+        self.dest.check_target(final)
+        if self.state.was_extracted(relpath, obj) or self.state.is_complete(relpath, final, obj):
+            log.debug("already complete: %s", relpath)
+            self.progress.file_skipped(obj.size or 0)
+            self.result.skipped += 1
+            return
+        self.progress.add_planned(obj.size)
+        job = _FileJob(relpath, final, obj)
+        parts = plan_parts(obj, self.settings)
+        if parts is not None and self._has_fast_path and self._try_fast_path(job):
+            return
+        if parts is None:
+            self._submit(lambda: self._download_whole(job))
+            return
+        self._open_parts(job, parts)
+        for index in range(len(parts)):
+            if index not in job.done:
+                self._submit(functools.partial(self._download_part, job, index))
+
+    def _submit(self, task: Callable[[], None]) -> None:
+        with self._idle:
+            self._outstanding += 1
+
+        def wrapped() -> None:
+            try:
+                if not self.failed.is_set():
+                    task()
+            except BaseException as exc:
+                self._fail(classify(exc))
+            finally:
+                with self._idle:
+                    self._outstanding -= 1
+                    self._idle.notify_all()
+
+        if not self.engine.submit(wrapped, self.failed):
+            with self._idle:
+                self._outstanding -= 1
+
+    def _wait_idle(self) -> None:
+        with self._idle:
+            while self._outstanding:
+                self._idle.wait(0.5)
+
+    def _fail(self, error: StorageInitializerError) -> None:
+        with self._idle:
+            if self.error is None:
+                self.error = error
+            self.failed.set()
+
+    # -- whole-object downloads ------------------------------------------------
+    def _download_whole(self, job: _FileJob) -> None:
+        obj = job.obj
+        checksum = choose_checksum(obj.checksums) if self.settings.verify_checksums else None
+        with self._jobs_lock:
+            self._jobs[job.relpath] = job
+        if self._has_fast_path and self._try_fast_path(job):
+            return
+        attempt = 0
+        while True:
+            size, digest = self._stream_whole(job, checksum[0] if checksum else None)
+            try:
+                self._verify_size(job, size)
+                if checksum and digest is not None:
+                    self._verify_digest(job, checksum, digest)
+                break
+            except IntegrityError as error:
+                self.progress.add_bytes(-size)
+                attempt += 1
+                self._backoff_or_raise(error, attempt, job.relpath)
+        self._close_fd(job)
+        self._publish(job)
+
+    def _try_fast_path(self, job: _FileJob) -> bool:
+        """Let the provider place the file itself (e.g. a hard link); verify it."""
+        if not self.provider.download_to(self.uri, job.obj, job.temp):
+            return False
+        self._verify_size(job, os.stat(job.temp).st_size)
+        checksum = choose_checksum(job.obj.checksums) if self.settings.verify_checksums else None
+        if checksum:
+            self._verify_digest(job, checksum, self._hash_file(job.temp, checksum[0]))
+        self.progress.add_bytes(job.obj.size or 0)
+        self._publish(job)
+        return True
+
+    def _stream_whole(self, job: _FileJob, algorithm: str | None) -> tuple[int, str | None]:
+        """Read the object in one stream, retrying transient failures.
+
+        A retry continues where the stream broke when the store serves
+        ranges, and starts over otherwise. Returns (bytes written, digest).
+        """
+        obj = job.obj
+        resumable = obj.size is not None and obj.supports_ranges
+        self._close_fd(job)
+        job.fd = self._open_temp(job, truncate=True)
+        hasher = new_hasher(algorithm) if algorithm else None
+        offset, attempt = 0, 0
+        while True:
+            before = offset
+            try:
+                with self.provider.open_range(self.uri, obj, offset, obj.size) as stream:
+                    offset = self._copy(stream, job.fd, offset, obj.size, hasher)
+                return offset, hasher.hexdigest() if hasher else None
+            except BaseException as exc:
+                error = classify(exc)
+                progressed = offset - before >= self.settings.buffer_size
+                if not resumable and offset:
+                    self.progress.add_bytes(-offset)
+                    offset = 0
+                    os.ftruncate(job.fd, 0)
+                    hasher = new_hasher(algorithm) if algorithm else None
+                attempt = 0 if progressed else attempt + 1
+                self._backoff_or_raise(error, attempt, job.relpath)
+
+    # -- multi-part downloads --------------------------------------------------
+    def _open_parts(self, job: _FileJob, parts: list[tuple[int, int]]) -> None:
+        assert job.obj.size is not None
+        job.parts = parts
+        job.part_size = part_size_for(job.obj.size, self.settings)
+        resumed = self.state.load_parts(job.relpath, job.obj, job.part_size)
+        if resumed and os.path.exists(job.temp) and os.path.getsize(job.temp) == job.obj.size:
+            job.done = {i for i in resumed if 0 <= i < len(parts)}
+        job.fd = self._open_temp(job, truncate=not job.done)
+        try:
+            os.ftruncate(job.fd, job.obj.size)
+        except OSError as exc:
+            raise describe_os_error(exc, job.final) from None
+        checksum = choose_checksum(job.obj.checksums) if self.settings.verify_checksums else None
+        if checksum:
+            job.hasher = SequentialHasher(checksum[0], job.fd, parts)
+        with self._jobs_lock:
+            self._jobs[job.relpath] = job
+        if job.done:
+            done_bytes = sum(parts[i][1] - parts[i][0] for i in job.done)
+            log.info("resuming %s: %d of %d parts already downloaded", job.relpath, len(job.done), len(parts))
+            self.progress.add_bytes(done_bytes)
+            if job.hasher:
+                for index in sorted(job.done):
+                    job.hasher.part_done(index, self.engine.buffer())
+            if len(job.done) == len(parts):
+                self._finish_parts(job)
+
+    def _download_part(self, job: _FileJob, index: int) -> None:
+        start, end = job.parts[index]
+        offset, attempt = start, 0
+        while True:
+            before = offset
+            try:
+                with self.provider.open_range(self.uri, job.obj, offset, end) as stream:
+                    offset = self._copy(stream, job.fd, offset, end, None)
+                break
+            except BaseException as exc:
+                attempt = 0 if offset - before >= self.settings.buffer_size else attempt + 1
+                self._backoff_or_raise(classify(exc), attempt, f"{job.relpath} part {index + 1}/{len(job.parts)}")
+        with job.lock:
+            job.done.add(index)
+            self.state.save_parts(job.relpath, job.obj, job.part_size, job.done)
+            last = len(job.done) == len(job.parts) and not job.finished
+            if last:
+                job.finished = True
+        if job.hasher:
+            job.hasher.part_done(index, self.engine.buffer())
+        if last:
+            self._finish_parts(job)
+
+    def _finish_parts(self, job: _FileJob) -> None:
+        size = os.fstat(job.fd).st_size
+        self._verify_size(job, size)
+        if job.hasher is not None:
+            expected = choose_checksum(job.obj.checksums)
+            assert expected is not None
+            self._verify_digest(job, expected, job.hasher.hexdigest(self.engine.buffer()))
+        self._close_fd(job)
+        self._publish(job)
+        self.state.forget_parts(job.relpath)
+
+    # -- shared steps ------------------------------------------------------------
+    def _copy(self, stream: object, fd: int, offset: int, end: int | None, hasher: Hasher | None) -> int:
+        """Stream into ``fd`` at ``offset`` until ``end`` (or EOF); return the new offset."""
+        buf = self.engine.buffer()
+        readinto = getattr(stream, "readinto", None)
+        read = getattr(stream, "read")  # noqa: B009 - any file-like object
+        start = offset
+        while end is None or offset < end:
+            want = len(buf) if end is None else min(len(buf), end - offset)
+            view = buf[:want]
+            if readinto is not None:
+                n = readinto(view) or 0
+            else:
+                data = read(want)
+                n = len(data)
+                view[:n] = data
+            if n <= 0:
+                break
+            chunk = view[:n]
+            written = 0
+            try:
+                while written < n:
+                    written += os.pwrite(fd, chunk[written:], offset + written)
+            except OSError as exc:
+                raise describe_os_error(exc, self.dest.root) from None
+            if hasher is not None:
+                hasher.update(chunk)
+            offset += n
+            self.progress.add_bytes(n)
+            if self.failed.is_set() or self.engine.cancelled.is_set():
+                raise CancelledError("stopped")
+        if end is not None and offset < end:
+            raise TransientError(f"the connection ended after {offset - start} of {end - start} bytes")
+        return offset
+
+    def _backoff_or_raise(self, error: StorageInitializerError, attempt: int, what: str) -> None:
+        if isinstance(error, CancelledError) or self.failed.is_set():
+            raise error
+        if not error.retryable or attempt > self.settings.retries:
+            if error.retryable:
+                error.message = f"{error.message} (gave up after {self.settings.retries} retries)"
+            raise error
+        delay = min(self.settings.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.5, 1.0)
+        self.progress.add_retry()
+        log.warning(
+            "retrying %s of %s after: %s (retry %d/%d in %.1fs)",
+            what,
+            self.shown,
+            redact(str(error)),
+            max(attempt, 1),
+            self.settings.retries,
+            delay,
+        )
+        deadline = time.monotonic() + delay
+        while time.monotonic() < deadline:
+            if self.failed.is_set() or self.engine.cancelled.wait(min(0.2, delay)):
+                raise CancelledError("stopped")
+
+    def _verify_size(self, job: _FileJob, size: int) -> None:
+        if job.obj.size is not None and size != job.obj.size:
+            raise IntegrityError(
+                f"{job.relpath}: received {size} bytes, the store announced {job.obj.size}",
+                retryable=True,
+            )
+
+    def _verify_digest(self, job: _FileJob, expected: tuple[str, str], actual: str) -> None:
+        algorithm, digest = expected
+        if actual.lower() != digest:
+            raise IntegrityError(
+                f"{job.relpath}: {algorithm} is {actual}, the store announced {digest}",
+                hint="the data was corrupted in transit or the store's checksum is wrong",
+                retryable=True,
+            )
+        log.debug("verified %s %s", algorithm, job.relpath)
+
+    def _hash_file(self, path: str, algorithm: str) -> str:
+        hasher = new_hasher(algorithm)
+        buf = self.engine.buffer()
+        with open(path, "rb", buffering=0) as handle:
+            while n := handle.readinto(buf):
+                hasher.update(buf[:n])
+        return hasher.hexdigest()
+
+    def _open_temp(self, job: _FileJob, truncate: bool) -> int:
+        flags = _OPEN_FLAGS | (os.O_TRUNC if truncate else 0)
+        try:
+            return os.open(job.temp, flags, 0o644)
+        except OSError as exc:
+            raise describe_os_error(exc, job.final) from None
+
+    def _close_fd(self, job: _FileJob) -> None:
+        if job.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(job.fd)
+            job.fd = -1
+
+    def _publish(self, job: _FileJob) -> None:
+        self.dest.check_target(job.final)
+        publish(job.temp, job.final, self.settings.fsync)
+        self.state.record_complete(job.relpath, job.final, job.obj)
+        with self._jobs_lock:
+            self._jobs.pop(job.relpath, None)
+            self.result.files += 1
+            self.result.bytes += job.obj.size or os.path.getsize(job.final)
+        self.progress.file_done()
+        log.debug("downloaded %s", job.relpath)
+
+    def _cleanup_after_failure(self) -> None:
+        """Close open files; keep resumable parts unless the error says not to."""
+        error = self.error
+        disk_problem = isinstance(error, DestinationError)
+        changed = isinstance(error, (ObjectChangedError, IntegrityError))
+        with self._jobs_lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+        for job in jobs:
+            self._close_fd(job)
+            keep = bool(job.parts) and bool(job.done) and not (disk_problem or changed)
+            if isinstance(error, CancelledError):
+                keep = bool(job.parts)
+            if not keep:
+                with contextlib.suppress(OSError):
+                    os.unlink(job.temp)
+                self.state.forget_parts(job.relpath)

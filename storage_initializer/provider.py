@@ -1,0 +1,205 @@
+"""The plugin API: what a storage provider implements and what it receives.
+
+A provider is deliberately small (the rclone backend idea): it *lists* the
+objects a URI names and *opens byte ranges* of them. Everything else
+(concurrency, ranged parts, atomic files, resume, verification, retries,
+progress, archives, path safety) belongs to the engine, so every provider gets
+it for free and cannot get it wrong.
+
+A provider is registered under the entry-point group
+``storage_initializer.providers``; the entry point's name is the provider's
+name and its value is the provider class. Keep SDK imports *inside* methods:
+the class is imported to read :attr:`Provider.uri_formats`, and a tool that
+serves ``s3://`` must not pay for (or break on) the Azure SDK.
+
+This module, :mod:`storage_initializer.errors` and
+:func:`storage_initializer.redact.register_secret` are the stable public API.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import IO, Any, ClassVar
+
+__all__ = [
+    "Provider",
+    "ProviderContext",
+    "RemoteObject",
+    "Resolution",
+    "UriFormat",
+]
+
+
+@dataclass(frozen=True)
+class UriFormat:
+    """One entry of a ClusterStorageContainer's ``supportedUriFormats``.
+
+    Exactly one of ``prefix`` (matched with ``str.startswith``) or ``regex``
+    (matched with ``re.search``, as KServe's Go ``regexp.MatchString`` does).
+    """
+
+    prefix: str | None = None
+    regex: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prefix is None) == (self.regex is None):
+            raise ValueError("UriFormat needs exactly one of prefix= or regex=")
+        if self.regex is not None:
+            re.compile(self.regex)
+
+    def matches(self, uri: str) -> bool:
+        if self.prefix is not None:
+            return uri.startswith(self.prefix)
+        assert self.regex is not None
+        return re.search(self.regex, uri) is not None
+
+    def as_crd(self) -> dict[str, str]:
+        """The form used in a ClusterStorageContainer manifest."""
+        if self.prefix is not None:
+            return {"prefix": self.prefix}
+        assert self.regex is not None
+        return {"regex": self.regex}
+
+    def __str__(self) -> str:
+        return f"prefix {self.prefix}" if self.prefix is not None else f"regex {self.regex}"
+
+
+@dataclass(frozen=True)
+class RemoteObject:
+    """One file to download, as a provider lists it.
+
+    ``key`` is the '/'-separated path relative to the URI root: for a URI that
+    names a single object it is the object's base name; for a directory it is
+    the path below it. A key ending in '/' is a directory marker (no file).
+    ``size`` is the byte count when known. ``version`` (ETag, generation,
+    commit, mtime...) identifies the content: the engine hands the object back
+    to :meth:`Provider.open_range`, which must refuse to serve a different
+    version (raise :class:`~storage_initializer.errors.ObjectChangedError`).
+    ``checksums`` maps an algorithm (``md5``, ``sha256``, ``sha1``, ``crc32c``)
+    to the lowercase hex digest of the whole object. ``supports_ranges`` is
+    ``False`` when the store can only stream the object from its first byte
+    (an HTTP server without Range support): the engine then reads it in one
+    stream and restarts it from zero after a failure. ``extra`` is private to
+    the provider (a download URL, a full path...) and ignored by the engine.
+    """
+
+    key: str
+    size: int | None
+    version: str | None = None
+    checksums: Mapping[str, str] = field(default_factory=dict, hash=False)
+    supports_ranges: bool = True
+    extra: Any = field(default=None, compare=False, hash=False)
+
+    @property
+    def is_dir_marker(self) -> bool:
+        return self.key.endswith("/")
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What a resolver provider maps a URI to.
+
+    ``env`` is laid over the environment of the provider that serves ``uri``
+    (for example credentials named by a model registry's storage key).
+    """
+
+    uri: str
+    env: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """What the engine gives a provider when it creates one.
+
+    ``env`` is the environment to read configuration from (never write to
+    ``os.environ``). ``stall_timeout`` bounds how long one read may wait for a
+    byte and ``connect_timeout`` how long a connection may take: a provider
+    must pass both to its client so that no read can hang. ``concurrency`` is
+    the number of worker threads that may call :meth:`Provider.open_range` at
+    once (size connection pools to it).
+    """
+
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    stall_timeout: float = 60.0
+    connect_timeout: float = 15.0
+    concurrency: int = 8
+
+
+class Provider(ABC):
+    """Base class of every storage provider.
+
+    Subclasses set :attr:`uri_formats` and implement :meth:`list` and
+    :meth:`open_range` (or only :meth:`resolve` for a resolver such as
+    ``model-registry://``). Methods are called from several threads at once,
+    except :meth:`validate`, :meth:`resolve` and :meth:`list`.
+    """
+
+    #: The URI formats this provider serves, in the CRD's shape.
+    uri_formats: ClassVar[Sequence[UriFormat]] = ()
+    #: A fallback (generic ``https://``) loses to any other matching provider.
+    fallback: ClassVar[bool] = False
+    #: Modules the provider imports lazily; ``--list-providers`` checks them.
+    requires: ClassVar[Sequence[str]] = ()
+    #: One line for ``--list-providers``.
+    description: ClassVar[str] = ""
+
+    def __init__(self, context: ProviderContext) -> None:
+        self.context = context
+
+    @property
+    def env(self) -> Mapping[str, str]:
+        return self.context.env
+
+    def validate(self, uri: str) -> None:  # noqa: B027 - optional hook
+        """Check the URI's form before any network use.
+
+        Raise :class:`~storage_initializer.errors.UsageError` saying which form
+        is expected. The default accepts everything.
+        """
+
+    def resolve(self, uri: str) -> str | Resolution | None:
+        """Map ``uri`` to another URI to download instead, or return ``None``.
+
+        A resolver (``model-registry://``) returns the artifact URI, which the
+        registry hands to whichever provider serves it.
+        """
+        return None
+
+    @abstractmethod
+    def list(self, uri: str) -> Iterable[RemoteObject]:
+        """Yield the objects ``uri`` names, streaming pages as they arrive.
+
+        A URI naming one object yields one entry whose key is its base name.
+        A URI naming a directory yields every object below it (keys relative
+        to it, never objects of a sibling prefix such as ``model-v2/``).
+        Nothing found is :class:`~storage_initializer.errors.NotFoundError`.
+        """
+
+    @abstractmethod
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        """Open bytes ``[start, end)`` of ``obj`` (``end=None``: to the end).
+
+        The stream should support ``readinto`` (the engine reads into reused
+        buffers). It must serve ``obj.version`` or raise
+        :class:`~storage_initializer.errors.ObjectChangedError`, and no read
+        may block longer than ``context.stall_timeout``. The engine checks
+        that exactly ``end - start`` bytes arrive.
+        """
+
+    def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
+        """Optionally place the whole object at ``path`` by a faster route.
+
+        Return ``False`` (the default) to let the engine stream it. A provider
+        that returns ``True`` has written the complete object to ``path`` (a
+        temporary name the engine then verifies and renames). The local
+        provider uses this to hard-link instead of copying.
+        """
+        return False
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connection pools."""

@@ -1,0 +1,229 @@
+"""Find the provider for a URI among the installed entry points.
+
+Built-in providers and third-party ones are found the same way: the
+``storage_initializer.providers`` entry-point group. Each entry point is
+loaded only when needed (listing providers loads every class but never its
+SDK, since providers import SDKs lazily), and a provider that fails to load
+is reported with the error and what to install, without affecting others.
+
+Precedence, so the result never depends on installation order:
+
+1. non-fallback providers beat fallback ones (generic ``https://``);
+2. a prefix match beats a regex match;
+3. a longer prefix beats a shorter one;
+4. anything still tied is an error naming the candidates and the variable
+   that picks one (``STORAGE_INITIALIZER_PROVIDER``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+
+from storage_initializer.errors import ProviderError, ProviderUnavailableError
+from storage_initializer.provider import Provider, Resolution, UriFormat
+from storage_initializer.redact import redact
+
+log = logging.getLogger("storage_initializer")
+
+GROUP = "storage_initializer.providers"
+MAX_RESOLVE_DEPTH = 8
+
+
+@dataclass
+class ProviderEntry:
+    """One installed provider: its entry point and, once loaded, its class."""
+
+    name: str
+    entry_point: EntryPoint | None
+    cls: type[Provider] | None = None
+    error: str | None = None
+
+    @property
+    def distribution(self) -> str:
+        dist = getattr(self.entry_point, "dist", None)
+        return f"{dist.name} {dist.version}" if dist is not None else "(built in)"
+
+    @property
+    def install_hint(self) -> str:
+        dist = getattr(self.entry_point, "dist", None)
+        name = dist.name if dist is not None else self.name
+        return f"pip install --force-reinstall '{name}'"
+
+    def load(self) -> type[Provider] | None:
+        if self.cls is None and self.error is None and self.entry_point is not None:
+            try:
+                loaded = self.entry_point.load()
+            except Exception as exc:
+                self.error = f"{type(exc).__name__}: {exc}"
+                return None
+            if not (isinstance(loaded, type) and issubclass(loaded, Provider)):
+                self.error = f"{self.entry_point.value} is not a storage_initializer.Provider subclass"
+                return None
+            self.cls = loaded
+        return self.cls
+
+    def missing_requirements(self) -> list[str]:
+        cls = self.load()
+        if cls is None:
+            return []
+        missing = []
+        for module in cls.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                missing.append(module)
+        return missing
+
+
+@dataclass(frozen=True)
+class Match:
+    entry: ProviderEntry
+    fmt: UriFormat
+
+    def rank(self) -> tuple[int, int, int]:
+        cls = self.entry.cls
+        assert cls is not None
+        is_prefix = self.fmt.prefix is not None
+        return (0 if cls.fallback else 1, 1 if is_prefix else 0, len(self.fmt.prefix or ""))
+
+
+class Registry:
+    """The installed providers, by name."""
+
+    def __init__(self, entries: Iterable[ProviderEntry]) -> None:
+        self.entries: dict[str, ProviderEntry] = {}
+        for entry in entries:
+            if entry.name in self.entries:
+                # Two distributions claim one name: keep the first, say so.
+                log.warning(
+                    "provider name %r is registered twice (%s and %s); using the first",
+                    entry.name,
+                    self.entries[entry.name].distribution,
+                    entry.distribution,
+                )
+                continue
+            self.entries[entry.name] = entry
+
+    @classmethod
+    def from_entry_points(cls) -> Registry:
+        eps = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
+        return cls(ProviderEntry(ep.name, ep) for ep in eps)
+
+    @classmethod
+    def from_classes(cls, providers: Mapping[str, type[Provider]]) -> Registry:
+        """A registry of given classes (for tests and embedding)."""
+        return cls(ProviderEntry(name, None, cls=provider) for name, provider in providers.items())
+
+    def loaded(self) -> Iterator[ProviderEntry]:
+        for entry in self.entries.values():
+            if entry.load() is not None:
+                yield entry
+
+    def broken(self) -> list[ProviderEntry]:
+        return [e for e in self.entries.values() if e.load() is None]
+
+    def formats_text(self) -> str:
+        lines = []
+        for entry in self.loaded():
+            assert entry.cls is not None
+            formats = ", ".join(str(f) for f in entry.cls.uri_formats)
+            lines.append(f"{entry.name} ({formats})")
+        return "; ".join(lines) or "none"
+
+    def find(self, uri: str, forced: str | None = None) -> ProviderEntry:
+        """The provider that serves ``uri`` (``forced``: by name)."""
+        if forced:
+            entry = self.entries.get(forced)
+            if entry is None:
+                raise ProviderError(
+                    f"STORAGE_INITIALIZER_PROVIDER={forced!r} names no installed provider",
+                    hint=f"installed: {', '.join(sorted(self.entries)) or 'none'}",
+                )
+            self._require_loaded(entry)
+            return entry
+        matches = [
+            Match(entry, fmt)
+            for entry in self.loaded()
+            for fmt in (entry.cls.uri_formats if entry.cls else ())
+            if fmt.matches(uri)
+        ]
+        if not matches:
+            broken = self.broken()
+            hint = f"installed formats: {self.formats_text()}"
+            if broken:
+                hint += "; providers that failed to load: " + ", ".join(
+                    f"{e.name} ({e.error}; try {e.install_hint})" for e in broken
+                )
+            raise ProviderError(f"no installed provider serves {redact(uri)}", hint=hint)
+        # Keep each provider's best format only, then compare providers.
+        best: dict[str, Match] = {}
+        for match in matches:
+            current = best.get(match.entry.name)
+            if current is None or match.rank() > current.rank():
+                best[match.entry.name] = match
+        ranked = sorted(best.values(), key=Match.rank, reverse=True)
+        if len(ranked) > 1 and ranked[0].rank() == ranked[1].rank():
+            tied = [m for m in ranked if m.rank() == ranked[0].rank()]
+            names = ", ".join(f"{m.entry.name} ({m.fmt})" for m in tied)
+            raise ProviderError(
+                f"several providers serve {redact(uri)} equally well: {names}",
+                hint=f"choose one with STORAGE_INITIALIZER_PROVIDER={tied[0].entry.name}",
+            )
+        entry = ranked[0].entry
+        self._require_loaded(entry)
+        return entry
+
+    @staticmethod
+    def _require_loaded(entry: ProviderEntry) -> None:
+        if entry.load() is None:
+            raise ProviderUnavailableError(
+                f"provider {entry.name} cannot load: {entry.error}", hint=f"try {entry.install_hint}"
+            )
+        missing = entry.missing_requirements()
+        if missing:
+            raise ProviderUnavailableError(
+                f"provider {entry.name} needs {', '.join(missing)}, which is not installed",
+                hint=f"pip install {' '.join(missing)} (or {entry.install_hint})",
+            )
+
+
+def resolve_chain(
+    registry: Registry,
+    uri: str,
+    make: Callable[[ProviderEntry, Mapping[str, str]], Provider],
+    forced: str | None = None,
+) -> tuple[Provider, str, list[str]]:
+    """Follow resolver providers from ``uri`` to the provider that downloads.
+
+    Returns that provider (created by ``make`` with the environment overlays
+    collected on the way), the final URI and the chain of URIs seen. A loop,
+    or a chain longer than :data:`MAX_RESOLVE_DEPTH`, is an error.
+    """
+    seen = [uri]
+    overlay: dict[str, str] = {}
+    current = uri
+    for depth in range(MAX_RESOLVE_DEPTH + 1):
+        entry = registry.find(current, forced if depth == 0 else None)
+        provider = make(entry, overlay)
+        provider.validate(current)
+        resolved = provider.resolve(current)
+        if resolved is None:
+            return provider, current, seen
+        provider.close()
+        if isinstance(resolved, Resolution):
+            overlay.update(resolved.env)
+            target = resolved.uri
+        else:
+            target = resolved
+        log.info("resolved %s -> %s", redact(current), redact(target))
+        if target in seen:
+            raise ProviderError(f"resolving {redact(uri)} loops: " + " -> ".join(redact(u) for u in [*seen, target]))
+        seen.append(target)
+        current = target
+    raise ProviderError(f"resolving {redact(uri)} took more than {MAX_RESOLVE_DEPTH} steps")

@@ -1,0 +1,175 @@
+"""Run ``SRC_URI DEST_PATH`` pairs: the Python API behind the command.
+
+>>> from storage_initializer import download
+>>> results = download([("https://example.com/model.onnx", "/mnt/models")])  # doctest: +SKIP
+
+Pairs run concurrently and share one engine (one concurrency limit). Each
+pair's outcome is reported in its :class:`PairResult`; this module never
+exits the process or prints errors (the CLI does).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from storage_initializer import archive
+from storage_initializer.engine.dest import DestDir, prepare_dest
+from storage_initializer.engine.progress import Progress, Reporter, human_bytes
+from storage_initializer.engine.state import DestState
+from storage_initializer.engine.transfer import Engine, PairResult, PairTransfer
+from storage_initializer.errors import StorageInitializerError, classify
+from storage_initializer.provider import Provider, ProviderContext
+from storage_initializer.redact import redact, register_env_secrets
+from storage_initializer.registry import ProviderEntry, Registry, resolve_chain
+from storage_initializer.settings import Settings, settings_from_env
+
+log = logging.getLogger("storage_initializer")
+
+
+class _States:
+    """One :class:`DestState` per DEST, shared by the pairs writing there."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[str, tuple[DestState, int, bool]] = {}
+
+    def acquire(self, root: str) -> DestState:
+        with self._lock:
+            if root in self._states:
+                state, users, ok = self._states[root]
+                self._states[root] = (state, users + 1, ok)
+                return state
+            state = DestState(root)
+            state.open()
+            self._states[root] = (state, 1, True)
+            return state
+
+    def release(self, root: str, success: bool) -> None:
+        with self._lock:
+            state, users, ok = self._states[root]
+            ok = ok and success
+            if users > 1:
+                self._states[root] = (state, users - 1, ok)
+                return
+            del self._states[root]
+        state.close(ok)
+
+
+class Runner:
+    """Downloads pairs with one engine; see :func:`download`."""
+
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.progress = Progress()
+        self.engine = Engine(settings, self.progress)
+        self._states = _States()
+
+    def _make_provider(self, entry: ProviderEntry, overlay: Mapping[str, str]) -> Provider:
+        assert entry.cls is not None
+        env = {**self.settings.env, **overlay} if overlay else self.settings.env
+        register_env_secrets(overlay)
+        context = ProviderContext(
+            env=env,
+            stall_timeout=self.settings.stall_timeout,
+            connect_timeout=self.settings.connect_timeout,
+            concurrency=self.settings.concurrency,
+        )
+        return entry.cls(context)
+
+    def run_pair(self, uri: str, dest: str) -> PairResult:
+        started = time.monotonic()
+        result = PairResult(uri=redact(uri), dest=dest)
+        provider: Provider | None = None
+        root: str | None = None
+        try:
+            state = self._states.acquire(prepare_dest(dest))
+            root = state.root
+            provider, source, _chain = resolve_chain(self.registry, uri, self._make_provider, self.settings.provider)
+            log.info("source %s: provider %s", redact(source), type(provider).__name__)
+            destdir = DestDir(root)
+            transfer = PairTransfer(self.engine, provider, source, destdir, state)
+            transfer.run(lambda: provider.list(source))
+            result = transfer.result
+            result.uri = redact(uri)
+            self._maybe_extract(transfer, destdir, state)
+        except BaseException as exc:
+            result.error = classify(exc)
+            if not isinstance(exc, StorageInitializerError):
+                log.debug("unexpected error", exc_info=True)
+        finally:
+            if provider is not None:
+                try:
+                    provider.close()
+                except Exception:  # closing must not hide the real outcome
+                    log.debug("provider close failed", exc_info=True)
+            if root is not None:
+                self._states.release(root, result.error is None)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _maybe_extract(self, transfer: PairTransfer, dest: DestDir, state: DestState) -> None:
+        if not self.settings.extract_archives or transfer.matched != 1 or transfer.first_match is None:
+            return
+        relpath, obj = transfer.first_match
+        if not archive.is_archive(relpath):
+            return
+        if state.was_extracted(relpath, obj):
+            log.info("archive %s was already extracted", relpath)
+            return
+        path = dest.path_of(relpath)
+        log.info("extracting archive %s", relpath)
+        count = archive.extract(path, dest, self.settings.max_extract_ratio)
+        state.record_complete(relpath, path, obj, extracted=True)
+        log.info("extracted %d files from %s", count, relpath)
+
+    def run(self, pairs: Sequence[tuple[str, str]]) -> list[PairResult]:
+        with Reporter(self.progress, self.settings.heartbeat_seconds, self.settings.progress_bar):
+            if len(pairs) == 1:
+                results = [self.run_pair(*pairs[0])]
+            else:
+                results = [PairResult(uri=redact(u), dest=d) for u, d in pairs]
+
+                def work(index: int) -> None:
+                    results[index] = self.run_pair(*pairs[index])
+
+                threads = [threading.Thread(target=work, args=(i,), name=f"pair-{i}") for i in range(len(pairs))]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    while thread.is_alive():
+                        thread.join(0.2)
+        self.engine.shutdown(wait=not self.engine.cancelled.is_set())
+        return results
+
+    def summary(self, results: Sequence[PairResult], seconds: float) -> str:
+        files = sum(r.files for r in results)
+        size = sum(r.bytes for r in results)
+        skipped = sum(r.skipped for r in results)
+        rate = size / max(seconds, 1e-9) / 1e6
+        text = f"{files} files, {size} bytes ({human_bytes(size)}) in {seconds:.2f}s, {rate:.1f} MB/s"
+        if skipped:
+            text += f"; {skipped} already complete"
+        if self.progress.retries:
+            text += f"; {self.progress.retries} retries"
+        return text
+
+
+def download(
+    pairs: Sequence[tuple[str, str]],
+    settings: Settings | None = None,
+    registry: Registry | None = None,
+) -> list[PairResult]:
+    """Download each ``(uri, dest)`` pair; return one result per pair.
+
+    ``settings`` default to :func:`settings_from_env`; ``registry`` to the
+    installed entry points. Errors are returned in ``PairResult.error``.
+    """
+    settings = settings or settings_from_env()
+    register_env_secrets(settings.env or os.environ)
+    runner = Runner(settings, registry or Registry.from_entry_points())
+    return runner.run(pairs)
