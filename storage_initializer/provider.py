@@ -75,7 +75,8 @@ class RemoteObject:
 
     ``key`` is the '/'-separated path relative to the URI root: for a URI that
     names a single object it is the object's base name; for a directory it is
-    the path below it. A key ending in '/' is a directory marker (no file).
+    the path below it. A key ending in '/' (or the empty key of the listed
+    directory's own marker) is a directory marker: no file is created.
     ``size`` is the byte count when known. ``version`` (ETag, generation,
     commit, mtime...) identifies the content: the engine hands the object back
     to :meth:`Provider.open_range`, which must refuse to serve a different
@@ -97,7 +98,8 @@ class RemoteObject:
 
     @property
     def is_dir_marker(self) -> bool:
-        return self.key.endswith("/")
+        """A ``dir/`` marker object (or the marker of the listed directory itself, key ``""``)."""
+        return self.key == "" or self.key.endswith("/")
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,24 @@ import sys
 from collections.abc import Mapping, Sequence
 
 # Variables from the developer's shell that would change what a test sees.
-_SCRUB = ("AWS_", "AZURE_", "AZ_", "GOOGLE_", "HF_", "STORAGE_", "S3_", "MODEL_REGISTRY_", "HDFS_", "HTTP_PROXY",
-          "HTTPS_PROXY", "http_proxy", "https_proxy", "REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE")
+_SCRUB = (
+    "AWS_",
+    "AZURE_",
+    "AZ_",
+    "GOOGLE_",
+    "HF_",
+    "STORAGE_",
+    "S3_",
+    "MODEL_REGISTRY_",
+    "HDFS_",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "REQUESTS_CA_BUNDLE",
+    "SSL_CERT_FILE",
+    "CURL_CA_BUNDLE",
+)
 
 
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -31,3 +47,15 @@ def run_cli(
         timeout=timeout,
         **kwargs,
     )
+
+
+def tree(root: object) -> dict[str, bytes]:
+    """Relative path -> bytes of every file under ``root``, without the engine's state dir."""
+    from pathlib import Path
+
+    base = Path(str(root))
+    return {
+        p.relative_to(base).as_posix(): p.read_bytes()
+        for p in sorted(base.rglob("*"))
+        if p.is_file() and not p.relative_to(base).as_posix().startswith(".storage-initializer")
+    }

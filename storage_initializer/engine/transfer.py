@@ -42,7 +42,7 @@ from storage_initializer.settings import Settings
 
 log = logging.getLogger("storage_initializer")
 
-_OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
 
 
 class Engine:
@@ -360,14 +360,16 @@ class PairTransfer:
             except BaseException as exc:
                 attempt = 0 if offset - before >= self.settings.buffer_size else attempt + 1
                 self._backoff_or_raise(classify(exc), attempt, f"{job.relpath} part {index + 1}/{len(job.parts)}")
+        # Hash before counting the part as done: whoever completes the last
+        # part then knows no other worker still uses the file descriptor.
+        if job.hasher:
+            job.hasher.part_done(index, self.engine.buffer())
         with job.lock:
             job.done.add(index)
             self.state.save_parts(job.relpath, job.obj, job.part_size, job.done)
             last = len(job.done) == len(job.parts) and not job.finished
             if last:
                 job.finished = True
-        if job.hasher:
-            job.hasher.part_done(index, self.engine.buffer())
         if last:
             self._finish_parts(job)
 

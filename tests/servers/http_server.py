@@ -38,6 +38,8 @@ class Fault:
     stall_times: int = 0
     replace_after: int | None = None  # serve this many bytes, then swap the content
     replacement: bytes | None = None
+    hold_from: int | None = None  # responses starting at or after this offset...
+    hold_seconds: float = 0.0  # ...wait this long before the body (a stuck download)
 
 
 @dataclass
@@ -132,6 +134,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if not body:
             return
+        if fault is not None and fault.hold_from is not None and start >= fault.hold_from:
+            time.sleep(fault.hold_seconds)
         self._send_body(path, data, start, end, fault, options.chunked)
 
     def _send_body(self, path: str, data: bytes, start: int, end: int, fault: Fault | None, chunked: bool) -> None:
@@ -146,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if fault.cut_after is not None and fault.cut_times > 0 and sent + len(piece) > fault.cut_after:
                         fault.cut_times -= 1
                         piece = piece[: max(fault.cut_after - sent, 0)]
-                        self._write(piece, chunked)
+                        if piece:  # an empty chunk would be a valid end of body
+                            self._write(piece, chunked)
                         srv.bytes_sent += len(piece)
                         self.close_connection = True
                         self.connection.shutdown(socket.SHUT_RDWR)

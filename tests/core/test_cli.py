@@ -1,0 +1,226 @@
+"""The command as KServe runs it: arguments, exit codes, logs, termination log."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.cli import clean_env, run_cli, tree
+from tests.servers.http_server import Fault, HttpFileServer
+
+
+def test_no_arguments_is_a_usage_error() -> None:
+    result = run_cli([])
+    assert result.returncode == 2
+    assert "expected SRC_URI DEST_PATH pairs, got 0" in result.stderr
+
+
+def test_odd_argument_count_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(["http://127.0.0.1:1/a", str(tmp_path), "http://127.0.0.1:1/b"])
+    assert result.returncode == 2
+    assert "got 3 argument(s)" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_help_and_version() -> None:
+    result = run_cli(["--help"])
+    assert result.returncode == 0
+    assert "SRC_URI DEST_PATH" in result.stdout
+    assert run_cli(["--version"]).stdout.startswith("storage-initializer ")
+
+
+def test_console_script_and_module_are_the_same_program(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/m/model.bin", b"weights")
+    script = Path(sys.executable).with_name("storage-initializer")
+    via_script = subprocess.run(
+        [str(script), url, str(tmp_path / "a")], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    via_module = run_cli([url, str(tmp_path / "b")])
+    assert via_script.returncode == via_module.returncode == 0
+    assert (tmp_path / "a/model.bin").read_bytes() == (tmp_path / "b/model.bin").read_bytes() == b"weights"
+
+
+def test_list_providers_shows_formats_and_distributions() -> None:
+    result = run_cli(["--list-providers"])
+    assert result.returncode == 0
+    assert "local  [storage-initializer 0.1.0]  prefix file://" in result.stdout
+    assert "http  [storage-initializer-http 0.1.0]  prefix http://, prefix https:// (fallback)" in result.stdout
+
+
+def test_broken_plugin_is_listed_with_a_hint_and_others_still_work(tmp_path: Path, http_server: HttpFileServer) -> None:
+    # A distribution whose entry point names a module that does not exist.
+    site = tmp_path / "site"
+    dist = site / "broken_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[storage_initializer.providers]\nbroken = broken_plugin_missing:Provider\n")
+    env = {"PYTHONPATH": str(site)}
+    listing = run_cli(["--list-providers"], env)
+    assert listing.returncode == 0
+    assert "broken  [broken-plugin 1.0]  BROKEN: ModuleNotFoundError" in listing.stdout
+    assert "pip install --force-reinstall 'broken-plugin'" in listing.stdout
+    assert "http  [storage-initializer-http" in listing.stdout
+    url = http_server.add("/ok.bin", b"ok")
+    assert run_cli([url, str(tmp_path / "out")], env).returncode == 0
+
+
+def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
+    result = run_cli(["foo://bucket/model", str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert "no installed provider serves foo://bucket/model" in result.stderr
+    assert "prefix http://" in result.stderr and "prefix file://" in result.stderr
+
+
+def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/models/model.onnx", os.urandom(300_000))
+    result = run_cli([url, str(tmp_path / "new" / "dir")])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "new/dir/model.onnx").read_bytes() == http_server.files["/models/model.onnx"]
+    assert f"start: {url} -> {tmp_path}/new/dir" in result.stderr
+    assert "provider HttpProvider" in result.stderr
+    assert "summary: 1 files, 300000 bytes" in result.stderr and "MB/s" in result.stderr
+
+
+def test_several_pairs_each_land_in_their_own_dest(tmp_path: Path, http_server: HttpFileServer) -> None:
+    a = http_server.add("/a/model.bin", b"A" * 1000)
+    b = http_server.add("/b/tokenizer.json", b"{}")
+    result = run_cli([a, str(tmp_path / "one"), b, str(tmp_path / "two")])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "one/model.bin").read_bytes() == b"A" * 1000
+    assert (tmp_path / "two/tokenizer.json").read_bytes() == b"{}"
+
+
+def test_one_failing_pair_fails_the_run_and_is_reported(tmp_path: Path, http_server: HttpFileServer) -> None:
+    good = http_server.add("/good.bin", b"good")
+    missing = http_server.url + "/missing.bin"
+    termination = tmp_path / "termination-log"
+    result = run_cli(
+        [good, str(tmp_path / "one"), missing, str(tmp_path / "two")],
+        {"STORAGE_INITIALIZER_TERMINATION_LOG": str(termination)},
+    )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert f"failed to download {missing} to {tmp_path}/two" in errors[0] and "HTTP 404" in errors[0]
+    assert (tmp_path / "one/good.bin").read_bytes() == b"good"
+    assert termination.read_text().startswith(f"failed to download {missing}")
+
+
+def test_credentials_never_appear_in_output(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.url.replace("http://", "http://alice:s3cr3t-pass@") + "/nope.bin?sig=SIGNATURE123&sv=1"
+    termination = tmp_path / "termination-log"
+    env = {
+        "STORAGE_INITIALIZER_TERMINATION_LOG": str(termination),
+        "127.0.0.1-headers": '{"Authorization": "Bearer tok-abcdef-123"}',
+    }
+    result = run_cli(["-v", url, str(tmp_path / "out")], env)
+    assert result.returncode == 1
+    everything = result.stdout + result.stderr + termination.read_text()
+    for secret in ("s3cr3t-pass", "SIGNATURE123", "tok-abcdef-123"):
+        assert secret not in everything
+    assert "sv=1" in result.stderr  # the rest of the URL stays readable
+
+
+def test_patterns_from_env_and_flags(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for name in ("config.json", "model.safetensors", "model.bin", "tok/vocab.json"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        (source / name).write_text(name)
+    json_env = run_cli([str(source), str(tmp_path / "a")], {"STORAGE_ALLOW_PATTERNS": '["*.json"]'})
+    assert json_env.returncode == 0, json_env.stderr
+    assert sorted(tree(tmp_path / "a")) == ["config.json", "tok/vocab.json"]
+    comma_env = run_cli([str(source), str(tmp_path / "b")], {"STORAGE_IGNORE_PATTERNS": "*.bin, tok/*"})
+    assert sorted(tree(tmp_path / "b")) == ["config.json", "model.safetensors"]
+    assert comma_env.returncode == 0
+    flags = run_cli(["--allow-pattern", "*.safetensors", "--allow-pattern", "*.bin", str(source), str(tmp_path / "c")])
+    assert flags.returncode == 0
+    assert sorted(tree(tmp_path / "c")) == ["model.bin", "model.safetensors"]
+    nothing = run_cli([str(source), str(tmp_path / "d")], {"STORAGE_ALLOW_PATTERNS": "*.onnx"})
+    assert nothing.returncode == 1
+    assert "matches the allow/ignore patterns" in nothing.stderr
+
+
+def test_quiet_verbose_and_env_log_level(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/m.bin", b"m")
+    quiet = run_cli(["--quiet", url, str(tmp_path / "q")])
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    env_quiet = run_cli([url, str(tmp_path / "e")], {"STORAGE_INITIALIZER_LOG_LEVEL": "WARNING"})
+    assert env_quiet.stderr == ""
+    verbose = run_cli(["--verbose", url, str(tmp_path / "v")])
+    assert " DEBUG downloaded m.bin" in verbose.stderr
+
+
+def test_bad_setting_is_a_usage_error(tmp_path: Path) -> None:
+    result = run_cli(["/x", str(tmp_path)], {"STORAGE_INITIALIZER_CONCURRENCY": "many"})
+    assert result.returncode == 2
+    assert "STORAGE_INITIALIZER_CONCURRENCY='many' is not a number" in result.stderr
+
+
+def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/slow.bin", os.urandom(2_000_000))
+    http_server.faults["/slow.bin"] = Fault(stall_after=1_000_000, stall_seconds=1.5, stall_times=1)
+    result = run_cli([url, str(tmp_path / "out")], {"STORAGE_INITIALIZER_HEARTBEAT": "0.3"})
+    assert result.returncode == 0, result.stderr
+    beats = [line for line in result.stderr.splitlines() if " progress: " in line]
+    assert beats, result.stderr
+    assert "/ 1.9 MiB" in beats[-1] and "files 0/1" in beats[-1]
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/tty.bin", os.urandom(1_000_000))
+    http_server.faults["/tty.bin"] = Fault(stall_after=500_000, stall_seconds=1.0, stall_times=1)
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", url, str(tmp_path / "out")],
+        env=clean_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    output = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=60) == 0
+    os.close(main)
+    text = output.decode(errors="replace")
+    assert "\r\x1b[K" in text and "files 0/1" in text
+    assert " progress: " not in text  # the bar replaces the heartbeat log lines
+
+
+@pytest.mark.parametrize("dest_kind", ["file", "unwritable"])
+def test_unusable_dest_is_a_clear_error(tmp_path: Path, http_server: HttpFileServer, dest_kind: str) -> None:
+    url = http_server.add("/m.bin", b"m")
+    dest = tmp_path / "dest"
+    if dest_kind == "file":
+        dest.write_text("i am a file")
+        result = run_cli([url, str(dest)])
+        assert "exists and is not a directory" in result.stderr
+        assert dest.read_text() == "i am a file"
+    else:
+        # Tests run as root, which ignores permission bits: an immutable
+        # directory is one that even root cannot write into.
+        dest.mkdir()
+        subprocess.run(["chattr", "+i", str(dest)], check=True)
+        try:
+            result = run_cli([url, str(dest / "sub")])
+            later = run_cli([url, str(dest)])
+        finally:
+            subprocess.run(["chattr", "-i", str(dest)], check=True)
+        assert "cannot create DEST_PATH" in result.stderr
+        assert later.returncode == 1 and "failed to download" in later.stderr
+        assert list(dest.iterdir()) == []
+    assert result.returncode == 1

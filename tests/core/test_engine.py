@@ -1,0 +1,339 @@
+"""The transfer engine through the CLI and the Python API: bytes, faults, resume, safety."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage_initializer import download
+from storage_initializer.errors import IntegrityError, NotFoundError, UnsafePathError
+from storage_initializer.settings import MiB, Settings
+from tests.cli import clean_env, run_cli, tree
+from tests.core.memory_provider import MemoryProvider, memory_registry
+from tests.servers.http_server import Fault, HttpFileServer
+
+FAST = {
+    "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05",
+    "STORAGE_INITIALIZER_PART_SIZE": "1M",
+    "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "2M",
+}
+
+
+@pytest.fixture(autouse=True)
+def _reset_memory() -> Iterator[None]:
+    MemoryProvider.reset()
+    yield
+    MemoryProvider.reset()
+
+
+def _settings(**overrides: object) -> Settings:
+    base = Settings(concurrency=4, retries=2, retry_backoff=0.01, heartbeat_seconds=60)
+    return base.with_overrides(**overrides)
+
+
+def _fetch(uri: str, dest: Path, **overrides: object) -> None:
+    (result,) = download([(uri, str(dest))], settings=_settings(**overrides), registry=memory_registry())
+    if result.error is not None:
+        raise result.error
+
+
+# -- faults over real HTTP --------------------------------------------------------
+def test_multipart_download_survives_a_cut_connection(tmp_path: Path, http_server: HttpFileServer) -> None:
+    data = os.urandom(6 * MiB + 123)
+    url = http_server.add("/m/model.bin", data)
+    http_server.faults["/m/model.bin"] = Fault(cut_after=300_000, cut_times=2)
+    result = run_cli([url, str(tmp_path / "out")], FAST)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/model.bin").read_bytes() == data
+    assert "retrying model.bin part" in result.stderr and "the connection ended after" in result.stderr
+    ranges = [h.get("Range") for m, _, h in http_server.requests if m == "GET"]
+    assert sum(1 for r in ranges if r and r != "bytes=0-0") >= 7  # 7 parts, plus resumed tails
+
+
+@pytest.mark.parametrize("codes", [[503, 500], [429, 429, 502]])
+def test_transient_statuses_are_retried(tmp_path: Path, http_server: HttpFileServer, codes: list[int]) -> None:
+    url = http_server.add("/s.bin", b"payload" * 1000)
+    http_server.faults["/s.bin"] = Fault(status_codes=list(codes))
+    result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_RETRIES": "3"})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/s.bin").read_bytes() == b"payload" * 1000
+    assert result.stderr.count("retrying") == len(codes)
+
+
+def test_a_stall_is_a_transient_error_not_a_hang(tmp_path: Path, http_server: HttpFileServer) -> None:
+    data = os.urandom(500_000)
+    url = http_server.add("/stall.bin", data)
+    http_server.faults["/stall.bin"] = Fault(stall_after=100_000, stall_seconds=30, stall_times=1)
+    started = time.monotonic()
+    result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_STALL_TIMEOUT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 20
+    assert (tmp_path / "out/stall.bin").read_bytes() == data
+    assert "retrying stall.bin" in result.stderr
+
+
+def test_persistent_failure_gives_up_in_bounded_time(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/down.bin", b"x")
+    http_server.faults["/down.bin"] = Fault(status_codes=[500] * 100)
+    started = time.monotonic()
+    result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_RETRIES": "2"})
+    assert result.returncode == 1
+    assert time.monotonic() - started < 20
+    assert "HTTP 500" in result.stderr and "gave up after 2 retries" in result.stderr
+    assert tree(tmp_path / "out") == {}
+
+
+def test_permanent_errors_are_not_retried(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/private.bin", b"x", require_headers={"Authorization": "Bearer right"})
+    result = run_cli([url, str(tmp_path / "out")], FAST)
+    assert result.returncode == 1
+    assert "retrying" not in result.stderr
+    assert "HTTP 401" in result.stderr and "<hostname>-headers" in result.stderr
+    ok = run_cli([url, str(tmp_path / "ok")], {**FAST, "127.0.0.1-headers": '{"Authorization": "Bearer right"}'})
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_object_replaced_mid_download_is_never_spliced(tmp_path: Path, http_server: HttpFileServer) -> None:
+    old, new = os.urandom(6 * MiB), os.urandom(6 * MiB)
+    url = http_server.add("/swap.bin", old)
+    http_server.faults["/swap.bin"] = Fault(replace_after=2 * MiB, replacement=new)
+    result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_CONCURRENCY": "2"})
+    assert result.returncode == 1
+    assert "changed during the download" in result.stderr
+    assert not (tmp_path / "out/swap.bin").exists()
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [".storage-initializer"]
+    again = run_cli([url, str(tmp_path / "out")], FAST)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "out/swap.bin").read_bytes() == new
+
+
+def test_server_without_ranges_is_read_in_one_stream(tmp_path: Path, http_server: HttpFileServer) -> None:
+    data = os.urandom(5 * MiB)
+    url = http_server.add("/plain.bin", data, ranges=False, chunked=True)
+    # Two cuts: the one-byte probe (answered with the whole body) may take one.
+    http_server.faults["/plain.bin"] = Fault(cut_after=MiB, cut_times=2)
+    result = run_cli([url, str(tmp_path / "out")], FAST)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/plain.bin").read_bytes() == data
+    assert "does not serve byte ranges" in result.stderr
+    assert "retrying plain.bin" in result.stderr
+
+
+# -- resume -------------------------------------------------------------------------
+def _partial_records(dest: Path) -> list[dict[str, object]]:
+    records = []
+    for path in (dest / ".storage-initializer/partial").glob("*.json"):
+        try:
+            records.append(json.loads(path.read_text()))
+        except ValueError:
+            pass
+    return records
+
+
+def _start_stuck_download(http_server: HttpFileServer, dest: Path) -> tuple[subprocess.Popen[bytes], bytes, str]:
+    data = os.urandom(12 * MiB)
+    url = http_server.add("/big/model.bin", data)
+    http_server.faults["/big/model.bin"] = Fault(hold_from=6 * MiB, hold_seconds=60)
+    env = clean_env({**FAST, "STORAGE_INITIALIZER_CONCURRENCY": "3"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", url, str(dest)], env=env, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        records = _partial_records(dest)
+        if records and len(records[0]["done"]) >= 5:  # type: ignore[arg-type]
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the download never got going")
+    return proc, data, url
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_download_resumes_and_fetches_only_what_was_missing(
+    tmp_path: Path, http_server: HttpFileServer, sig: signal.Signals
+) -> None:
+    dest = tmp_path / "out"
+    proc, data, url = _start_stuck_download(http_server, dest)
+    killed_at = time.monotonic()
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143
+        assert time.monotonic() - killed_at < 8
+        assert b"received SIGTERM" in stderr
+    assert not (dest / "model.bin").exists()  # nothing incomplete under the final name
+    done_parts = len(_partial_records(dest)[0]["done"])  # type: ignore[arg-type]
+    http_server.faults.clear()
+    http_server.reset_counters()
+    result = run_cli([url, str(dest)], FAST)
+    assert result.returncode == 0, result.stderr
+    assert (dest / "model.bin").read_bytes() == data
+    assert f"resuming model.bin: {done_parts} of 12 parts already downloaded" in result.stderr
+    assert http_server.bytes_sent <= len(data) - done_parts * MiB + 1
+    assert [p.name for p in dest.iterdir() if p.name.endswith(".si-partial")] == []
+
+
+def test_rerun_skips_complete_files(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/m/model.bin", os.urandom(3 * MiB))
+    assert run_cli([url, str(tmp_path)], FAST).returncode == 0
+    http_server.reset_counters()
+    again = run_cli([url, str(tmp_path)], FAST)
+    assert again.returncode == 0
+    assert "0 files, 0 bytes" in again.stderr and "1 already complete" in again.stderr
+    assert http_server.bytes_sent <= 1  # only the one-byte probe
+
+
+def test_changed_or_damaged_local_copy_is_downloaded_again(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(b"a" * 100)
+    dest = tmp_path / "dest"
+    assert run_cli([str(source), str(dest)]).returncode == 0
+    (dest / "a.bin").unlink()
+    (dest / "a.bin").write_bytes(b"tampered")
+    assert run_cli([str(source), str(dest)]).returncode == 0
+    assert (dest / "a.bin").read_bytes() == b"a" * 100
+
+
+# -- local sources ----------------------------------------------------------------------
+def test_local_copy_hard_links_on_the_same_filesystem(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub/w.bin").write_bytes(b"w" * 1000)
+    result = run_cli([f"file://{source}", str(tmp_path / "dest")])
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "dest/sub/w.bin").stat().st_ino == (source / "sub/w.bin").stat().st_ino
+    assert not (tmp_path / "dest/sub/w.bin").is_symlink()
+
+
+def test_ten_thousand_small_files_in_flat_memory(tmp_path: Path) -> None:
+    source = Path("/dev/shm") / f"si-many-{os.getpid()}"  # another filesystem: a real copy
+    try:
+        for i in range(100):
+            directory = source / f"d{i:03d}"
+            directory.mkdir(parents=True)
+            for j in range(100):
+                (directory / f"f{j:03d}.bin").write_bytes(b"%d-%d" % (i, j))
+        result = run_cli([str(source), str(tmp_path / "dest")], {"STORAGE_INITIALIZER_LOG_LEVEL": "WARNING"})
+        assert result.returncode == 0, result.stderr
+        files = tree(tmp_path / "dest")
+        assert len(files) == 10_000
+        assert files["d042/f017.bin"] == b"42-17"
+        assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < 256 * 1024  # KiB
+    finally:
+        subprocess.run(["rm", "-rf", str(source)], check=True)
+
+
+def test_two_gib_file_keeps_memory_flat(tmp_path: Path) -> None:
+    source = Path("/dev/shm") / f"si-big-{os.getpid()}.bin"
+    block = os.urandom(MiB)
+    try:
+        with open(source, "wb") as handle:
+            for i in range(2048):
+                handle.write(block[i % 7 :] + block[: i % 7])
+        result = run_cli([str(source), str(tmp_path / "dest")])
+        assert result.returncode == 0, result.stderr
+        peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        assert peak_kib < 256 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+        copy = tmp_path / "dest" / source.name
+        assert copy.stat().st_size == 2048 * MiB
+        with open(copy, "rb") as handle:
+            for i in range(2048):
+                assert handle.read(MiB) == block[i % 7 :] + block[: i % 7], f"block {i}"
+    finally:
+        source.unlink(missing_ok=True)
+
+
+# -- verification, safety (through the Python API with an in-memory store) -------------
+def test_checksums_are_verified_for_whole_and_multipart_reads(tmp_path: Path) -> None:
+    small, big = os.urandom(1000), os.urandom(5 * MiB)
+    MemoryProvider.objects.update({"b/m/small": small, "b/m/big": big})
+    MemoryProvider.checksums["b/m/small"] = {"md5": hashlib.md5(small).hexdigest()}
+    MemoryProvider.checksums["b/m/big"] = {"sha256": hashlib.sha256(big).hexdigest()}
+    _fetch("mem://b/m", tmp_path / "ok", part_size=MiB, multipart_threshold=2 * MiB)
+    assert tree(tmp_path / "ok") == {"small": small, "big": big}
+
+
+@pytest.mark.parametrize("size", [1000, 5 * MiB])
+def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, size: int) -> None:
+    MemoryProvider.objects["b/bad"] = os.urandom(size)
+    MemoryProvider.checksums["b/bad"] = {"sha256": "0" * 64}
+    with pytest.raises(IntegrityError, match="sha256 is"):
+        _fetch("mem://b/bad", tmp_path / "out", part_size=MiB, multipart_threshold=2 * MiB)
+    assert os.listdir(tmp_path / "out") == [".storage-initializer"]
+    assert [p for p in (tmp_path / "out").rglob("*.si-partial")] == []
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["../escape", "a/../../escape", "/abs/escape", "a\\..\\escape", "C:/escape", "a\x00b", "x/./y", "n" * 300],
+)
+def test_hostile_keys_never_write_outside_dest(tmp_path: Path, key: str) -> None:
+    MemoryProvider.objects.update({"b/m/fine": b"ok", f"b/m/{key}": b"evil"})
+    with pytest.raises(UnsafePathError):
+        _fetch("mem://b/m", tmp_path / "dest")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dest"]
+    assert not any(p.read_bytes() == b"evil" for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_file_and_directory_with_one_name_is_an_error(tmp_path: Path) -> None:
+    MemoryProvider.objects.update({"b/m/a": b"file", "b/m/a/b": b"child"})
+    with pytest.raises(UnsafePathError, match="needs 'a' to be a directory"):
+        _fetch("mem://b/m", tmp_path / "dest")
+
+
+def test_symlink_inside_dest_is_never_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    MemoryProvider.objects.update({"b/m/sub/file.bin": b"x", "b/m/top.bin": b"y"})
+    with pytest.raises(UnsafePathError, match="symlink"):
+        _fetch("mem://b/m", dest)
+    assert list(outside.iterdir()) == []
+
+
+def test_symlink_at_a_file_name_is_replaced_not_followed(tmp_path: Path) -> None:
+    target = tmp_path / "precious"
+    target.write_bytes(b"keep me")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "model.bin").symlink_to(target)
+    MemoryProvider.objects["b/m/model.bin"] = b"new"
+    _fetch("mem://b/m", dest)
+    assert target.read_bytes() == b"keep me"
+    assert not (dest / "model.bin").is_symlink() and (dest / "model.bin").read_bytes() == b"new"
+
+
+def test_nothing_matched_is_an_error(tmp_path: Path) -> None:
+    MemoryProvider.objects.update({"b/m/": b"", "b/m/sub/": b""})
+    with pytest.raises(NotFoundError, match="only directory markers"):
+        _fetch("mem://b/m", tmp_path / "dest")
+
+
+def test_disk_full_is_clear_and_leaves_no_temp_files(tmp_path: Path, http_server: HttpFileServer) -> None:
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        url = http_server.add("/huge.bin", os.urandom(8 * MiB))
+        result = run_cli([url, str(mount)], FAST)
+        assert result.returncode == 1
+        assert "no space left on the device" in result.stderr
+        leftovers = [p for p in mount.rglob("*") if p.is_file() and ".storage-initializer" not in p.parts]
+        assert leftovers == []
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

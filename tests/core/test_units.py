@@ -1,0 +1,186 @@
+"""Unit tests of the core's pure pieces: paths, patterns, settings, redaction, parts."""
+
+from __future__ import annotations
+
+import pytest
+
+from storage_initializer.engine.parts import plan_parts
+from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
+from storage_initializer.errors import ConfigError, UnsafePathError, classify
+from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.redact import clear_registered_secrets, redact, register_env_secrets, register_secret
+from storage_initializer.settings import MiB, Settings, parse_patterns, parse_size, settings_from_env
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../x",
+        "a/../../x",
+        "a/./b",
+        "/etc/passwd",
+        "a//b",
+        "a\\..\\b",
+        "C:/windows",
+        "a\x00b",
+        "x" * 256,
+        "/".join(["d" * 200] * 21),
+        ".storage-initializer/manifest.jsonl",
+        "dir/.f.si-partial",
+        "",
+    ],
+)
+def test_hostile_keys_are_refused(key: str) -> None:
+    with pytest.raises(UnsafePathError):
+        safe_relpath(key)
+
+
+@pytest.mark.parametrize("key", ["model.bin", "a/b/c.json", "ünïcode/naïve file.txt", ".hidden", "x" * 255, "a..b"])
+def test_ordinary_keys_pass_unchanged(key: str) -> None:
+    assert safe_relpath(key) == key
+
+
+def test_layout_checker_refuses_file_and_directory_with_one_name() -> None:
+    layout = LayoutChecker()
+    layout.add("a")
+    with pytest.raises(UnsafePathError, match="'a/b' needs 'a' to be a directory"):
+        layout.add("a/b")
+    other = LayoutChecker()
+    other.add("a/b")
+    with pytest.raises(UnsafePathError, match="both a file and a directory"):
+        other.add("a")
+    with pytest.raises(UnsafePathError, match="same file"):
+        other.add("a/b")
+
+
+def test_case_differing_names_are_distinct_files() -> None:
+    layout = LayoutChecker()
+    layout.add("Model.bin")
+    layout.add("model.bin")  # a case-sensitive filesystem holds both (documented)
+
+
+def test_path_filter_follows_kserve_fnmatch_semantics() -> None:
+    keep = PathFilter(allow=["*.json", "tokenizer/"], ignore=["secret*"])
+    assert keep.keep("config.json")
+    assert keep.keep("sub/config.json")  # fnmatch's * crosses '/'
+    assert keep.keep("tokenizer/vocab.txt")
+    assert not keep.keep("model.bin")
+    assert not keep.keep("secret.json")
+    assert PathFilter().keep("anything")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('["*.json", "*.safetensors"]', ("*.json", "*.safetensors")),
+        ("*.json, *.safetensors", ("*.json", "*.safetensors")),
+        ('"*.bin"', ("*.bin",)),
+        ("", ()),
+        ("  ", ()),
+    ],
+)
+def test_patterns_accept_json_or_comma_lists(text: str, expected: tuple[str, ...]) -> None:
+    assert parse_patterns(text) == expected
+
+
+def test_sizes_parse_binary_units() -> None:
+    assert parse_size("64M", "x") == 64 * MiB
+    assert parse_size("1GiB", "x") == 1024 * MiB
+    assert parse_size("4096", "x") == 4096
+    with pytest.raises(ConfigError):
+        parse_size("lots", "x")
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = settings_from_env(
+        {
+            "STORAGE_INITIALIZER_CONCURRENCY": "3",
+            "STORAGE_INITIALIZER_PART_SIZE": "16M",
+            "STORAGE_INITIALIZER_STALL_TIMEOUT": "2.5",
+            "STORAGE_ALLOW_PATTERNS": "*.json",
+            "STORAGE_INITIALIZER_VERIFY_CHECKSUMS": "false",
+        }
+    )
+    assert settings.concurrency == 3
+    assert settings.part_size == 16 * MiB
+    assert settings.stall_timeout == 2.5
+    assert settings.allow_patterns == ("*.json",)
+    assert settings.verify_checksums is False
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"STORAGE_INITIALIZER_CONCURRENCY": "zero"},
+        {"STORAGE_INITIALIZER_CONCURRENCY": "0"},
+        {"STORAGE_INITIALIZER_FSYNC": "maybe"},
+        {"STORAGE_INITIALIZER_LOG_LEVEL": "LOUD"},
+        {"STORAGE_INITIALIZER_PART_SIZE": "big"},
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="STORAGE_INITIALIZER_"):
+        settings_from_env(env)
+
+
+def test_parts_adapt_to_size_and_settings() -> None:
+    settings = Settings(concurrency=16)
+    assert plan_parts(RemoteObject("a", 1000), settings) is None
+    assert plan_parts(RemoteObject("a", None), settings) is None
+    assert plan_parts(RemoteObject("a", 100 * MiB, supports_ranges=False), settings) is None
+    parts = plan_parts(RemoteObject("a", 2048 * MiB), settings)
+    assert parts is not None and len(parts) == 32 and parts[-1][1] == 2048 * MiB
+    parts = plan_parts(RemoteObject("a", 100 * MiB + 1), settings)
+    assert parts is not None
+    assert parts[0] == (0, 8 * MiB) and parts[-1][1] == 100 * MiB + 1
+    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+    tuned = Settings(part_size=MiB, multipart_threshold=2 * MiB)
+    assert len(plan_parts(RemoteObject("a", 5 * MiB), tuned) or []) == 5
+
+
+def test_redaction_masks_urls_headers_and_registered_values() -> None:
+    clear_registered_secrets()
+    try:
+        text = (
+            "https://user:hunter2@host/p?sv=1&sig=abc%2Fdef&se=2 "
+            "https://b.s3.amazonaws.com/k?X-Amz-Credential=AKIA/x&X-Amz-Signature=ff00 "
+            "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=c2VjcmV0a2V5;EndpointSuffix=x "
+            "{'Authorization': 'Bearer tok_123456'}"
+        )
+        out = redact(text)
+        for secret in ("hunter2", "abc%2Fdef", "AKIA/x", "ff00", "c2VjcmV0a2V5", "tok_123456"):
+            assert secret not in out
+        assert "sv=1" in out and "se=2" in out and "AccountName=a" in out
+        register_env_secrets({"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG", "AWS_ACCESS_KEY_ID": "AKIAPUBLICID"})
+        register_secret("hf_abcdefghijkl")
+        out = redact("key wJalrXUtnFEMI/K7MDENG or wJalrXUtnFEMI%2FK7MDENG and hf_abcdefghijkl, id AKIAPUBLICID")
+        assert "wJalr" not in out and "hf_abc" not in out
+        assert "AKIAPUBLICID" in out  # an access key id is not a secret
+    finally:
+        clear_registered_secrets()
+
+
+def test_header_variables_are_secret() -> None:
+    clear_registered_secrets()
+    try:
+        register_env_secrets({"models.example.com-headers": '{"X-Token": "opaque-value-123"}'})
+        assert "opaque-value-123" not in redact("sent opaque-value-123")
+    finally:
+        clear_registered_secrets()
+
+
+def test_uri_formats_match_as_kserve_does() -> None:
+    assert UriFormat(prefix="s3://").matches("s3://b/k")
+    assert not UriFormat(prefix="s3://").matches("gs://b/k")
+    blob = UriFormat(regex=r"https://(.+?)\.blob\.core\.windows\.net/(.+)")
+    assert blob.matches("https://acct.blob.core.windows.net/c/p")
+    assert blob.as_crd() == {"regex": r"https://(.+?)\.blob\.core\.windows\.net/(.+)"}
+    with pytest.raises(ValueError):
+        UriFormat()
+
+
+def test_unknown_exceptions_are_classified() -> None:
+    assert classify(ConnectionResetError()).retryable
+    assert classify(TimeoutError()).retryable
+    assert not classify(KeyError("x")).retryable
+    assert "KeyError" in str(classify(KeyError("x")))

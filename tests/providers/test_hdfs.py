@@ -1,0 +1,396 @@
+"""hdfs:// and webhdfs:// against the fake WebHDFS cluster: conformance, every option, failures."""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+from storage_initializer_hdfs import HdfsProvider
+
+from storage_initializer.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    ObjectChangedError,
+    ProviderUnavailableError,
+    StorageInitializerError,
+    TransientError,
+)
+from storage_initializer.registry import Registry
+from storage_initializer.runner import PairResult, download
+from storage_initializer.settings import Settings
+from storage_initializer.testing import ConformanceStore, ProviderConformance
+from tests.cli import run_cli
+from tests.servers.fake_webhdfs import FakeWebHDFS
+
+MakeFake = Callable[..., FakeWebHDFS]
+MODEL = bytes(range(251)) * 400  # 100400 bytes
+TREE = {
+    "/models/iris/model.joblib": MODEL,
+    "/models/iris/config.json": b'{"name": "iris"}',
+    "/models/iris/sub/deep/weights.bin": b"w" * 3000,
+    "/models/iris/empty.txt": b"",
+}
+EXPECTED = {key.removeprefix("/models/iris/"): data for key, data in TREE.items()}
+
+
+def _seed(fake: FakeWebHDFS, prefix: str = "") -> None:
+    for path, data in TREE.items():
+        fake.put(prefix + path, data)
+
+
+def _secrets(directory: Path, **values: str | bytes) -> dict[str, str]:
+    """Write KServe's HDFS secret (one file per key) and return the env pointing at it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in values.items():
+        (directory / key).write_bytes(value.encode() if isinstance(value, str) else value)
+    return {"HDFS_SECRET_DIR": str(directory)}
+
+
+def _fetch(uri: str, dest: Path, env: Mapping[str, str], **settings: object) -> PairResult:
+    options: dict[str, object] = {"concurrency": 4, "stall_timeout": 5, "retries": 2, "retry_backoff": 0.01}
+    options.update(settings)
+    config = Settings(env=dict(env), heartbeat_seconds=60, **options)  # type: ignore[arg-type]
+    (result,) = download([(uri, str(dest))], settings=config, registry=Registry.from_classes({"hdfs": HdfsProvider}))
+    return result
+
+
+def _ok(uri: str, dest: Path, env: Mapping[str, str], **settings: object) -> dict[str, bytes]:
+    result = _fetch(uri, dest, env, **settings)
+    if result.error is not None:
+        raise result.error
+    return _files(dest)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in root.rglob("*")
+        if p.is_file() and ".storage-initializer" not in p.parts
+    }
+
+
+# -- the shared conformance suite ---------------------------------------------------------------
+
+
+class HdfsStore(ConformanceStore):
+    provider_class = HdfsProvider
+    supports_markers = False  # HDFS has real directories, no marker objects
+
+    def __init__(self, fake: FakeWebHDFS, secret_dir: Path) -> None:
+        super().__init__()
+        self.fake = fake
+        self._env = _secrets(secret_dir, HDFS_NAMENODE=fake.url)
+
+    def env(self) -> Mapping[str, str]:
+        return self._env
+
+    def uri_for(self, key: str) -> str:
+        return f"hdfs:///{self.root_name}/{key}" if key else f"hdfs:///{self.root_name}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.fake.put(f"/{self.root_name}/{key}", data)
+
+    def replace(self, key: str, data: bytes) -> None:
+        self.fake.replace(f"/{self.root_name}/{key}", data)
+
+
+class TestHdfsConformance(ProviderConformance):
+    @pytest.fixture
+    def store(self, fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> ConformanceStore:
+        return HdfsStore(fake_webhdfs, tmp_path / "secret")
+
+
+# -- end to end through the command -------------------------------------------------------------
+
+
+def test_cli_downloads_the_whole_tree_with_ranged_reads(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url + "\n")  # a trailing newline is fine
+    env.update(STORAGE_INITIALIZER_PART_SIZE="32K", STORAGE_INITIALIZER_MULTIPART_THRESHOLD="64K")
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == EXPECTED  # nested directories and the empty file included
+    ranges = sorted((int(r.query["offset"]), int(r.query["length"])) for r in fake_webhdfs.opens(TREE_MODEL))
+    assert ranges == [(0, 32768), (32768, 32768), (65536, 32768), (98304, 2096)]
+    assert "hdfs configuration from" in done.stderr
+
+
+TREE_MODEL = "/models/iris/model.joblib"
+
+
+@pytest.mark.parametrize(
+    ("uri", "required_headers", "cause"),
+    [
+        ("hdfs:///models/nope", {}, "does not exist"),
+        ("hdfs:///models/iris", {"Authorization": "Negotiate x"}, "requires authentication"),
+    ],
+)
+def test_cli_failure_is_one_clear_line(
+    fake_webhdfs: FakeWebHDFS, tmp_path: Path, uri: str, required_headers: dict[str, str], cause: str
+) -> None:
+    _seed(fake_webhdfs)
+    fake_webhdfs.required_headers = required_headers  # a 401 HTML page the hdfs package logs as ERROR
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    done = run_cli([uri, str(tmp_path / "out")], env)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, done.stderr
+    assert uri in errors[0] and cause in errors[0]
+    assert "<html>" not in done.stderr
+
+
+def test_kserve_uri_forms_name_the_same_path(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    for index, uri in enumerate(["hdfs:///models/iris", "hdfs://models/iris", "webhdfs://models/iris/"]):
+        assert _ok(uri, tmp_path / f"out{index}", env) == EXPECTED, uri
+    assert _ok("hdfs://models/iris/model.joblib", tmp_path / "single", env) == {"model.joblib": MODEL}
+    fake_webhdfs.put("/versions/v1/old.bin", b"old")
+    fake_webhdfs.put("/versions/v2/new.bin", b"new")  # later modificationTime
+    assert _ok("hdfs:///versions/#LATEST", tmp_path / "latest", env) == {"new.bin": b"new"}  # hdfs client marker
+
+
+def test_namenode_in_the_uri_when_none_is_configured(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = {"HDFS_SECRET_DIR": str(tmp_path / "no-such-secret")}
+    netloc = fake_webhdfs.url.removeprefix("http://")
+    assert _ok(f"webhdfs://{netloc}/models/iris", tmp_path / "a", env) == EXPECTED
+    single = _ok(f"hdfs://{netloc}/models/iris/config.json", tmp_path / "b", env)
+    assert single == {"config.json": TREE["/models/iris/config.json"]}
+    missing = _fetch("hdfs:///models/iris", tmp_path / "c", env).error
+    assert isinstance(missing, ConfigError) and "HDFS_NAMENODE is not configured" in str(missing)
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "d")], env)
+    assert done.returncode == 2 and "HDFS_NAMENODE" in done.stderr
+
+
+# -- errors KServe gets wrong or unclear ----------------------------------------------------------
+
+
+def test_missing_path_and_empty_directories_are_errors(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    fake_webhdfs.mkdir("/empty")
+    fake_webhdfs.mkdir("/hollow/a/b")
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    missing = _fetch("hdfs:///nope", tmp_path / "a", env).error
+    assert isinstance(missing, NotFoundError) and "does not exist" in str(missing)
+    for uri in ("hdfs:///empty", "hdfs:///hollow"):  # KServe reports success here
+        error = _fetch(uri, tmp_path / "b", env).error
+        assert isinstance(error, NotFoundError) and "holds no objects" in str(error), uri
+
+
+def test_permission_denied_is_access_denied(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    fake_webhdfs.put("/private/m.bin", b"secret", owner="alice", permission=0o600)
+    fake_webhdfs.chmod("/private", 0o700, owner="alice")
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    error = _fetch("hdfs:///private", tmp_path / "out", env).error
+    assert isinstance(error, AccessDeniedError)
+    assert "Permission denied: user=dr.who, access=READ_EXECUTE" in str(error) and "USER_PROXY" in str(error)
+    fake_webhdfs.anonymous_allowed = False  # simple auth refusing requests without user.name (HTML 403)
+    error = _fetch("hdfs:///private", tmp_path / "out", env).error
+    assert isinstance(error, AccessDeniedError) and "Anonymous requests are disallowed" in str(error)
+
+
+def test_stored_patterns_apply_to_nested_paths(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    env["STORAGE_ALLOW_PATTERNS"] = '["*.bin"]'  # KServe would match top-level names only
+    settings = {"allow_patterns": ("*.bin",)}
+    assert _ok("hdfs:///models/iris", tmp_path / "out", env, **settings) == {"sub/deep/weights.bin": b"w" * 3000}
+
+
+# -- every configuration option takes effect ------------------------------------------------------
+
+
+def test_user_proxy_is_sent_as_doas(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    fake_webhdfs.put("/private/m.bin", b"secret", owner="alice", permission=0o600)
+    fake_webhdfs.chmod("/private", 0o700, owner="alice")
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url, USER_PROXY="alice")
+    refused = _fetch("hdfs:///private", tmp_path / "a", env).error  # dr.who may not impersonate yet
+    assert isinstance(refused, AccessDeniedError) and "not allowed to impersonate alice" in str(refused)
+    fake_webhdfs.proxy_users = {"dr.who": ["alice"]}
+    assert _ok("hdfs:///private", tmp_path / "b", env) == {"m.bin": b"secret"}
+    opens = fake_webhdfs.opens("/private/m.bin")
+    assert opens and all(r.query.get("doas") == "alice" for r in opens)
+    assert "user.name" not in opens[0].query  # as KServe's hdfs.Client: no user.name
+
+
+def test_hdfs_rootpath_absolute_and_relative(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    _seed(fake_webhdfs, prefix="/user/dr.who")
+    fake_webhdfs.put("/user/alice/models/iris/alice.bin", b"alice's")
+    fake_webhdfs.proxy_users = {"dr.who": ["alice"]}
+    absolute = _secrets(tmp_path / "abs", HDFS_NAMENODE=fake_webhdfs.url, HDFS_ROOTPATH="/models")
+    assert _ok("hdfs://iris", tmp_path / "a", absolute) == EXPECTED
+    assert _ok("hdfs:///models/iris/config.json", tmp_path / "b", absolute) == {"config.json": b'{"name": "iris"}'}
+    relative = _secrets(tmp_path / "rel", HDFS_NAMENODE=fake_webhdfs.url, HDFS_ROOTPATH="models")
+    assert _ok("webhdfs://iris", tmp_path / "c", relative) == EXPECTED  # below /user/dr.who (GETHOMEDIRECTORY)
+    (tmp_path / "rel" / "USER_PROXY").write_text("alice")
+    assert _ok("webhdfs://iris", tmp_path / "d", relative) == {"alice.bin": b"alice's"}
+
+
+def test_headers_reach_the_namenode_and_stay_secret(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    token = "Bearer hdfs-gateway-t0ken-42"
+    fake_webhdfs.required_headers = {"Authorization": token}
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    refused = _fetch("hdfs:///models/iris", tmp_path / "a", env).error
+    assert isinstance(refused, AccessDeniedError) and "HEADERS" in str(refused)
+    (tmp_path / "secret" / "HEADERS").write_text(json.dumps({"Authorization": token, "X-Trace": "t-1"}))
+    env["STORAGE_INITIALIZER_LOG_LEVEL"] = "DEBUG"
+    fake_webhdfs.reset_counters()
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "b")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "b") == EXPECTED
+    assert "t0ken" not in done.stderr and "Authorization" in done.stderr  # names logged, never values
+    namenode_calls = [r for r in fake_webhdfs.requests if r.node == "namenode"]
+    assert namenode_calls and all(r.headers.get("X-Trace") == "t-1" for r in namenode_calls)
+    (tmp_path / "secret" / "HEADERS").write_text("not json")
+    assert isinstance(_fetch("hdfs:///models/iris", tmp_path / "c", env).error, ConfigError)
+
+
+def test_tls_ca_beats_requests_ca_bundle_and_skip_verify(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    fake = make_fake_webhdfs(tls=True)
+    _seed(fake)
+    assert fake.ca_path is not None
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake.url)
+    untrusted = _fetch("hdfs:///models/iris", tmp_path / "a", env).error
+    assert untrusted is not None and "TLS" in str(untrusted) and "TLS_CA" in str(untrusted)
+    (tmp_path / "secret" / "TLS_CA").write_bytes(fake.ca_path.read_bytes())
+    # requests would let REQUESTS_CA_BUNDLE override the session's CA: TLS_CA must still win.
+    env["REQUESTS_CA_BUNDLE"] = "/etc/ssl/certs/ca-certificates.crt"
+    assert _ok("hdfs:///models/iris", tmp_path / "b", env) == EXPECTED
+    skip = _secrets(tmp_path / "skip", HDFS_NAMENODE=fake.url, TLS_SKIP_VERIFY="True")
+    assert _ok("hdfs:///models/iris", tmp_path / "c", skip) == EXPECTED
+    (tmp_path / "skip" / "TLS_SKIP_VERIFY").write_text("yes")  # KServe reads that as false: refuse it
+    assert isinstance(_fetch("hdfs:///models/iris", tmp_path / "d", skip).error, ConfigError)
+
+
+def test_tls_client_certificate(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    fake = make_fake_webhdfs(tls=True, require_client_cert=True)
+    fake.put("/m/model.bin", MODEL)
+    assert fake.ca_path is not None
+    cert, key = fake.client_cert_files()
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake.url, TLS_CA=fake.ca_path.read_bytes())
+    refused = _fetch("hdfs:///m", tmp_path / "a", env).error
+    assert refused is not None and "TLS_CERT" in str(refused)
+    _secrets(tmp_path / "secret", TLS_CERT=cert.read_bytes(), TLS_KEY=key.read_bytes())
+    assert _ok("hdfs:///m", tmp_path / "b", env) == {"model.bin": MODEL}
+    (tmp_path / "secret" / "TLS_CERT").unlink()
+    assert isinstance(_fetch("hdfs:///m", tmp_path / "c", env).error, ConfigError)  # a key alone
+
+
+def test_n_threads_caps_concurrent_reads(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    for index in range(6):
+        fake_webhdfs.put(f"/many/f{index}", b"%d" % index * 1000)
+    fake_webhdfs.stall(None, after=0, seconds=0.15, times=-1)  # every read lingers: overlaps are visible
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    assert len(_ok("hdfs:///many", tmp_path / "a", env, concurrency=6)) == 6
+    assert fake_webhdfs.max_active_reads > 2
+    fake_webhdfs.reset_counters()
+    (tmp_path / "secret" / "N_THREADS").write_text("2")
+    assert len(_ok("hdfs:///many", tmp_path / "b", env, concurrency=6)) == 6
+    assert fake_webhdfs.max_active_reads == 2
+    (tmp_path / "secret" / "N_THREADS").write_text("0")
+    assert isinstance(_fetch("hdfs:///many", tmp_path / "c", env).error, ConfigError)
+
+
+def test_ha_namenodes_fail_over_from_a_standby(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    standby, active = make_fake_webhdfs(standby=True), make_fake_webhdfs()
+    _seed(active)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=f"{standby.url};{active.url}")
+    assert _ok("hdfs:///models/iris", tmp_path / "out", env) == EXPECTED
+    assert standby.requests  # asked first, answered StandbyException
+    everyone_standby = _secrets(tmp_path / "s2", HDFS_NAMENODE=standby.url)
+    error = _fetch("hdfs:///models/iris", tmp_path / "b", everyone_standby).error
+    assert isinstance(error, TransientError) and "StandbyException" in str(error)
+
+
+def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    fake = make_fake_webhdfs(tls=True)
+    _seed(fake)
+    assert fake.ca_path is not None
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE="http://127.0.0.1:1")  # ignored, as in KServe
+    spec = {"type": "hdfs", "HDFS_NAMENODE": fake.url, "TLS_CA": base64.b64encode(fake.ca_path.read_bytes()).decode()}
+    env["STORAGE_CONFIG"] = json.dumps(spec)
+    env["STORAGE_OVERRIDE_CONFIG"] = json.dumps({"HDFS_ROOTPATH": "/models"})
+    before = set(Path(tempfile.gettempdir()).glob("storage-initializer-hdfs-*"))
+    assert _ok("hdfs://iris", tmp_path / "out", env) == EXPECTED
+    assert set(Path(tempfile.gettempdir()).glob("storage-initializer-hdfs-*")) == before  # decoded CA removed
+    env["STORAGE_CONFIG"] = json.dumps({**spec, "type": "webhdfs", "TLS_CA": "%%% not base64"})
+    assert isinstance(_fetch("hdfs://iris", tmp_path / "b", env).error, ConfigError)
+    env["STORAGE_CONFIG"] = json.dumps({"type": "s3", "bucket": "b"})  # another type: the directory counts
+    assert isinstance(_fetch("hdfs://iris", tmp_path / "c", env).error, TransientError)  # port 1 refuses
+
+
+@pytest.mark.skipif(importlib.util.find_spec("requests_kerberos") is not None, reason="the kerberos extra is installed")
+def test_kerberos_without_the_extra_says_what_to_install(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    # Kerberos itself cannot run here (no KDC): only the configuration path is checked.
+    env = _secrets(
+        tmp_path / "secret",
+        HDFS_NAMENODE=fake_webhdfs.url,
+        KERBEROS_PRINCIPAL="model-reader@EXAMPLE.COM",
+        KERBEROS_KEYTAB=b"\x05\x02",
+    )
+    error = _fetch("hdfs:///models/iris", tmp_path / "out", env).error
+    assert isinstance(error, ProviderUnavailableError) and "storage-initializer-hdfs[kerberos]" in str(error)
+
+
+# -- faults: the engine's retries and change detection, through this provider ---------------------
+
+
+def test_cut_and_stalled_reads_are_retried(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    fake_webhdfs.cut(TREE_MODEL, after=50_000)
+    fake_webhdfs.stall("/models/iris/sub/deep/weights.bin", after=100, seconds=30)
+    assert _ok("hdfs:///models/iris", tmp_path / "out", env, stall_timeout=0.5) == EXPECTED
+    assert len(fake_webhdfs.opens(TREE_MODEL)) == 2
+    assert len(fake_webhdfs.opens("/models/iris/sub/deep/weights.bin")) == 2
+
+
+def test_transient_namenode_errors_are_retried(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    fake_webhdfs.fail(403, "RetriableException", "Namenode is in startup mode", op="OPEN", times=2)
+    fake_webhdfs.fail(503, "IOException", "busy", java_class="java.io.IOException", node="datanode")
+    assert _ok("hdfs:///models/iris", tmp_path / "out", env) == EXPECTED
+
+
+def test_a_file_replaced_mid_download_is_detected(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    fake_webhdfs.replace_during_read(TREE_MODEL, MODEL[::-1], after=10_000)  # same size, new content
+    error = _fetch("hdfs:///models/iris", tmp_path / "out", env, part_size=32768, multipart_threshold=65536).error
+    assert isinstance(error, ObjectChangedError) and "model.joblib changed during the download" in str(error)
+    assert "model.joblib" not in _files(tmp_path / "out")  # nothing spliced under the final name
+    assert _ok("hdfs:///models/iris", tmp_path / "out", env)["model.joblib"] == MODEL[::-1]  # a rerun heals
+
+
+def test_unreachable_namenode_is_transient(tmp_path: Path) -> None:
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE="http://127.0.0.1:1")
+    error = _fetch("hdfs:///models/iris", tmp_path / "out", env, retries=1)
+    assert isinstance(error.error, TransientError) and "cannot reach" in str(error.error)
+
+
+def test_config_summary_is_logged_without_secrets(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    provider = HdfsProvider.__new__(HdfsProvider)  # only the configuration, no network
+    from storage_initializer.provider import ProviderContext
+
+    env = _secrets(
+        tmp_path / "secret",
+        HDFS_NAMENODE=fake_webhdfs.url,
+        HEADERS='{"Authorization": "Bearer zzz-top-secret"}',
+        USER_PROXY="alice",
+        N_THREADS="3",
+    )
+    provider.__init__(ProviderContext(env=env))  # type: ignore[misc]
+    summary = provider.config.describe()
+    assert "zzz-top-secret" not in summary
+    assert "['Authorization']" in summary and "proxy user alice" in summary and "N_THREADS 3" in summary
+    with pytest.raises(StorageInitializerError):
+        provider.validate("hdfs:/x")
