@@ -26,7 +26,7 @@ def _parse(env: Mapping[str, str], name: str) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ConfigError(f"{name} is not valid JSON ({exc.msg} at position {exc.pos})") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{name} must be a JSON object")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -133,10 +134,8 @@ def test_server_without_ranges_is_read_in_one_stream(tmp_path: Path, http_server
 def _partial_records(dest: Path) -> list[dict[str, object]]:
     records = []
     for path in (dest / ".storage-initializer/partial").glob("*.json"):
-        try:
+        with contextlib.suppress(ValueError):
             records.append(json.loads(path.read_text()))
-        except ValueError:
-            pass
     return records
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from storage_initializer.engine.parts import plan_parts
@@ -133,7 +135,7 @@ def test_parts_adapt_to_size_and_settings() -> None:
     parts = plan_parts(RemoteObject("a", 100 * MiB + 1), settings)
     assert parts is not None
     assert parts[0] == (0, 8 * MiB) and parts[-1][1] == 100 * MiB + 1
-    assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
     tuned = Settings(part_size=MiB, multipart_threshold=2 * MiB)
     assert len(plan_parts(RemoteObject("a", 5 * MiB), tuned) or []) == 5
 
