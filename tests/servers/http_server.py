@@ -209,7 +209,8 @@ class _Server(ThreadingHTTPServer):
 class HttpFileServer:
     """The server: put files in ``files``, options in ``options``, faults in ``faults``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        """``tls``: a ``trustme.CA`` to serve HTTPS with a certificate for 127.0.0.1."""
         self.files: dict[str, bytes] = {}
         self.options: dict[str, FileOptions] = {}
         self.faults: dict[str, Fault] = {}
@@ -221,6 +222,13 @@ class HttpFileServer:
         self._server.owner = self
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        if tls is not None:
+            import ssl
+
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.url = f"https://127.0.0.1:{self.port}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -1,0 +1,110 @@
+"""http(s):// specifics: TLS and CA bundles, proxies, headers, names, redirects."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.cli import run_cli, tree
+from tests.servers.forward_proxy import ForwardProxy
+from tests.servers.http_server import HttpFileServer
+
+
+@pytest.fixture
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def https_server(ca: trustme.CA) -> Iterator[HttpFileServer]:
+    server = HttpFileServer(tls=ca)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_tls_is_verified_by_default(tmp_path: Path, https_server: HttpFileServer) -> None:
+    url = https_server.add("/m.bin", b"secure")
+    result = run_cli([url, str(tmp_path / "out")])
+    assert result.returncode == 1
+    assert "TLS verification failed" in result.stderr and "REQUESTS_CA_BUNDLE" in result.stderr
+    assert tree(tmp_path / "out") == {}
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"])
+def test_a_custom_ca_bundle_works(tmp_path: Path, https_server: HttpFileServer, ca: trustme.CA, variable: str) -> None:
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    data = os.urandom(3 * 1024 * 1024)
+    url = https_server.add("/m.bin", data)
+    result = run_cli(
+        [url, str(tmp_path / "out")],
+        {variable: str(bundle), "STORAGE_INITIALIZER_PART_SIZE": "1M", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out/m.bin").read_bytes() == data
+
+
+def test_disabling_verification_logs_a_warning(tmp_path: Path, https_server: HttpFileServer) -> None:
+    url = https_server.add("/m.bin", b"insecure")
+    result = run_cli([url, str(tmp_path / "out")], {"STORAGE_INITIALIZER_HTTP_VERIFY_SSL": "false"})
+    assert result.returncode == 0, result.stderr
+    assert "TLS certificate verification is disabled" in result.stderr
+
+
+def test_proxy_variables_are_honoured(tmp_path: Path, http_server: HttpFileServer, forward_proxy: ForwardProxy) -> None:
+    url = http_server.add("/via/proxy.bin", b"proxied")
+    result = run_cli([url, str(tmp_path / "a")], {"HTTP_PROXY": forward_proxy.url})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "a/proxy.bin").read_bytes() == b"proxied"
+    assert forward_proxy.seen and all(path == url for path in forward_proxy.seen)
+    forward_proxy.seen.clear()
+    bypass = run_cli([url, str(tmp_path / "b")], {"http_proxy": forward_proxy.url, "NO_PROXY": "127.0.0.1"})
+    assert bypass.returncode == 0, bypass.stderr
+    assert forward_proxy.seen == []
+
+
+def test_headers_from_the_host_variable_are_sent(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/auth/m.bin", b"private", require_headers={"X-Api-Key": "k-123456"})
+    denied = run_cli([url, str(tmp_path / "a")])
+    assert denied.returncode == 1 and "HTTP 403" in denied.stderr
+    allowed = run_cli([url, str(tmp_path / "b")], {"127.0.0.1-headers": '{"X-Api-Key": "k-123456"}'})
+    assert allowed.returncode == 0, allowed.stderr
+    bad = run_cli([url, str(tmp_path / "c")], {"127.0.0.1-headers": "not json"})
+    assert bad.returncode == 2 and "127.0.0.1-headers is not valid JSON" in bad.stderr
+
+
+def test_redirects_are_followed_and_names_come_from_the_url(tmp_path: Path, http_server: HttpFileServer) -> None:
+    http_server.add("/cdn/blob-7f3a", b"redirected bytes")
+    url = http_server.add("/models/my%20model.onnx", b"", redirect_to="/cdn/blob-7f3a")
+    result = run_cli([url + "?download=1", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"my model.onnx": b"redirected bytes"}
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("http://127.0.0.1:99999/m.bin", "invalid port"),
+        ("http:///m.bin", "is not an http(s) URL"),
+        ("http://127.0.0.1:8080/", "no file name"),
+    ],
+)
+def test_malformed_urls_are_usage_errors(tmp_path: Path, uri: str, message: str) -> None:
+    result = run_cli([uri, str(tmp_path / "out")])
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_unreachable_server_fails_with_the_cause(tmp_path: Path) -> None:
+    result = run_cli(
+        ["http://127.0.0.1:9/m.bin", str(tmp_path / "out")],
+        {"STORAGE_INITIALIZER_RETRIES": "1", "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"},
+    )
+    assert result.returncode == 1
+    assert "cannot reach http://127.0.0.1:9/m.bin" in result.stderr
