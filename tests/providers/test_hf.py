@@ -403,3 +403,14 @@ def test_objects_carry_git_oid_and_lfs_sha256(fake_hf_hub: FakeHFHub, tmp_path: 
     assert objects["config.json"].checksums == {}
     assert objects["w.safetensors"].checksums == {"sha256": hashlib.sha256(b"w" * 10).hexdigest()}
     assert objects["w.safetensors"].extra.commit == sha
+
+
+def test_listing_follows_tree_pages(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
+    hub = fake_hf_hub
+    hub.tree_page_size = 2
+    files = {f"shard-{i}/part.txt": str(i).encode() for i in range(5)}
+    hub.add_repo("acme/paged", files)
+    fetch("hf://acme/paged", tmp_path / "out", env_for(hub, tmp_path))
+    assert files_under(tmp_path / "out") == files
+    pages = [r for r in hub.requests if "/tree/" in r.path]
+    assert len(pages) == 5 and all("cursor=" in r.query for r in pages[1:])  # 10 entries, 2 a page
