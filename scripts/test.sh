@@ -1,0 +1,14 @@
+#!/bin/sh
+# The test command: install what the tests need, lint, type-check, run the suite.
+# Works on a fresh machine with Python 3.10+, pip and npm (for Azurite).
+set -eu
+cd "$(dirname "$0")/.."
+./scripts/install-dev.sh
+. .venv/bin/activate
+echo "== ruff"
+ruff check storage_initializer providers tests examples
+ruff format --check storage_initializer providers tests examples
+echo "== mypy --strict (core)"
+mypy storage_initializer
+echo "== pytest"
+python -m pytest "$@"
