@@ -41,7 +41,7 @@ _NOT_SECRET_NAME = re.compile(
 _SECRET_QUERY = (
     r"sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|"
     r"x-goog-signature|x-goog-credential|googleaccessid|token|access_token|"
-    r"api_key|apikey|key|password|secret|code"
+    r"api_key|apikey|key|password|secret|code|delegation"
 )
 _QUERY_RE = re.compile(rf"(?i)([?&;](?:{_SECRET_QUERY})=)[^&#\s'\"]*")
 _USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")

@@ -17,7 +17,22 @@ from typing import Any
 from storage_initializer.errors import ConfigError
 from storage_initializer.redact import register_secret
 
-_NOT_SECRET = frozenset({"type", "bucket", "region", "endpoint_url", "verify_ssl", "anonymous", "HDFS_NAMENODE"})
+_NOT_SECRET = frozenset(
+    {
+        "type",
+        "bucket",
+        "region",
+        "endpoint_url",
+        "verify_ssl",
+        "anonymous",
+        "HDFS_NAMENODE",
+        "HDFS_ROOTPATH",
+        "USER_PROXY",
+        "N_THREADS",
+        "TLS_SKIP_VERIFY",
+        "KERBEROS_PRINCIPAL",
+    }
+)
 
 
 def _parse(env: Mapping[str, str], name: str) -> dict[str, Any]:

@@ -95,6 +95,15 @@ class PairResult:
     published: list[str] = field(default_factory=list)
 
 
+class _Cursor:
+    """How far a stream has been written (survives the exception that ends it)."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+
 class _FileJob:
     """One file being downloaded: its temp file, parts and verification."""
 
@@ -302,19 +311,20 @@ class PairTransfer:
         self._close_fd(job)
         job.fd = self._open_temp(job, truncate=True)
         hasher = new_hasher(algorithm) if algorithm else None
-        offset, attempt = 0, 0
+        cursor = _Cursor(0)
+        attempt = 0
         while True:
-            before = offset
+            before = cursor.offset
             try:
-                with self.provider.open_range(self.uri, obj, offset, obj.size) as stream:
-                    offset = self._copy(stream, job.fd, offset, obj.size, hasher)
-                return offset, hasher.hexdigest() if hasher else None
+                with self.provider.open_range(self.uri, obj, cursor.offset, obj.size) as stream:
+                    self._copy(stream, job.fd, cursor, obj.size, hasher)
+                return cursor.offset, hasher.hexdigest() if hasher else None
             except BaseException as exc:
                 error = classify(exc)
-                progressed = offset - before >= self.settings.buffer_size
-                if not resumable and offset:
-                    self.progress.add_bytes(-offset)
-                    offset = 0
+                progressed = cursor.offset - before >= self.settings.buffer_size
+                if not resumable and cursor.offset:
+                    self.progress.add_bytes(-cursor.offset)
+                    cursor.offset = 0
                     os.ftruncate(job.fd, 0)
                     hasher = new_hasher(algorithm) if algorithm else None
                 attempt = 0 if progressed else attempt + 1
@@ -350,15 +360,16 @@ class PairTransfer:
 
     def _download_part(self, job: _FileJob, index: int) -> None:
         start, end = job.parts[index]
-        offset, attempt = start, 0
+        cursor = _Cursor(start)
+        attempt = 0
         while True:
-            before = offset
+            before = cursor.offset
             try:
-                with self.provider.open_range(self.uri, job.obj, offset, end) as stream:
-                    offset = self._copy(stream, job.fd, offset, end, None)
+                with self.provider.open_range(self.uri, job.obj, cursor.offset, end) as stream:
+                    self._copy(stream, job.fd, cursor, end, None)
                 break
             except BaseException as exc:
-                attempt = 0 if offset - before >= self.settings.buffer_size else attempt + 1
+                attempt = 0 if cursor.offset - before >= self.settings.buffer_size else attempt + 1
                 self._backoff_or_raise(classify(exc), attempt, f"{job.relpath} part {index + 1}/{len(job.parts)}")
         # Hash before counting the part as done: whoever completes the last
         # part then knows no other worker still uses the file descriptor.
@@ -385,12 +396,16 @@ class PairTransfer:
         self.state.forget_parts(job.relpath)
 
     # -- shared steps ------------------------------------------------------------
-    def _copy(self, stream: object, fd: int, offset: int, end: int | None, hasher: Hasher | None) -> int:
-        """Stream into ``fd`` at ``offset`` until ``end`` (or EOF); return the new offset."""
+    def _copy(self, stream: object, fd: int, cursor: _Cursor, end: int | None, hasher: Hasher | None) -> None:
+        """Stream into ``fd`` from ``cursor.offset`` until ``end`` (or EOF).
+
+        ``cursor`` advances with every chunk written, so after a failure the
+        caller knows exactly where to resume.
+        """
         buf = self.engine.buffer()
         readinto = getattr(stream, "readinto", None)
         read = getattr(stream, "read")  # noqa: B009 - any file-like object
-        start = offset
+        start = offset = cursor.offset
         while end is None or offset < end:
             want = len(buf) if end is None else min(len(buf), end - offset)
             view = buf[:want]
@@ -412,12 +427,12 @@ class PairTransfer:
             if hasher is not None:
                 hasher.update(chunk)
             offset += n
+            cursor.offset = offset
             self.progress.add_bytes(n)
             if self.failed.is_set() or self.engine.cancelled.is_set():
                 raise CancelledError("stopped")
         if end is not None and offset < end:
             raise TransientError(f"the connection ended after {offset - start} of {end - start} bytes")
-        return offset
 
     def _backoff_or_raise(self, error: StorageInitializerError, attempt: int, what: str) -> None:
         if isinstance(error, CancelledError) or self.failed.is_set():

@@ -54,6 +54,7 @@ class FileOptions:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
