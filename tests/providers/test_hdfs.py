@@ -12,17 +12,19 @@ from pathlib import Path
 import pytest
 from storage_initializer_hdfs import HdfsProvider
 
+from storage_initializer.engine.transfer import PairResult
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
     NotFoundError,
     ObjectChangedError,
     ProviderUnavailableError,
-    StorageInitializerError,
     TransientError,
+    UsageError,
 )
+from storage_initializer.provider import ProviderContext
 from storage_initializer.registry import Registry
-from storage_initializer.runner import PairResult, download
+from storage_initializer.runner import download
 from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli
@@ -327,6 +329,16 @@ def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFak
     assert isinstance(_fetch("hdfs://iris", tmp_path / "c", env).error, TransientError)  # port 1 refuses
 
 
+def test_proxy_variables_come_from_the_provider_env(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    _seed(fake_webhdfs)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    env["HTTP_PROXY"] = "http://127.0.0.1:1"  # a proxy that refuses every connection
+    refused = _fetch("hdfs:///models/iris", tmp_path / "a", env, retries=0).error
+    assert isinstance(refused, TransientError) and "ProxyError" in str(refused)
+    env["NO_PROXY"] = "localhost,127.0.0.0/8"
+    assert _ok("hdfs:///models/iris", tmp_path / "b", env) == EXPECTED
+
+
 @pytest.mark.skipif(importlib.util.find_spec("requests_kerberos") is not None, reason="the kerberos extra is installed")
 def test_kerberos_without_the_extra_says_what_to_install(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
     # Kerberos itself cannot run here (no KDC): only the configuration path is checked.
@@ -378,9 +390,6 @@ def test_unreachable_namenode_is_transient(tmp_path: Path) -> None:
 
 
 def test_config_summary_is_logged_without_secrets(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
-    provider = HdfsProvider.__new__(HdfsProvider)  # only the configuration, no network
-    from storage_initializer.provider import ProviderContext
-
     env = _secrets(
         tmp_path / "secret",
         HDFS_NAMENODE=fake_webhdfs.url,
@@ -388,9 +397,14 @@ def test_config_summary_is_logged_without_secrets(fake_webhdfs: FakeWebHDFS, tmp
         USER_PROXY="alice",
         N_THREADS="3",
     )
-    provider.__init__(ProviderContext(env=env))  # type: ignore[misc]
+    provider = HdfsProvider(ProviderContext(env=env))  # only the configuration: no network
     summary = provider.config.describe()
     assert "zzz-top-secret" not in summary
     assert "['Authorization']" in summary and "proxy user alice" in summary and "N_THREADS 3" in summary
-    with pytest.raises(StorageInitializerError):
-        provider.validate("hdfs:/x")
+    with pytest.raises(UsageError):
+        provider.validate("hdfs:/models")  # not hdfs://
+    unconfigured = HdfsProvider(ProviderContext(env={"HDFS_SECRET_DIR": str(tmp_path / "none")}))
+    with pytest.raises(UsageError, match="invalid namenode port"):
+        unconfigured.validate("webhdfs://namenode:http/models")
+    with pytest.raises(UsageError, match="no usable namenode"):
+        unconfigured.validate("webhdfs://user@namenode:9870/models")
