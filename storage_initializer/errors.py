@@ -151,5 +151,19 @@ def classify(exc: BaseException) -> StorageInitializerError:
         return exc
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, (OSError, EOFError, TimeoutError)) or names & _TRANSIENT_EXCEPTION_NAMES:
-        return TransientError(f"{type(exc).__name__}: {exc}")
+        return TransientError(f"{_network_cause(exc, names)} ({type(exc).__name__}: {exc})")
     return StorageInitializerError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def _network_cause(exc: BaseException, names: set[str]) -> str:
+    """A plain-words cause for a network exception."""
+    text = str(exc).lower()
+    if isinstance(exc, TimeoutError) or "timeout" in " ".join(names).lower() or "timed out" in text:
+        return "timed out waiting for the server (no data within the stall or connect timeout)"
+    if isinstance(exc, ConnectionRefusedError) or "refused" in text:
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError) or "reset" in text:
+        return "connection reset by the server"
+    if names & {"IncompleteRead", "ProtocolError", "ChunkedEncodingError", "RemoteDisconnected"}:
+        return "connection broken before the answer was complete"
+    return "network error"

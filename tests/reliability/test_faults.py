@@ -1,0 +1,219 @@
+"""Faults injected for real by a TCP proxy in front of real servers (S3, HTTP).
+
+Every test drives the CLI. Transient faults must end in exact bytes with the
+retries visible in the log; persistent ones must fail in bounded time with a
+message naming the URI and the cause; a kill at any moment must leave only
+complete files under final names, and the rerun must fetch only what is
+missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.cli import clean_env, run_cli, tree
+from tests.servers.fault_proxy import FaultProxy, ProxyFault
+from tests.servers.http_server import HttpFileServer
+
+MiB = 1024 * 1024
+
+#: Small parts, short stall timeout, quick backoff: faults surface fast.
+TUNING = {
+    "STORAGE_INITIALIZER_PART_SIZE": "1M",
+    "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "2M",
+    "STORAGE_INITIALIZER_STALL_TIMEOUT": "1.5",
+    "STORAGE_INITIALIZER_CONNECT_TIMEOUT": "2",
+    "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05",
+    "STORAGE_INITIALIZER_RETRIES": "3",
+    "STORAGE_INITIALIZER_CONCURRENCY": "4",
+}
+
+#: The model every test downloads: a multi-part file, a small one, an empty one.
+MODEL = {
+    "weights.bin": os.urandom(6 * MiB + 4321),
+    "config.json": b'{"layers": 2}',
+    "sub/tokenizer.txt": os.urandom(300_000),
+}
+
+
+@dataclass
+class Source:
+    """A model on a real server, reached through a fault proxy."""
+
+    kind: str
+    proxy: FaultProxy
+    uri: str
+    env: Mapping[str, str]
+    files: Mapping[str, bytes]
+    key: str  # a string in the request line of the big file's reads
+
+    def run(self, dest: Path, extra: Mapping[str, str] | None = None, timeout: float = 120) -> Any:
+        return run_cli([self.uri, str(dest)], {**TUNING, **self.env, **(extra or {})}, timeout=timeout)
+
+
+@pytest.fixture(params=["http", "s3"])
+def source(request: pytest.FixtureRequest, fault_proxy_factory: Callable[..., FaultProxy]) -> Source:
+    if request.param == "http":
+        server: HttpFileServer = request.getfixturevalue("http_server")
+        server.add("/model/weights.bin", MODEL["weights.bin"])
+        proxy = fault_proxy_factory(server.port)
+        # A URL names one file: the HTTP source is the big file alone.
+        return Source(
+            "http", proxy, f"{proxy.url}/model/weights.bin", {}, {"weights.bin": MODEL["weights.bin"]}, "weights.bin"
+        )
+    s3 = request.getfixturevalue("seaweedfs")
+    bucket = s3.new_bucket("rel")
+    for key, data in MODEL.items():
+        s3.put(bucket, f"model/{key}", data)
+    proxy = fault_proxy_factory(urlsplit(s3.endpoint_url).port)
+    env = {**s3.env(), "AWS_ENDPOINT_URL": proxy.url}
+    return Source("s3", proxy, f"s3://{bucket}/model", env, MODEL, "weights.bin")
+
+
+# -- transient faults: complete, exact, retries logged ------------------------------
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(ProxyFault("reset", times=2, after_bytes=200_000), id="reset-after-bytes"),
+        pytest.param(ProxyFault("stall", times=1, after_bytes=100_000, seconds=30), id="stall"),
+        pytest.param(ProxyFault("status", times=1, status=503), id="503"),
+        pytest.param(ProxyFault("status", times=1, status=500), id="500"),
+        pytest.param(ProxyFault("status", times=2, status=429), id="429"),
+    ],
+)
+def test_transient_fault_is_survived(tmp_path: Path, source: Source, fault: ProxyFault) -> None:
+    fault.match = source.key
+    source.proxy.add(fault)
+    started = time.monotonic()
+    result = source.run(tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == source.files
+    assert source.proxy.injected, "the fault never fired"
+    assert "retrying" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_slow_bandwidth_completes(tmp_path: Path, source: Source) -> None:
+    source.proxy.add(ProxyFault("slow", times=-1, rate=8 * MiB))
+    result = source.run(tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == source.files
+
+
+def test_refused_connections_are_retried(tmp_path: Path, source: Source) -> None:
+    source.proxy.refuse_for(1.0)
+    result = source.run(tmp_path / "out", {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.4"})
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == source.files
+
+
+# -- persistent faults: bounded failure with a clear message ---------------------------
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [
+        pytest.param(ProxyFault("reset", times=-1, after_bytes=50_000), "connection", id="always-reset"),
+        pytest.param(ProxyFault("status", times=-1, status=503), "503", id="always-503"),
+        pytest.param(
+            ProxyFault("stall", times=-1, after_bytes=10_000, seconds=120),
+            "timed out|Timeout|stall",
+            id="always-stalled",
+        ),
+    ],
+)
+def test_persistent_fault_fails_in_bounded_time(tmp_path: Path, source: Source, fault: ProxyFault, cause: str) -> None:
+    fault.match = source.key
+    source.proxy.add(fault)
+    started = time.monotonic()
+    result = source.run(tmp_path / "out", {"STORAGE_INITIALIZER_RETRIES": "2"})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    # Bound: (retries + 1) x (stall + connect timeouts) per transfer, plus backoff.
+    assert elapsed < 45, f"took {elapsed:.0f}s"
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, result.stderr
+    import re
+
+    assert source.uri.split("://", 1)[1].split("/", 1)[0] in errors[0] or source.uri in errors[0]
+    assert re.search(cause, errors[0], re.IGNORECASE), errors[0]
+    assert "weights.bin" not in tree(tmp_path / "out")
+
+
+def test_unreachable_endpoint_fails_in_bounded_time(tmp_path: Path, source: Source) -> None:
+    source.proxy.stop()
+    started = time.monotonic()
+    result = source.run(tmp_path / "out", {"STORAGE_INITIALIZER_RETRIES": "2"})
+    assert result.returncode == 1
+    assert time.monotonic() - started < 45
+    assert "ERROR" in result.stderr and tree(tmp_path / "out") == {}
+
+
+# -- kills at random moments ----------------------------------------------------------------
+def _sha(files: Mapping[str, bytes]) -> dict[str, str]:
+    return {k: hashlib.sha256(v).hexdigest() for k, v in files.items()}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, source: Source, seed: int) -> None:
+    rng = random.Random(seed)
+    dest = tmp_path / "out"
+    expected = _sha(source.files)
+    total = sum(len(v) for v in source.files.values())
+    source.proxy.add(ProxyFault("slow", times=-1, rate=4 * MiB))
+    env = clean_env({**TUNING, **source.env})
+    for _ in range(3):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "storage_initializer", source.uri, str(dest)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.3, 1.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        for rel, data in tree(dest).items():  # whatever is under a final name is complete and right
+            if rel.rsplit("/", 1)[-1].endswith(".si-partial"):
+                continue  # a hidden temporary name, not a final one
+            assert rel in expected, rel
+            assert hashlib.sha256(data).hexdigest() == expected[rel], f"{rel} is wrong after a kill"
+    source.proxy.clear()
+    source.proxy.reset_counters()
+    result = source.run(dest)
+    assert result.returncode == 0, result.stderr
+    assert _sha(tree(dest)) == expected
+    assert source.proxy.bytes_down < total + 64_000, "the rerun fetched everything again"
+    assert not list(dest.rglob("*.si-partial"))
+
+
+def test_sigterm_stops_promptly_and_resumes(tmp_path: Path, source: Source) -> None:
+    dest = tmp_path / "out"
+    source.proxy.add(ProxyFault("slow", times=-1, rate=2 * MiB))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", source.uri, str(dest)],
+        env=clean_env({**TUNING, **source.env}),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    assert time.monotonic() - sent < 7
+    assert "received SIGTERM" in stderr
+    source.proxy.clear()
+    result = source.run(dest)
+    assert result.returncode == 0, result.stderr
+    assert tree(dest) == source.files

@@ -1,0 +1,261 @@
+"""A fault-injecting TCP proxy on loopback, in front of a real server.
+
+Each accepted connection may be given one fault, taken from a queue of
+:class:`ProxyFault` s (or from a standing ``default`` fault):
+
+* ``reset``: forward ``after_bytes`` of the answer, then reset (RST) both sides;
+* ``stall``: forward ``after_bytes``, then send nothing for ``seconds``;
+* ``status``: answer the first request with an HTTP ``status`` (and close),
+  never reaching the server;
+* ``slow``: forward the answer at ``rate`` bytes per second;
+* ``refuse``: see :meth:`FaultProxy.refuse_for` (the port stops listening).
+
+Faults can be limited to connections whose first request line contains
+``match`` (e.g. an object key), so a listing can pass while reads fail.
+Optionally terminates TLS with a ``trustme`` CA, to put a self-signed HTTPS
+front on a plain-HTTP server. Counts connections and bytes relayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class ProxyFault:
+    kind: str  # reset | stall | status | slow
+    times: int = 1  # how many connections get it (-1: every one)
+    after_bytes: int = 0
+    seconds: float = 0.0
+    status: int = 503
+    rate: int = 1_000_000
+    match: str | None = None
+
+
+class FaultProxy:
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1", tls: Any = None) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.faults: list[ProxyFault] = []
+        self.lock = threading.Lock()
+        self.connections = 0
+        self.bytes_down = 0  # server -> client, as relayed
+        self.injected: list[str] = []
+        self._tls: ssl.SSLContext | None = None
+        if tls is not None:
+            self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
+        self._listener = self._listen(0)
+        self.port = self._listener.getsockname()[1]
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}"
+        self._stopped = threading.Event()
+        self._accepting = threading.Thread(target=self._accept_loop, daemon=True)
+        self._accepting.start()
+
+    # -- control -----------------------------------------------------------------
+    def add(self, fault: ProxyFault) -> None:
+        with self.lock:
+            self.faults.append(fault)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.faults.clear()
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.connections = 0
+            self.bytes_down = 0
+            self.injected.clear()
+
+    def refuse_for(self, seconds: float) -> None:
+        """Stop listening (connections are refused) for ``seconds``, then listen again."""
+        with self.lock:
+            listener, self._listener = self._listener, None  # type: ignore[assignment]
+        listener.close()
+
+        def reopen() -> None:
+            time.sleep(seconds)
+            if not self._stopped.is_set():
+                with self.lock:
+                    self._listener = self._listen(self.port)
+
+        threading.Thread(target=reopen, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        with self.lock:
+            listener = self._listener
+        if listener is not None:
+            listener.close()
+
+    # -- plumbing -------------------------------------------------------------------
+    @staticmethod
+    def _listen(port: int) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(128)
+        sock.settimeout(0.2)
+        return sock
+
+    def _accept_loop(self) -> None:
+        while not self._stopped.is_set():
+            with self.lock:
+                listener = self._listener
+            if listener is None:
+                time.sleep(0.05)
+                continue
+            try:
+                client, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _take_fault(self, first_line: str) -> ProxyFault | None:
+        """The fault this connection may suffer. ``status`` and ``slow`` apply at
+        once; ``reset`` and ``stall`` are only claimed (counted) when they fire,
+        so a connection whose answer is too short to reach ``after_bytes`` does
+        not use one up."""
+        with self.lock:
+            self.connections += 1
+            for fault in self.faults:
+                if fault.times == 0 or (fault.match and fault.match not in first_line):
+                    continue
+                if fault.kind in ("status", "slow"):
+                    self._claim_locked(fault, first_line)
+                return fault
+        return None
+
+    def _claim_locked(self, fault: ProxyFault, what: str) -> bool:
+        if fault.times == 0:
+            return False
+        if fault.times > 0:
+            fault.times -= 1
+        self.injected.append(f"{fault.kind}: {what}")
+        return True
+
+    def _claim(self, fault: ProxyFault) -> bool:
+        with self.lock:
+            return self._claim_locked(fault, f"after {fault.after_bytes} bytes")
+
+    def _serve(self, client: socket.socket) -> None:
+        client.settimeout(None)
+        client.setblocking(True)
+        try:
+            if self._tls is not None:
+                client = self._tls.wrap_socket(client, server_side=True)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = client.recv(65536)
+                if not chunk:
+                    client.close()
+                    return
+                head += chunk
+            first_line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            fault = self._take_fault(first_line)
+            if fault is not None and fault.kind == "status":
+                body = b"injected by the fault proxy"
+                client.sendall(
+                    f"HTTP/1.1 {fault.status} Injected\r\nContent-Length: {len(body)}\r\n"
+                    f"Retry-After: 0\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n".encode()
+                    + body
+                )
+                client.close()
+                return
+            upstream = socket.create_connection(self.upstream)
+            upstream.sendall(head)
+        except OSError:
+            with contextlib.suppress(OSError):
+                client.close()
+            return
+        threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
+        self._pump_down(upstream, client, fault)
+
+    def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while chunk := client.recv(65536):
+                upstream.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            upstream.shutdown(socket.SHUT_WR)
+
+    def _pump_down(self, upstream: socket.socket, client: socket.socket, fault: ProxyFault | None) -> None:
+        sent = 0
+        stalled = False
+        try:
+            while True:
+                chunk = upstream.recv(65536)
+                if not chunk:
+                    break
+                if fault is not None and fault.kind in ("reset", "stall") and not stalled:
+                    room = fault.after_bytes - sent
+                    if room < len(chunk) and self._claim(fault):
+                        if room > 0:
+                            client.sendall(chunk[:room])
+                            self._count(room)
+                            sent += room
+                        if fault.kind == "reset":
+                            self._reset(client)
+                            upstream.close()
+                            return
+                        stalled = True
+                        time.sleep(fault.seconds)
+                if fault is not None and fault.kind == "slow":
+                    for start in range(0, len(chunk), max(fault.rate // 20, 1)):
+                        piece = chunk[start : start + max(fault.rate // 20, 1)]
+                        client.sendall(piece)
+                        self._count(len(piece))
+                        time.sleep(len(piece) / fault.rate)
+                    sent += len(chunk)
+                    continue
+                client.sendall(chunk)
+                self._count(len(chunk))
+                sent += len(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+    def _count(self, n: int) -> None:
+        with self.lock:
+            self.bytes_down += n
+
+    @staticmethod
+    def _reset(sock: socket.socket) -> None:
+        # Linger 0 makes close() send an RST; shutting down the read side first
+        # wakes the thread blocked in recv() on this socket, which would
+        # otherwise keep it open (and the RST unsent).
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+@pytest.fixture
+def fault_proxy_factory() -> Iterator[Any]:
+    """``factory(upstream_port, tls=None) -> FaultProxy``; every proxy is stopped after the test."""
+    proxies: list[FaultProxy] = []
+
+    def factory(upstream_port: int, tls: Any = None) -> FaultProxy:
+        proxy = FaultProxy(upstream_port, tls=tls)
+        proxies.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in proxies:
+        proxy.stop()
