@@ -25,6 +25,14 @@ _SCRUB = (
     "REQUESTS_CA_BUNDLE",
     "SSL_CERT_FILE",
     "CURL_CA_BUNDLE",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "GCE_",
+    "NO_GCE_CHECK",
+    "CLOUDSDK_",
+    "API_ENDPOINT_OVERRIDE",
 )
 
 

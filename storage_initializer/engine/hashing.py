@@ -31,7 +31,7 @@ class _Crc32c:
         self._impl: Any = google_crc32c.Checksum()  # type: ignore[no-untyped-call, unused-ignore]
 
     def update(self, data: bytes | memoryview, /) -> None:
-        self._impl.update(data)
+        self._impl.update(bytes(data))  # the C extension refuses memoryviews
 
     def hexdigest(self) -> str:
         return str(self._impl.digest().hex())

@@ -258,20 +258,31 @@ def test_two_gib_file_keeps_memory_flat(tmp_path: Path) -> None:
 
 
 # -- verification, safety (through the Python API with an in-memory store) -------------
-def test_checksums_are_verified_for_whole_and_multipart_reads(tmp_path: Path) -> None:
+def _digest(algorithm: str, data: bytes) -> str:
+    if algorithm == "crc32c":
+        import google_crc32c
+
+        return str(google_crc32c.Checksum(data).digest().hex())
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c"])
+def test_checksums_are_verified_for_whole_and_multipart_reads(tmp_path: Path, algorithm: str) -> None:
     small, big = os.urandom(1000), os.urandom(5 * MiB)
     MemoryProvider.objects.update({"b/m/small": small, "b/m/big": big})
-    MemoryProvider.checksums["b/m/small"] = {"md5": hashlib.md5(small).hexdigest()}
-    MemoryProvider.checksums["b/m/big"] = {"sha256": hashlib.sha256(big).hexdigest()}
+    MemoryProvider.checksums["b/m/small"] = {algorithm: _digest(algorithm, small)}
+    MemoryProvider.checksums["b/m/big"] = {algorithm: _digest(algorithm, big)}
     _fetch("mem://b/m", tmp_path / "ok", part_size=MiB, multipart_threshold=2 * MiB)
     assert tree(tmp_path / "ok") == {"small": small, "big": big}
 
 
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c"])
 @pytest.mark.parametrize("size", [1000, 5 * MiB])
-def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, size: int) -> None:
-    MemoryProvider.objects["b/bad"] = os.urandom(size)
-    MemoryProvider.checksums["b/bad"] = {"sha256": "0" * 64}
-    with pytest.raises(IntegrityError, match="sha256 is"):
+def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, size: int, algorithm: str) -> None:
+    data = os.urandom(size)
+    MemoryProvider.objects["b/bad"] = data
+    MemoryProvider.checksums["b/bad"] = {algorithm: _digest(algorithm, data + b"x")}
+    with pytest.raises(IntegrityError, match=f"{algorithm} is"):
         _fetch("mem://b/bad", tmp_path / "out", part_size=MiB, multipart_threshold=2 * MiB)
     assert os.listdir(tmp_path / "out") == [".storage-initializer"]
     assert [p for p in (tmp_path / "out").rglob("*.si-partial")] == []

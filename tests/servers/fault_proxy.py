@@ -11,7 +11,9 @@ Each accepted connection may be given one fault, taken from a queue of
 * ``refuse``: see :meth:`FaultProxy.refuse_for` (the port stops listening).
 
 Faults can be limited to connections whose first request line contains
-``match`` (e.g. an object key), so a listing can pass while reads fail.
+``match`` (e.g. an object key), so a listing can pass while reads fail. The
+proxy asks the server to close every connection after one answer, so each
+request arrives on a connection of its own and meets the fault check.
 Optionally terminates TLS with a ``trustme`` CA, to put a self-signed HTTPS
 front on a plain-HTTP server. Counts connections and bytes relayed.
 """
@@ -173,7 +175,7 @@ class FaultProxy:
                 client.close()
                 return
             upstream = socket.create_connection(self.upstream)
-            upstream.sendall(head)
+            upstream.sendall(_one_request_per_connection(head))
         except OSError:
             with contextlib.suppress(OSError):
                 client.close()
@@ -244,6 +246,14 @@ class FaultProxy:
             sock.shutdown(socket.SHUT_RD)
         with contextlib.suppress(OSError):
             sock.close()
+
+
+def _one_request_per_connection(head: bytes) -> bytes:
+    """Ask the server to close after this answer, so clients cannot reuse the
+    connection and every request passes the fault check at connection start."""
+    first, _, rest = head.partition(b"\r\n")
+    lines = [line for line in rest.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+    return b"\r\n".join([first, b"Connection: close", *lines])
 
 
 @pytest.fixture
