@@ -1,0 +1,556 @@
+"""``gs://``: Google Cloud Storage (and emulators) over the JSON API, on ``google-auth``.
+
+Grammar (see README.md)::
+
+    gs://BUCKET                the whole bucket
+    gs://BUCKET/PATH           the object PATH if it exists, else everything under PATH/
+    gs://BUCKET/PATH/          everything under PATH/ (a directory only)
+
+* Listing: one metadata GET for the object named exactly ``PATH``; when there is
+  none, the ``PATH/`` prefix is listed page by page (1000 objects a page, the
+  JSON API's maximum) and streamed to the engine, so memory stays flat. A prefix
+  is a directory: ``gs://b/model`` never pulls ``model-v2/`` or ``model.bin``.
+* Reads: ``alt=media`` GETs with a ``Range`` header, pinned with
+  ``generation=`` to the generation the listing saw (GCS answers 404 once that
+  generation is replaced in an unversioned bucket) and checked against the
+  ``X-Goog-Generation`` response header. ``ifGenerationMatch`` is not used: some
+  emulators ignore it on reads. The engine verifies size and crc32c (or md5).
+* Objects stored with ``Content-Encoding: gzip`` are written decompressed, as
+  KServe (``download_to_filename``) writes them: one stream, no ranges; their
+  integrity rests on gzip's own CRC, since the listed size and checksums are
+  those of the compressed bytes.
+* Credentials (first match): ``STORAGE_EMULATOR_HOST`` -> anonymous, as
+  google-cloud-storage does; ``GOOGLE_APPLICATION_CREDENTIALS`` (any google-auth
+  JSON: service account, external account, impersonation, authorized user); the
+  gcloud application-default file (``$CLOUDSDK_CONFIG`` or
+  ``~/.config/gcloud``); the GCE/GKE metadata server (Workload Identity),
+  detected with a bounded probe; else anonymous, which reads public buckets.
+  Nothing here reads ``os.environ`` except google-auth's metadata client.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import IO, Any, ClassVar
+from urllib.parse import quote
+
+from storage_initializer.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    TransientError,
+    UsageError,
+)
+from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.redact import redact, register_secret
+
+log = logging.getLogger("storage_initializer.gcs")
+
+PREFIX = "gs://"
+GRAMMAR = "gs://BUCKET[/PATH]"
+DEFAULT_ENDPOINT = "https://storage.googleapis.com"
+READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
+DEFAULT_METADATA_IP = "169.254.169.254"
+DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
+
+# Bucket names: 3-63 characters (up to 222 with dots), lowercase letters,
+# digits, '-', '_' and '.', starting and ending with a letter or digit.
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
+_TRUE = ("1", "true", "yes", "on")
+_LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
+_OBJECT_FIELDS = "name,size,generation,crc32c,md5Hash,contentEncoding"
+# Values inside a credentials file that are secrets.
+_SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token")
+
+
+# -- the URI -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class GcsUri:
+    bucket: str
+    path: str  # "" = the bucket root; a trailing "/" names a directory only
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.bucket}/{self.path}" if self.path else f"{PREFIX}{self.bucket}"
+
+
+def parse_uri(uri: str) -> GcsUri:
+    """Split ``gs://BUCKET[/PATH]``; the path is taken literally (no %-decoding), as KServe does."""
+    if not uri.startswith(PREFIX):
+        raise UsageError(f"{redact(uri)} is not a gs:// URI", hint=f"expected {GRAMMAR}")
+    bucket, _, path = uri[len(PREFIX) :].partition("/")
+    if not bucket:
+        raise UsageError(f"{redact(uri)} names no bucket", hint=f"expected {GRAMMAR}")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise UsageError(
+            f"{redact(uri)}: {bucket!r} is not a valid bucket name",
+            hint="bucket names use lowercase letters, digits, '-', '_' and '.' (3-63 characters)",
+        )
+    if path.startswith("/"):
+        raise UsageError(f"{redact(uri)} has an empty path segment after the bucket", hint=f"expected {GRAMMAR}")
+    return GcsUri(bucket, path)
+
+
+# -- configuration -------------------------------------------------------------------
+@dataclass(frozen=True)
+class GcsSettings:
+    """Everything the provider reads from its environment (see README.md)."""
+
+    endpoint: str  # base URL, no trailing slash
+    emulator: bool  # STORAGE_EMULATOR_HOST is set: anonymous, as google-cloud-storage
+    credentials_file: str | None  # GOOGLE_APPLICATION_CREDENTIALS
+    adc_file: str | None  # gcloud's application-default credentials file
+    check_metadata: bool  # not NO_GCE_CHECK
+    metadata_host: str
+    metadata_timeout: float
+    metadata_attempts: int
+
+
+def _with_scheme(value: str) -> str:
+    value = value.strip().rstrip("/")
+    return value if "://" in value else f"http://{value}"
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+def settings_from_env(env: Mapping[str, str]) -> GcsSettings:
+    """Read the provider's configuration; no network, no file access."""
+    emulator_host = env.get("STORAGE_EMULATOR_HOST", "").strip()
+    override = env.get("API_ENDPOINT_OVERRIDE", "").strip()
+    if emulator_host:
+        endpoint = _with_scheme(emulator_host)
+    elif override:
+        endpoint = _with_scheme(override)
+    else:
+        endpoint = DEFAULT_ENDPOINT
+    config_dir = env.get("CLOUDSDK_CONFIG", "").strip()
+    if not config_dir and env.get("HOME"):
+        config_dir = os.path.join(env["HOME"], ".config", "gcloud")
+    return GcsSettings(
+        endpoint=endpoint,
+        emulator=bool(emulator_host),
+        credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip() or None,
+        adc_file=os.path.join(config_dir, "application_default_credentials.json") if config_dir else None,
+        check_metadata=env.get("NO_GCE_CHECK", "").strip().lower() not in _TRUE,
+        metadata_host=(env.get("GCE_METADATA_IP") or env.get("GCE_METADATA_HOST") or DEFAULT_METADATA_IP).strip(),
+        metadata_timeout=_number(env, "GCE_METADATA_TIMEOUT", 3.0, 0.1),
+        metadata_attempts=int(_number(env, "GCE_METADATA_DETECT_RETRIES", 3, 1)),
+    )
+
+
+# -- credentials -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Credentials:
+    """The google-auth credentials in use and where they came from (for messages)."""
+
+    credentials: Any
+    source: str
+    anonymous: bool = False
+
+
+def _anonymous(source: str) -> Credentials:
+    from google.auth.credentials import AnonymousCredentials
+
+    return Credentials(AnonymousCredentials(), source, anonymous=True)  # type: ignore[no-untyped-call]
+
+
+def credentials_from_file(path: str, variable: str) -> Credentials:
+    """Load any google-auth JSON credentials file, registering its secrets first."""
+    from google.auth import exceptions, load_credentials_from_dict
+
+    try:
+        with open(path, "rb") as handle:
+            info = json.loads(handle.read())
+    except OSError as exc:
+        raise ConfigError(
+            f"{variable}={path}: cannot read the credentials file ({exc.strerror})",
+            hint="mount the key file and point the variable at it",
+        ) from None
+    except ValueError:
+        raise ConfigError(f"{variable}={path} is not a JSON credentials file") from None
+    if not isinstance(info, dict):
+        raise ConfigError(f"{variable}={path} is not a JSON credentials file")
+    for key in _SECRET_KEYS:
+        if isinstance(info.get(key), str):
+            register_secret(info[key])
+    try:
+        with warnings.catch_warnings():
+            # The file is the operator's own configuration, as for google.auth.default().
+            warnings.simplefilter("ignore", DeprecationWarning)
+            credentials, _project = load_credentials_from_dict(  # type: ignore[no-untyped-call]
+                info, scopes=[READ_ONLY_SCOPE]
+            )
+    except (exceptions.GoogleAuthError, ValueError, KeyError) as exc:
+        raise ConfigError(
+            f"{variable}={path}: not usable Google credentials ({_auth_text(exc)})",
+            hint="use a service-account key, an external-account or an authorized-user JSON file",
+        ) from None
+    who = info.get("client_email") or info.get("type", "credentials")
+    return Credentials(credentials, f"{variable} ({path}, {who})")
+
+
+def _auth_text(exc: BaseException) -> str:
+    """google-auth errors carry (message, detail) tuples; say them as one sentence."""
+    parts = [a for a in exc.args if isinstance(a, (str, BaseException))] or [type(exc).__name__]
+    text = ": ".join(str(a) for a in parts[:2])
+    if exc.__cause__ is not None and str(exc.__cause__) not in text:
+        text = f"{text}: {exc.__cause__}"
+    return redact(text)
+
+
+def _on_gce(settings: GcsSettings, connect_timeout: float) -> bool:
+    """Google's own test: the BIOS says Google, or the metadata server answers (bounded)."""
+    with contextlib.suppress(OSError), open(DMI_PRODUCT_NAME, encoding="utf-8") as handle:
+        if handle.read().strip().startswith("Google"):
+            return True
+    import requests
+
+    timeout = min(settings.metadata_timeout, connect_timeout)
+    with requests.Session() as session:
+        session.trust_env = False  # never through a proxy
+        for attempt in range(1, settings.metadata_attempts + 1):
+            try:
+                response = session.get(
+                    f"http://{settings.metadata_host}/",
+                    headers={"Metadata-Flavor": "Google"},
+                    timeout=(timeout, timeout),
+                )
+                return response.status_code == 200 and response.headers.get("Metadata-Flavor") == "Google"
+            except requests.RequestException as exc:
+                log.debug("metadata server probe %d/%d: %s", attempt, settings.metadata_attempts, exc)
+    return False
+
+
+def find_credentials(settings: GcsSettings, connect_timeout: float) -> Credentials:
+    """The credential chain of google-auth's ``default()``, bounded and read from ``settings``."""
+    if settings.emulator:
+        return _anonymous("none: STORAGE_EMULATOR_HOST is set (anonymous, as google-cloud-storage)")
+    if settings.credentials_file:
+        return credentials_from_file(settings.credentials_file, "GOOGLE_APPLICATION_CREDENTIALS")
+    if settings.adc_file and os.path.isfile(settings.adc_file):
+        return credentials_from_file(settings.adc_file, "gcloud application-default credentials")
+    if settings.check_metadata and _on_gce(settings, connect_timeout):
+        from google.auth import compute_engine
+
+        metadata = compute_engine.Credentials()  # type: ignore[no-untyped-call]
+        return Credentials(metadata, "the metadata server (GCE / GKE Workload Identity)")
+    return _anonymous("none found: anonymous access, public buckets only")
+
+
+# -- reading -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Ref:
+    bucket: str
+    name: str
+    gzip: bool = False
+
+
+def _b64_to_hex(value: object) -> str | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return base64.b64decode(value, validate=True).hex()
+    except (binascii.Error, ValueError):
+        return None
+
+    return True
+
+
+def _error_text(response: Any) -> str:
+    """GCS's JSON error message, else the start of the body."""
+    try:
+        body = response.json()
+        message = body["error"]["message"]
+        return str(message)[:300]
+    except (ValueError, KeyError, TypeError):
+        return str(response.text or response.reason or "")[:200].strip()
+
+
+class _Body:
+    """A media response read straight from the socket (``readinto``), or decoded for gzip.
+
+    The connection goes back to the pool only when the body was read to its
+    end; otherwise it is closed.
+    """
+
+    def __init__(self, response: Any, decode: bool) -> None:
+        self._response = response
+        self._raw = response.raw
+        self._decode = decode
+        fp = getattr(self._raw, "_fp", None)
+        self._fast = fp if not decode and hasattr(fp, "readinto") else None
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._fast is not None:
+            return int(self._fast.readinto(buffer))
+        data = self._raw.read(len(buffer), decode_content=self._decode)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return bytes(self._raw.read(None if n < 0 else n, decode_content=self._decode))
+
+    def __enter__(self) -> _Body:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        fp = self._fast
+        if fp is not None and getattr(fp, "fp", None) is None:
+            self._raw.release_conn()
+        else:
+            self._response.close()
+
+
+class GcsProvider(Provider):
+    """Google Cloud Storage buckets, objects and prefixes."""
+
+    uri_formats = (UriFormat(prefix=PREFIX),)
+    requires = ("google.auth", "requests")
+    description = "Google Cloud Storage (JSON API; ADC, service accounts, Workload Identity, emulators)"
+    #: Objects per listing page (the JSON API's maximum).
+    page_size: ClassVar[int] = 1000
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self.settings = settings_from_env(self.env)
+        self._credentials: Credentials | None = None
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._sessions: list[Any] = []
+
+    # -- plumbing --------------------------------------------------------------
+    def credentials(self) -> Credentials:
+        with self._lock:
+            if self._credentials is None:
+                self._credentials = find_credentials(self.settings, self.context.connect_timeout)
+                log.info("gs: endpoint %s, credentials: %s", self.settings.endpoint, self._credentials.source)
+            return self._credentials
+
+    def session(self) -> Any:
+        """One authorized ``requests`` session per thread (google-auth refreshes tokens)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            from google.auth.transport.requests import AuthorizedSession
+            from requests.adapters import HTTPAdapter
+
+            creds = self.credentials()
+            # A 401 makes google-auth refresh and retry; anonymous credentials cannot refresh.
+            refresh_on = () if creds.anonymous else (401,)
+            session = AuthorizedSession(  # type: ignore[no-untyped-call]
+                creds.credentials, refresh_status_codes=refresh_on
+            )
+            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=2, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+            self._local.session = session
+            with self._lock:
+                self._sessions.append(session)
+        return session
+
+    def _get(self, url: str, params: Mapping[str, str], headers: Mapping[str, str] | None = None) -> Any:
+        """A streamed GET with the provider's timeouts; network and token failures mapped."""
+        import requests
+        from google.auth import exceptions as auth_exceptions
+
+        try:
+            return self.session().get(
+                url,
+                params=params,
+                headers=dict(headers or {}),
+                stream=True,
+                timeout=(self.context.connect_timeout, self.context.stall_timeout),
+            )
+        except auth_exceptions.RefreshError as exc:
+            creds = self.credentials()
+            error = AccessDeniedError(
+                f"could not get an access token with {creds.source}: {_auth_text(exc)}",
+                hint="the key may be revoked, malformed or for another project; check GOOGLE_APPLICATION_CREDENTIALS",
+            )
+            error.retryable = bool(getattr(exc, "retryable", False))
+            raise error from None
+        except auth_exceptions.TransportError as exc:
+            raise TransientError(f"could not reach the token service: {_auth_text(exc)}") from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(
+                f"cannot reach the GCS endpoint {self.settings.endpoint} ({type(exc).__name__})",
+                hint="check the network, proxy settings and STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE",
+            ) from None
+
+    def _status_error(self, response: Any, what: str) -> StorageInitializerError:
+        status = response.status_code
+        text = redact(_error_text(response))
+        if status in (401, 403):
+            creds = self.credentials()
+            if creds.anonymous:
+                hint = (
+                    "no credentials were used (anonymous access reads public buckets only): set "
+                    "GOOGLE_APPLICATION_CREDENTIALS or use Workload Identity"
+                )
+            elif status == 401:
+                hint = f"the credentials from {creds.source} were rejected; check the key is valid"
+            else:
+                hint = f"grant roles/storage.objectViewer on the bucket to the identity of {creds.source}"
+            return AccessDeniedError(f"{what}: access denied (HTTP {status}: {text})", hint=hint)
+        if status in (408, 429) or status >= 500:
+            return TransientError(f"{what}: GCS answered HTTP {status}: {text}")
+        if status == 400:
+            return UsageError(f"{what}: GCS rejected the request (HTTP 400: {text})", hint=f"expected {GRAMMAR}")
+        return StorageInitializerError(f"{what}: GCS answered HTTP {status}: {text}")
+
+    def _object_url(self, bucket: str, name: str, media: bool = False) -> str:
+        base = f"{self.settings.endpoint}/download" if media else self.settings.endpoint
+        return f"{base}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='~')}"
+
+    # -- the provider contract -------------------------------------------------
+    def validate(self, uri: str) -> None:
+        parse_uri(uri)
+
+    def list(self, uri: str) -> Iterator[RemoteObject]:
+        location = parse_uri(uri)
+        shown = redact(uri)
+        if location.path and not location.path.endswith("/"):
+            item = self._object_metadata(location, shown)
+            if item is not None:
+                yield self._remote(location.bucket, item, location.path.rsplit("/", 1)[-1])
+                return
+            prefix = location.path + "/"
+        else:
+            prefix = location.path
+        found = False
+        for item in self._list_prefix(location.bucket, prefix, shown):
+            found = True
+            yield self._remote(location.bucket, item, item["name"][len(prefix) :])
+        if not found:
+            if not location.path:
+                raise NotFoundError(f"bucket {location.bucket} is empty ({shown})", hint="check the bucket name")
+            where = f"nothing under {prefix}"
+            if not location.path.endswith("/"):
+                where = f"no object {location.path} and {where}"
+            raise NotFoundError(f"{shown}: {where} in bucket {location.bucket}", hint="check the path in the URI")
+
+    def _object_metadata(self, location: GcsUri, shown: str) -> dict[str, Any] | None:
+        url = self._object_url(location.bucket, location.path)
+        with self._get(url, {"fields": _OBJECT_FIELDS}) as response:
+            if response.status_code == 404:
+                return None  # no such object (or no bucket: the listing tells)
+            if response.status_code != 200:
+                raise self._status_error(response, shown)
+            item: dict[str, Any] = response.json()
+            return item
+
+    def _list_prefix(self, bucket: str, prefix: str, shown: str) -> Iterator[dict[str, Any]]:
+        url = f"{self.settings.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o"
+        params = {"maxResults": str(self.page_size), "fields": _LIST_FIELDS}
+        if prefix:
+            params["prefix"] = prefix
+        while True:
+            with self._get(url, params) as response:
+                if response.status_code == 404:
+                    raise NotFoundError(
+                        f"bucket {bucket} does not exist ({shown})",
+                        hint="check the bucket name; with an emulator, check STORAGE_EMULATOR_HOST",
+                    )
+                if response.status_code != 200:
+                    raise self._status_error(response, shown)
+                page = response.json()
+            for item in page.get("items", ()):
+                if isinstance(item.get("name"), str) and item["name"].startswith(prefix):
+                    yield item
+            token = page.get("nextPageToken")
+            if not token:
+                return
+            params["pageToken"] = token
+
+    @staticmethod
+    def _remote(bucket: str, item: Mapping[str, Any], key: str) -> RemoteObject:
+        name = str(item["name"])
+        generation = str(item["generation"]) if item.get("generation") else None
+        if str(item.get("contentEncoding", "")).lower() == "gzip":
+            # Written decompressed: the listed size and hashes are the compressed bytes'.
+            return RemoteObject(key, None, generation, supports_ranges=False, extra=_Ref(bucket, name, gzip=True))
+        checksums = {}
+        crc32c, md5 = _b64_to_hex(item.get("crc32c")), _b64_to_hex(item.get("md5Hash"))
+        if crc32c and len(crc32c) == 8:
+            checksums["crc32c"] = crc32c
+        if md5 and len(md5) == 32:
+            checksums["md5"] = md5
+        size = int(item["size"]) if item.get("size") is not None else None
+        return RemoteObject(key, size, generation, checksums, extra=_Ref(bucket, name))
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        ref = obj.extra if isinstance(obj.extra, _Ref) else None
+        if ref is None:
+            location = parse_uri(uri)
+            ref = _Ref(location.bucket, location.path)
+        if end is not None and end <= start:
+            return contextlib.nullcontext(io.BytesIO())  # an empty object: nothing to fetch
+        params = {"alt": "media"}
+        if obj.version:
+            params["generation"] = obj.version
+        headers = {"Accept-Encoding": "gzip" if ref.gzip else "identity"}
+        ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
+        if ranged:
+            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        response = self._get(self._object_url(ref.bucket, ref.name, media=True), params, headers)
+        try:
+            self._check_media(uri, obj, response, start, ranged)
+        except BaseException:
+            response.close()
+            raise
+        return _Body(response, decode=ref.gzip)  # type: ignore[return-value]
+
+    def _check_media(self, uri: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
+        shown = redact(uri)
+        status = response.status_code
+        if status in (404, 412, 416):
+            raise ObjectChangedError(
+                f"{shown}: {obj.key} changed or was deleted during the download "
+                f"(generation {obj.version} is gone: HTTP {status})",
+                hint="run again to download the current version",
+            )
+        if status not in (200, 206):
+            raise self._status_error(response, shown)
+        served = response.headers.get("X-Goog-Generation")
+        if obj.version and served and served != obj.version:
+            raise ObjectChangedError(
+                f"{shown}: {obj.key} changed during the download (generation {obj.version}, now {served})",
+                hint="run again to download the current version",
+            )
+        if ranged:
+            content_range = response.headers.get("Content-Range", "")
+            if status != 206 or not content_range.startswith(f"bytes {start}-"):
+                raise TransientError(f"{shown}: asked for bytes from {start}, got HTTP {status} {content_range!r}")
+
+    def close(self) -> None:
+        with self._lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                session.close()
