@@ -1,0 +1,262 @@
+"""What the Blob and Files providers share: HTTP transport, error mapping, body streams.
+
+Ranged reads do not go through the SDK's ``StorageStreamDownloader``: it reads
+each chunk (32 MiB for the first) fully into memory and retries on its own
+with sleeps, which breaks the engine's flat-memory and retry guarantees. They
+call the SDK's generated ``download`` operation with ``stream=True`` instead
+(the same operation the downloader uses, so signing, SAS, API version and
+error parsing stay the SDK's) and hand its chunk iterator to the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from types import TracebackType
+from typing import Any
+
+from storage_initializer.errors import (
+    AccessDeniedError,
+    ConfigError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    TransientError,
+    UsageError,
+    classify,
+)
+from storage_initializer.provider import ProviderContext
+from storage_initializer.redact import redact, register_secret
+
+from ._config import Access
+
+log = logging.getLogger("storage_initializer.azure")
+
+#: One HTTP read hands at most this much to the engine (urllib3 reads that much per chunk).
+BLOCK_SIZE = 1024 * 1024
+
+_NOT_FOUND_CONTAINER = {"ContainerNotFound", "ShareNotFound"}
+_TRANSIENT_CODES = {"ServerBusy", "OperationTimedOut", "InternalError", "ServiceUnavailable"}
+
+
+def same_etag(a: str | None, b: str | None) -> bool:
+    """ETags compared as Azure means them (listings may omit the quotes headers carry)."""
+    if a is None or b is None:
+        return True
+    return a.strip().removeprefix("W/").strip('"') == b.strip().removeprefix("W/").strip('"')
+
+
+def quoted(etag: str) -> str:
+    etag = etag.strip()
+    return etag if etag.startswith('"') or etag.startswith("W/") else f'"{etag}"'
+
+
+def make_transport(context: ProviderContext, env: Mapping[str, str], endpoint: str) -> Any:
+    """A ``RequestsTransport`` with the engine's timeouts, a pool per worker, no hidden retries.
+
+    Proxies and the CA bundle come from the provider's environment (not
+    ``os.environ``), like the http provider.
+    """
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.adapters import HTTPAdapter
+    from requests.utils import should_bypass_proxies
+
+    session = requests.Session()
+    session.trust_env = False
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=context.concurrency + 2, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    no_proxy = env.get("NO_PROXY") or env.get("no_proxy")
+    if not (no_proxy and should_bypass_proxies(endpoint, no_proxy=no_proxy)):
+        for scheme in ("http", "https"):
+            proxy = env.get(f"{scheme.upper()}_PROXY") or env.get(f"{scheme}_proxy")
+            if proxy:
+                session.proxies[scheme] = proxy
+                register_secret(proxy)
+    verify: bool | str = True
+    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
+        if env.get(name):
+            verify = env[name]
+            break
+    return RequestsTransport(
+        session=session,
+        session_owner=True,
+        connection_timeout=context.connect_timeout,
+        read_timeout=context.stall_timeout,
+        connection_verify=verify,
+        connection_data_block_size=BLOCK_SIZE,
+    )
+
+
+def client_options(context: ProviderContext, env: Mapping[str, str], access: Access) -> dict[str, Any]:
+    """Keyword arguments every SDK client gets: our transport, no SDK retries."""
+    return {
+        "transport": make_transport(context, env, access.endpoint),
+        "retry_total": 0,
+        "retry_connect": 0,
+        "retry_read": 0,
+        "retry_status": 0,
+        "user_agent": "storage-initializer",
+    }
+
+
+def error_code(exc: BaseException) -> str | None:
+    code = getattr(exc, "error_code", None)
+    if code:
+        return str(getattr(code, "value", code))
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or {}
+    value = headers.get("x-ms-error-code")
+    return str(value) if value else None
+
+
+def map_error(exc: BaseException, what: str, access: Access, container_kind: str) -> StorageInitializerError:
+    """Turn an SDK/transport exception into the project's error, saying what to check.
+
+    ``what`` names the URI or object (already redacted).
+    """
+    from azure.core.exceptions import (
+        AzureError,
+        ClientAuthenticationError,
+        HttpResponseError,
+        ServiceRequestError,
+        ServiceResponseError,
+    )
+
+    if isinstance(exc, StorageInitializerError):
+        return exc
+    message = redact(str(exc).split("\n", 1)[0])
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+    if isinstance(exc, HttpResponseError) and status:
+        return _status_error(int(status), error_code(exc), what, access, container_kind)
+    if isinstance(exc, ClientAuthenticationError):  # azure-identity: no token
+        return AccessDeniedError(
+            f"{what}: could not get an Azure AD token ({message})",
+            hint="check AZURE_CLIENT_ID / AZURE_TENANT_ID and the secret, certificate, federated token "
+            "file or managed identity they refer to",
+        )
+    if isinstance(exc, ServiceRequestError) and ("SSLError" in str(exc) or "CERTIFICATE_VERIFY" in str(exc)):
+        return StorageInitializerError(
+            f"{what}: TLS verification of {redact(access.endpoint)} failed ({message})",
+            hint="set REQUESTS_CA_BUNDLE to the CA that signed the endpoint's certificate",
+        )
+    if isinstance(exc, ServiceRequestError):
+        return TransientError(
+            f"{what}: cannot reach {redact(access.endpoint)} ({message})",
+            hint="check the storage account name in the URI, DNS, proxies and network policies",
+        )
+    if isinstance(exc, ServiceResponseError):
+        return TransientError(f"{what}: the connection to {redact(access.endpoint)} failed ({message})")
+    if isinstance(exc, ValueError) and "HTTPS" in str(exc):
+        return ConfigError(f"{what}: {message}", hint="Azure AD credentials need an https:// endpoint")
+    if isinstance(exc, AzureError):
+        return StorageInitializerError(f"{what}: {type(exc).__name__}: {message}")
+    return classify(exc)
+
+
+def _status_error(
+    status: int, code: str | None, what: str, access: Access, container_kind: str
+) -> StorageInitializerError:
+    shown = f"{status} {code}" if code else str(status)
+    if status == 404:
+        if code in _NOT_FOUND_CONTAINER:
+            return NotFoundError(
+                f"{what}: the {container_kind} does not exist in storage account {access.account!r} ({shown})",
+                hint=f"check the {container_kind} name in the URI",
+            )
+        hint = "check the path in the URI"
+        if access.anonymous:
+            hint += "; a private container answers anonymous requests with 404: " + access.hint
+        return NotFoundError(f"{what}: not found ({shown})", hint=hint)
+    if status in (401, 403) or code == "PublicAccessNotPermitted":
+        if code == "AuthorizationPermissionMismatch":
+            return AccessDeniedError(
+                f"{what}: the credentials lack a permission ({shown})",
+                hint=f"the {access.source} needs read and list permission",
+            )
+        if access.anonymous or code in ("NoAuthenticationInformation", "PublicAccessNotPermitted"):
+            return AccessDeniedError(f"{what}: anonymous access refused ({shown})", hint=access.hint)
+        if code == "AuthenticationFailed":
+            return AccessDeniedError(f"{what}: the storage account refused the credentials ({shown})", hint=access.hint)
+        return AccessDeniedError(
+            f"{what}: access denied ({shown})",
+            hint=f"{access.hint}; also check the storage account's network rules (firewall, private "
+            "endpoints) and the identity's role assignment",
+        )
+    if status in (412, 416) or code == "ConditionNotMet":
+        return ObjectChangedError(f"{what} changed during the download ({shown})", hint="run again")
+    if status in (408, 429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
+        return TransientError(f"{what}: the storage service answered {shown}")
+    if code == "BlobArchived":
+        return StorageInitializerError(
+            f"{what}: the blob is in the Archive tier ({shown})", hint="rehydrate it to the Hot or Cool tier first"
+        )
+    if status == 400 and code and ("InvalidResourceName" in code or "InvalidUri" in code):
+        return UsageError(f"{what}: the service rejected the name ({shown})", hint="check the URI")
+    return StorageInitializerError(f"{what}: the storage service answered {shown}")
+
+
+class ChunkStream:
+    """A file-like view of a streamed response body (``readinto`` and ``read``).
+
+    Errors while reading (timeouts, resets, short bodies) become
+    :class:`TransientError`, which the engine retries from where it stopped.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], close: Callable[[], None], what: str) -> None:
+        self._chunks = chunks
+        self._close = close
+        self._what = what
+        self._pending = memoryview(b"")
+
+    def _next(self) -> bool:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            return False
+        except Exception as exc:
+            raise TransientError(f"{self._what}: reading failed ({type(exc).__name__}: {redact(str(exc))})") from None
+        self._pending = memoryview(chunk)
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:
+        filled = 0
+        while filled < len(buffer):
+            if not self._pending and not self._next():
+                break
+            n = min(len(buffer) - filled, len(self._pending))
+            buffer[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            out = bytearray(self._pending)
+            self._pending = memoryview(b"")
+            while self._next():
+                out += self._pending
+                self._pending = memoryview(b"")
+            return bytes(out)
+        buffer = bytearray(n)
+        return bytes(buffer[: self.readinto(memoryview(buffer))])
+
+    def close(self) -> None:
+        self._close()
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class EmptyStream(ChunkStream):
+    """The body of a zero-byte range (no request: a 0-byte object has no range to ask for)."""
+
+    def __init__(self) -> None:
+        super().__init__(iter(()), lambda: None, "")
