@@ -121,6 +121,10 @@ def parse_uri(uri: str) -> RegistryUri:
     raw = rest.split("/", 2)
     if not rest or any(not part for part in raw[:2]) or (len(raw) == 3 and not raw[2].strip("/")):
         raise UsageError(f"{redact(uri)} has an empty model, version or host", hint=FORM_HINT)
+    if len(raw) >= 2 and ":" in raw[0]:  # HOST:PORT/... : a port must be a port
+        host, _, port = raw[0].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"{redact(uri)} has an invalid registry port {port!r}", hint=FORM_HINT)
     return RegistryUri(tuple(unquote(part) for part in raw), namespace, ignored)
 
 
