@@ -357,7 +357,9 @@ class HfProvider(Provider):
                 key=key,
                 size=int(file.size),
                 version=str(file.blob_id),  # git oid: changes exactly when the content does
-                checksums={"sha256": lfs} if lfs else {},
+                # LFS files: the sha256 of the content. Other files: their git
+                # blob id, which the engine verifies as "git-sha1".
+                checksums={"sha256": lfs} if lfs else {"git-sha1": str(file.blob_id)},
                 extra=_FileRef(hf.repo_type, repo_id, commit, file.path, lfs),
             )
 

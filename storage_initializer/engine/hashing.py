@@ -15,6 +15,7 @@ import hashlib
 import os
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -46,34 +47,65 @@ def _crc32c_available() -> bool:
         return False
 
 
+class _GitBlobSha1:
+    """Git's object id of a file: sha1 of ``b"blob <size>\\0"`` + the content."""
+
+    def __init__(self, size: int) -> None:
+        self._impl = hashlib.sha1(f"blob {size}\0".encode())
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._impl.update(data)
+
+    def hexdigest(self) -> str:
+        return self._impl.hexdigest()
+
+
 # Preference order: fastest first.
-_PREFERENCE = ("crc32c", "sha256", "sha1", "sha512", "md5")
+_PREFERENCE = ("crc32c", "sha256", "sha1", "git-sha1", "sha512", "md5")
 
 
-def choose_checksum(checksums: Mapping[str, str]) -> tuple[str, str] | None:
-    """Pick the cheapest (algorithm, expected hex digest) we can compute."""
+@dataclass(frozen=True)
+class Checksum:
+    """The digest to verify an object against, and how to compute it."""
+
+    algorithm: str
+    expected: str
+    size: int | None = None
+
+    def new(self) -> Hasher:
+        if self.algorithm == "crc32c":
+            return _Crc32c()
+        if self.algorithm == "git-sha1":
+            assert self.size is not None
+            return _GitBlobSha1(self.size)
+        return hashlib.new(self.algorithm)
+
+
+def choose_checksum(checksums: Mapping[str, str], size: int | None = None) -> Checksum | None:
+    """Pick the cheapest checksum the store announced that we can compute.
+
+    Algorithms: ``crc32c`` (needs google-crc32c's C extension), ``sha256``,
+    ``sha1``, ``git-sha1`` (git's blob id, e.g. the Hugging Face Hub's id of
+    a non-LFS file; needs the size), ``sha512``, ``md5``.
+    """
     for algorithm in _PREFERENCE:
         expected = checksums.get(algorithm)
         if not expected:
             continue
         if algorithm == "crc32c" and not _crc32c_available():
             continue
-        return algorithm, expected.lower()
+        if algorithm == "git-sha1" and size is None:
+            continue
+        return Checksum(algorithm, expected.lower(), size)
     return None
-
-
-def new_hasher(algorithm: str) -> Hasher:
-    if algorithm == "crc32c":
-        return _Crc32c()
-    return hashlib.new(algorithm)
 
 
 class SequentialHasher:
     """Hash a file written by parallel parts, in order, as parts complete."""
 
-    def __init__(self, algorithm: str, fd: int, parts: Sequence[tuple[int, int]]) -> None:
-        self.algorithm = algorithm
-        self._hasher = new_hasher(algorithm)
+    def __init__(self, checksum: Checksum, fd: int, parts: Sequence[tuple[int, int]]) -> None:
+        self.checksum = checksum
+        self._hasher = checksum.new()
         self._fd = fd
         self._parts = list(parts)
         self._done = [False] * len(self._parts)

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
-from storage_initializer.engine.hashing import Hasher, SequentialHasher, choose_checksum, new_hasher
+from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
 from storage_initializer.engine.parts import part_size_for, plan_parts
 from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
 from storage_initializer.engine.progress import Progress
@@ -267,15 +267,14 @@ class PairTransfer:
 
     # -- whole-object downloads ------------------------------------------------
     def _download_whole(self, job: _FileJob) -> None:
-        obj = job.obj
-        checksum = choose_checksum(obj.checksums) if self.settings.verify_checksums else None
+        checksum = self._checksum(job.obj)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if self._has_fast_path and self._try_fast_path(job):
             return
         attempt = 0
         while True:
-            size, digest = self._stream_whole(job, checksum[0] if checksum else None)
+            size, digest = self._stream_whole(job, checksum)
             try:
                 self._verify_size(job, size)
                 if checksum and digest is not None:
@@ -293,14 +292,14 @@ class PairTransfer:
         if not self.provider.download_to(self.uri, job.obj, job.temp):
             return False
         self._verify_size(job, os.stat(job.temp).st_size)
-        checksum = choose_checksum(job.obj.checksums) if self.settings.verify_checksums else None
+        checksum = self._checksum(job.obj)
         if checksum:
-            self._verify_digest(job, checksum, self._hash_file(job.temp, checksum[0]))
+            self._verify_digest(job, checksum, self._hash_file(job.temp, checksum))
         self.progress.add_bytes(job.obj.size or 0)
         self._publish(job)
         return True
 
-    def _stream_whole(self, job: _FileJob, algorithm: str | None) -> tuple[int, str | None]:
+    def _stream_whole(self, job: _FileJob, checksum: Checksum | None) -> tuple[int, str | None]:
         """Read the object in one stream, retrying transient failures.
 
         A retry continues where the stream broke when the store serves
@@ -310,7 +309,7 @@ class PairTransfer:
         resumable = obj.size is not None and obj.supports_ranges
         self._close_fd(job)
         job.fd = self._open_temp(job, truncate=True)
-        hasher = new_hasher(algorithm) if algorithm else None
+        hasher = checksum.new() if checksum else None
         cursor = _Cursor(0)
         attempt = 0
         while True:
@@ -326,7 +325,7 @@ class PairTransfer:
                     self.progress.add_bytes(-cursor.offset)
                     cursor.offset = 0
                     os.ftruncate(job.fd, 0)
-                    hasher = new_hasher(algorithm) if algorithm else None
+                    hasher = checksum.new() if checksum else None
                 attempt = 0 if progressed else attempt + 1
                 self._backoff_or_raise(error, attempt, job.relpath)
 
@@ -343,9 +342,9 @@ class PairTransfer:
             os.ftruncate(job.fd, job.obj.size)
         except OSError as exc:
             raise describe_os_error(exc, job.final) from None
-        checksum = choose_checksum(job.obj.checksums) if self.settings.verify_checksums else None
+        checksum = self._checksum(job.obj)
         if checksum:
-            job.hasher = SequentialHasher(checksum[0], job.fd, parts)
+            job.hasher = SequentialHasher(checksum, job.fd, parts)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if job.done:
@@ -388,9 +387,7 @@ class PairTransfer:
         size = os.fstat(job.fd).st_size
         self._verify_size(job, size)
         if job.hasher is not None:
-            expected = choose_checksum(job.obj.checksums)
-            assert expected is not None
-            self._verify_digest(job, expected, job.hasher.hexdigest(self.engine.buffer()))
+            self._verify_digest(job, job.hasher.checksum, job.hasher.hexdigest(self.engine.buffer()))
         self._close_fd(job)
         self._publish(job)
         self.state.forget_parts(job.relpath)
@@ -464,8 +461,13 @@ class PairTransfer:
                 retryable=True,
             )
 
-    def _verify_digest(self, job: _FileJob, expected: tuple[str, str], actual: str) -> None:
-        algorithm, digest = expected
+    def _checksum(self, obj: RemoteObject) -> Checksum | None:
+        if not self.settings.verify_checksums:
+            return None
+        return choose_checksum(obj.checksums, obj.size)
+
+    def _verify_digest(self, job: _FileJob, expected: Checksum, actual: str) -> None:
+        algorithm, digest = expected.algorithm, expected.expected
         if actual.lower() != digest:
             raise IntegrityError(
                 f"{job.relpath}: {algorithm} is {actual}, the store announced {digest}",
@@ -474,8 +476,8 @@ class PairTransfer:
             )
         log.debug("verified %s %s", algorithm, job.relpath)
 
-    def _hash_file(self, path: str, algorithm: str) -> str:
-        hasher = new_hasher(algorithm)
+    def _hash_file(self, path: str, checksum: Checksum) -> str:
+        hasher = checksum.new()
         buf = self.engine.buffer()
         with open(path, "rb", buffering=0) as handle:
             while n := handle.readinto(buf):

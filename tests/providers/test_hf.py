@@ -221,6 +221,19 @@ def test_corrupt_lfs_bytes_are_caught_by_sha256(fake_hf_hub: FakeHFHub, tmp_path
     assert not (tmp_path / "out" / "w.bin").exists()
 
 
+def test_corrupt_regular_file_is_caught_by_its_git_blob_id(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
+    hub = fake_hf_hub
+    hub.add_repo("acme/corrupt-text", {"config.json": b'{"hidden_size": 768}'})
+    env = env_for(hub, tmp_path)
+    hub.add_fault("corrupt", "config.json", times=-1, where="any")  # other bytes, same size
+    with pytest.raises(StorageInitializerError, match="git-sha1"):
+        fetch("hf://acme/corrupt-text", tmp_path / "out", env, retries=0)
+    assert not (tmp_path / "out" / "config.json").exists()
+    hub.clear_faults()
+    fetch("hf://acme/corrupt-text", tmp_path / "out", env, retries=0)
+    assert (tmp_path / "out" / "config.json").read_bytes() == b'{"hidden_size": 768}'
+
+
 def test_stall_is_retried_then_fails_with_a_message(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
     hub = fake_hf_hub
     hub.add_repo("acme/stall", {"w.bin": b"s" * 200_000})
@@ -400,7 +413,7 @@ def test_objects_carry_git_oid_and_lfs_sha256(fake_hf_hub: FakeHFHub, tmp_path: 
     sha = hub.add_repo("acme/meta", {"config.json": b"{}", "w.safetensors": b"w" * 10})
     objects: dict[str, RemoteObject] = {o.key: o for o in provider(env_for(hub, tmp_path)).list("hf://acme/meta")}
     assert objects["config.json"].version == hub.blob("acme/meta", "config.json").oid
-    assert objects["config.json"].checksums == {}
+    assert objects["config.json"].checksums == {"git-sha1": hub.blob("acme/meta", "config.json").oid}
     assert objects["w.safetensors"].checksums == {"sha256": hashlib.sha256(b"w" * 10).hexdigest()}
     assert objects["w.safetensors"].extra.commit == sha
 
