@@ -1,4 +1,4 @@
-"""``gs://``: Google Cloud Storage (and emulators) over the JSON API, on ``google-auth``.
+"""``gs://``: Google Cloud Storage (and emulators) on ``google-cloud-storage`` and ``google-auth``.
 
 Grammar (see README.md)::
 
@@ -6,26 +6,34 @@ Grammar (see README.md)::
     gs://BUCKET/PATH           the object PATH if it exists, else everything under PATH/
     gs://BUCKET/PATH/          everything under PATH/ (a directory only)
 
-* Listing: one metadata GET for the object named exactly ``PATH``; when there is
-  none, the ``PATH/`` prefix is listed page by page (1000 objects a page, the
-  JSON API's maximum) and streamed to the engine, so memory stays flat. A prefix
-  is a directory: ``gs://b/model`` never pulls ``model-v2/`` or ``model.bin``.
-* Reads: ``alt=media`` GETs with a ``Range`` header, pinned with
-  ``generation=`` to the generation the listing saw (GCS answers 404 once that
-  generation is replaced in an unversioned bucket) and checked against the
-  ``X-Goog-Generation`` response header. ``ifGenerationMatch`` is not used: some
-  emulators ignore it on reads. The engine verifies size and crc32c (or md5).
+* Listing: ``Bucket.get_blob(PATH)``; when there is no such object,
+  ``Client.list_blobs(prefix=PATH/, page_size=1000)``, whose pages are fetched
+  one at a time as the engine consumes them, so memory stays flat. A prefix is
+  a directory: ``gs://b/model`` never pulls ``model-v2/`` or ``model.bin``.
+  The library's own retries are off (``retry=None``): the engine retries.
+* Reads: the JSON API's media download (``alt=media``) through the client's
+  authorized session (google-auth adds and refreshes the token), with a
+  ``Range`` header, pinned with ``generation=`` to the generation the listing
+  saw (GCS answers 404 once that generation is replaced in an unversioned
+  bucket) and checked against ``X-Goog-Generation``. The body is read with
+  ``readinto`` straight from the socket into the engine's buffers: the
+  library's ``download_*`` methods buffer whole ranges in memory or write to a
+  file themselves, which the engine already does (atomic, resumable, verified).
 * Objects stored with ``Content-Encoding: gzip`` are written decompressed, as
   KServe (``download_to_filename``) writes them: one stream, no ranges; their
   integrity rests on gzip's own CRC, since the listed size and checksums are
   those of the compressed bytes.
-* Credentials (first match): ``STORAGE_EMULATOR_HOST`` -> anonymous, as
-  google-cloud-storage does; ``GOOGLE_APPLICATION_CREDENTIALS`` (any google-auth
-  JSON: service account, external account, impersonation, authorized user); the
-  gcloud application-default file (``$CLOUDSDK_CONFIG`` or
-  ``~/.config/gcloud``); the GCE/GKE metadata server (Workload Identity),
-  detected with a bounded probe; else anonymous, which reads public buckets.
-  Nothing here reads ``os.environ`` except google-auth's metadata client.
+* Credentials, in google-auth's ``default()`` order but read from the
+  provider's environment (``self.env``) and with a bounded metadata probe:
+  ``STORAGE_EMULATOR_HOST`` -> anonymous, as google-cloud-storage does;
+  ``GOOGLE_APPLICATION_CREDENTIALS`` and then gcloud's application-default file,
+  each loaded by google-auth (service account, external account, impersonation,
+  authorized user); the GCE/GKE metadata server (google-auth's
+  ``compute_engine.Credentials``); else anonymous, which reads public buckets.
+  ``google.auth.default()`` itself is not called: it reads only ``os.environ``
+  (the engine may hand a provider another environment), fixes the probe's
+  timeout at import time as a whole number of seconds and does not bound it by
+  the connect timeout.
 """
 
 from __future__ import annotations
@@ -72,7 +80,6 @@ DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _TRUE = ("1", "true", "yes", "on")
 _LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
-_OBJECT_FIELDS = "name,size,generation,crc32c,md5Hash,contentEncoding"
 # Values inside a credentials file that are secrets.
 _SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token")
 
@@ -147,6 +154,7 @@ def settings_from_env(env: Mapping[str, str]) -> GcsSettings:
         endpoint = _with_scheme(override)
     else:
         endpoint = DEFAULT_ENDPOINT
+    # Where google.auth._cloud_sdk looks for gcloud's file, but from this environment.
     config_dir = env.get("CLOUDSDK_CONFIG", "").strip()
     if not config_dir and env.get("HOME"):
         config_dir = os.path.join(env["HOME"], ".config", "gcloud")
@@ -179,7 +187,11 @@ def _anonymous(source: str) -> Credentials:
 
 
 def credentials_from_file(path: str, variable: str) -> Credentials:
-    """Load any google-auth JSON credentials file, registering its secrets first."""
+    """Load any google-auth JSON credentials file, registering its secrets first.
+
+    The file is read here once (rather than by ``load_credentials_from_file``)
+    so that its secrets are masked before google-auth can quote them in an error.
+    """
     from google.auth import exceptions, load_credentials_from_dict
 
     try:
@@ -223,30 +235,40 @@ def _auth_text(exc: BaseException) -> str:
 
 
 def _on_gce(settings: GcsSettings, connect_timeout: float) -> bool:
-    """Google's own test: the BIOS says Google, or the metadata server answers (bounded)."""
+    """google-auth's ``is_on_gce`` test, with this environment's address and a bounded probe.
+
+    The BIOS saying Google settles it; else ``GET /`` with ``Metadata-Flavor:
+    Google`` must be answered in kind, each attempt bounded by
+    ``GCE_METADATA_TIMEOUT`` and the connect timeout, without sleeping between
+    attempts and never through a proxy.
+    """
     with contextlib.suppress(OSError), open(DMI_PRODUCT_NAME, encoding="utf-8") as handle:
         if handle.read().strip().startswith("Google"):
             return True
     import requests
+    from google.auth import exceptions
+    from google.auth.transport.requests import Request
 
     timeout = min(settings.metadata_timeout, connect_timeout)
     with requests.Session() as session:
-        session.trust_env = False  # never through a proxy
+        session.trust_env = False
+        request = Request(session)
         for attempt in range(1, settings.metadata_attempts + 1):
             try:
-                response = session.get(
-                    f"http://{settings.metadata_host}/",
+                response = request(
+                    url=f"http://{settings.metadata_host}/",
+                    method="GET",
                     headers={"Metadata-Flavor": "Google"},
                     timeout=(timeout, timeout),
                 )
-                return response.status_code == 200 and response.headers.get("Metadata-Flavor") == "Google"
-            except requests.RequestException as exc:
+                return bool(response.status == 200 and response.headers.get("Metadata-Flavor") == "Google")
+            except exceptions.TransportError as exc:
                 log.debug("metadata server probe %d/%d: %s", attempt, settings.metadata_attempts, exc)
     return False
 
 
 def find_credentials(settings: GcsSettings, connect_timeout: float) -> Credentials:
-    """The credential chain of google-auth's ``default()``, bounded and read from ``settings``."""
+    """The credential chain of google-auth's ``default()``, read from ``settings``."""
     if settings.emulator:
         return _anonymous("none: STORAGE_EMULATOR_HOST is set (anonymous, as google-cloud-storage)")
     if settings.credentials_file:
@@ -256,7 +278,8 @@ def find_credentials(settings: GcsSettings, connect_timeout: float) -> Credentia
     if settings.check_metadata and _on_gce(settings, connect_timeout):
         from google.auth import compute_engine
 
-        metadata = compute_engine.Credentials()  # type: ignore[no-untyped-call]
+        # Scoped as google.auth.default(scopes=...) scopes them; tokens come from GCE_METADATA_HOST.
+        metadata = compute_engine.Credentials(scopes=[READ_ONLY_SCOPE])  # type: ignore[no-untyped-call]
         return Credentials(metadata, "the metadata server (GCE / GKE Workload Identity)")
     return _anonymous("none found: anonymous access, public buckets only")
 
@@ -277,24 +300,23 @@ def _b64_to_hex(value: object) -> str | None:
     except (binascii.Error, ValueError):
         return None
 
-    return True
 
-
-def _error_text(response: Any) -> str:
-    """GCS's JSON error message, else the start of the body."""
-    try:
-        body = response.json()
-        message = body["error"]["message"]
-        return str(message)[:300]
-    except (ValueError, KeyError, TypeError):
-        return str(response.text or response.reason or "")[:200].strip()
+def _call_text(exc: Any) -> str:
+    """GCS's own error message, without the ``GET <url>: `` that google-api-core puts first."""
+    message = str(getattr(exc, "message", "") or "")
+    request = getattr(getattr(exc, "response", None), "request", None)
+    if request is not None:
+        message = message.removeprefix(f"{request.method} {request.url}: ")
+    return redact(message.strip()[:300] or type(exc).__name__)
 
 
 class _Body:
     """A media response read straight from the socket (``readinto``), or decoded for gzip.
 
-    The connection goes back to the pool only when the body was read to its
-    end; otherwise it is closed.
+    ``urllib3``'s own ``readinto`` copies through an intermediate ``bytes``;
+    reading the underlying ``http.client`` response avoids that copy. The
+    connection goes back to the pool only when the body was read to its end;
+    otherwise it is closed.
     """
 
     def __init__(self, response: Any, decode: bool) -> None:
@@ -322,7 +344,7 @@ class _Body:
 
     def close(self) -> None:
         fp = self._fast
-        if fp is not None and getattr(fp, "fp", None) is None:
+        if fp is not None and (getattr(fp, "fp", None) is None or getattr(fp, "length", 1) == 0):
             self._raw.release_conn()
         else:
             self._response.close()
@@ -332,8 +354,8 @@ class GcsProvider(Provider):
     """Google Cloud Storage buckets, objects and prefixes."""
 
     uri_formats = (UriFormat(prefix=PREFIX),)
-    requires = ("google.auth", "requests")
-    description = "Google Cloud Storage (JSON API; ADC, service accounts, Workload Identity, emulators)"
+    requires = ("google.cloud.storage",)
+    description = "Google Cloud Storage (google-cloud-storage; ADC, service accounts, Workload Identity, emulators)"
     #: Objects per listing page (the JSON API's maximum).
     page_size: ClassVar[int] = 1000
 
@@ -346,6 +368,10 @@ class GcsProvider(Provider):
         self._sessions: list[Any] = []
 
     # -- plumbing --------------------------------------------------------------
+    @property
+    def _timeout(self) -> tuple[float, float]:
+        return (self.context.connect_timeout, self.context.stall_timeout)
+
     def credentials(self) -> Credentials:
         with self._lock:
             if self._credentials is None:
@@ -354,7 +380,7 @@ class GcsProvider(Provider):
             return self._credentials
 
     def session(self) -> Any:
-        """One authorized ``requests`` session per thread (google-auth refreshes tokens)."""
+        """This thread's ``AuthorizedSession`` (google-auth adds and refreshes the token)."""
         session = getattr(self._local, "session", None)
         if session is None:
             from google.auth.transport.requests import AuthorizedSession
@@ -374,20 +400,45 @@ class GcsProvider(Provider):
                 self._sessions.append(session)
         return session
 
-    def _get(self, url: str, params: Mapping[str, str], headers: Mapping[str, str] | None = None) -> Any:
-        """A streamed GET with the provider's timeouts; network and token failures mapped."""
+    def client(self) -> Any:
+        """This thread's ``google.cloud.storage.Client``, on :meth:`session`, for metadata and listings."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            from google.cloud import storage  # type: ignore[import-untyped]
+
+            try:
+                client = storage.Client(
+                    project=None,  # reads need none; never inferred from os.environ or the network
+                    credentials=self.credentials().credentials,
+                    _http=self.session(),
+                    client_options={"api_endpoint": self.settings.endpoint},  # wins over os.environ
+                )
+            except ValueError as exc:  # e.g. credentials of another universe domain
+                raise ConfigError(f"gs: cannot use these credentials with {self.settings.endpoint}: {exc}") from None
+            # No background bucket GETs for OpenTelemetry attributes (google-cloud-storage >= 3.17):
+            # they need storage.buckets.get, retry for minutes and serve no download.
+            client._bucket_metadata_cache = None
+            self._local.client = client
+        return client
+
+    @contextlib.contextmanager
+    def _calls(self, what: str, not_found: StorageInitializerError | None = None) -> Iterator[None]:
+        """Map google-api-core, google-auth and network errors onto the project's errors."""
         import requests
-        from google.auth import exceptions as auth_exceptions
+        from google.api_core import exceptions as api
+        from google.auth import exceptions as auth
 
         try:
-            return self.session().get(
-                url,
-                params=params,
-                headers=dict(headers or {}),
-                stream=True,
-                timeout=(self.context.connect_timeout, self.context.stall_timeout),
-            )
-        except auth_exceptions.RefreshError as exc:
+            yield
+        except api.NotFound as exc:
+            if not_found is not None:
+                raise not_found from None
+            raise NotFoundError(f"{what}: not found (HTTP 404: {_call_text(exc)})") from None
+        except api.GoogleAPICallError as exc:
+            raise self._api_error(exc, what) from None
+        except api.RetryError as exc:
+            raise TransientError(f"{what}: GCS did not answer in time ({exc.cause or exc})") from None
+        except auth.RefreshError as exc:
             creds = self.credentials()
             error = AccessDeniedError(
                 f"could not get an access token with {creds.source}: {_auth_text(exc)}",
@@ -395,7 +446,7 @@ class GcsProvider(Provider):
             )
             error.retryable = bool(getattr(exc, "retryable", False))
             raise error from None
-        except auth_exceptions.TransportError as exc:
+        except auth.TransportError as exc:
             raise TransientError(f"could not reach the token service: {_auth_text(exc)}") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TransientError(
@@ -403,10 +454,12 @@ class GcsProvider(Provider):
                 hint="check the network, proxy settings and STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE",
             ) from None
 
-    def _status_error(self, response: Any, what: str) -> StorageInitializerError:
-        status = response.status_code
-        text = redact(_error_text(response))
-        if status in (401, 403):
+    def _api_error(self, exc: Any, what: str) -> StorageInitializerError:
+        from google.api_core import exceptions as api
+
+        status = int(exc.code or 0)
+        text = _call_text(exc)
+        if isinstance(exc, (api.Unauthorized, api.Forbidden)):
             creds = self.credentials()
             if creds.anonymous:
                 hint = (
@@ -420,13 +473,16 @@ class GcsProvider(Provider):
             return AccessDeniedError(f"{what}: access denied (HTTP {status}: {text})", hint=hint)
         if status in (408, 429) or status >= 500:
             return TransientError(f"{what}: GCS answered HTTP {status}: {text}")
-        if status == 400:
+        if isinstance(exc, api.BadRequest):
             return UsageError(f"{what}: GCS rejected the request (HTTP 400: {text})", hint=f"expected {GRAMMAR}")
         return StorageInitializerError(f"{what}: GCS answered HTTP {status}: {text}")
 
-    def _object_url(self, bucket: str, name: str, media: bool = False) -> str:
-        base = f"{self.settings.endpoint}/download" if media else self.settings.endpoint
-        return f"{base}/storage/v1/b/{quote(bucket, safe='')}/o/{quote(name, safe='~')}"
+    def _media_url(self, ref: _Ref) -> str:
+        """The JSON API's documented media download URL (not the listing's ``mediaLink``,
+        which names the service's canonical host rather than the configured endpoint)."""
+        return (
+            f"{self.settings.endpoint}/download/storage/v1/b/{quote(ref.bucket, safe='')}/o/{quote(ref.name, safe='')}"
+        )
 
     # -- the provider contract -------------------------------------------------
     def validate(self, uri: str) -> None:
@@ -436,17 +492,33 @@ class GcsProvider(Provider):
         location = parse_uri(uri)
         shown = redact(uri)
         if location.path and not location.path.endswith("/"):
-            item = self._object_metadata(location, shown)
-            if item is not None:
-                yield self._remote(location.bucket, item, location.path.rsplit("/", 1)[-1])
+            with self._calls(shown):
+                # None for no such object (or no bucket: the listing tells).
+                blob = self.client().bucket(location.bucket).get_blob(location.path, timeout=self._timeout, retry=None)
+            if blob is not None:
+                yield self._remote(location.bucket, blob, location.path.rsplit("/", 1)[-1])
                 return
             prefix = location.path + "/"
         else:
             prefix = location.path
         found = False
-        for item in self._list_prefix(location.bucket, prefix, shown):
-            found = True
-            yield self._remote(location.bucket, item, item["name"][len(prefix) :])
+        missing = NotFoundError(
+            f"bucket {location.bucket} does not exist ({shown})",
+            hint="check the bucket name; with an emulator, check STORAGE_EMULATOR_HOST",
+        )
+        with self._calls(shown, not_found=missing):
+            blobs = self.client().list_blobs(
+                location.bucket,
+                prefix=prefix or None,
+                page_size=self.page_size,
+                fields=_LIST_FIELDS,
+                timeout=self._timeout,
+                retry=None,
+            )
+            for blob in blobs:
+                if blob.name.startswith(prefix):
+                    found = True
+                    yield self._remote(location.bucket, blob, blob.name[len(prefix) :])
         if not found:
             if not location.path:
                 raise NotFoundError(f"bucket {location.bucket} is empty ({shown})", hint="check the bucket name")
@@ -455,54 +527,20 @@ class GcsProvider(Provider):
                 where = f"no object {location.path} and {where}"
             raise NotFoundError(f"{shown}: {where} in bucket {location.bucket}", hint="check the path in the URI")
 
-    def _object_metadata(self, location: GcsUri, shown: str) -> dict[str, Any] | None:
-        url = self._object_url(location.bucket, location.path)
-        with self._get(url, {"fields": _OBJECT_FIELDS}) as response:
-            if response.status_code == 404:
-                return None  # no such object (or no bucket: the listing tells)
-            if response.status_code != 200:
-                raise self._status_error(response, shown)
-            item: dict[str, Any] = response.json()
-            return item
-
-    def _list_prefix(self, bucket: str, prefix: str, shown: str) -> Iterator[dict[str, Any]]:
-        url = f"{self.settings.endpoint}/storage/v1/b/{quote(bucket, safe='')}/o"
-        params = {"maxResults": str(self.page_size), "fields": _LIST_FIELDS}
-        if prefix:
-            params["prefix"] = prefix
-        while True:
-            with self._get(url, params) as response:
-                if response.status_code == 404:
-                    raise NotFoundError(
-                        f"bucket {bucket} does not exist ({shown})",
-                        hint="check the bucket name; with an emulator, check STORAGE_EMULATOR_HOST",
-                    )
-                if response.status_code != 200:
-                    raise self._status_error(response, shown)
-                page = response.json()
-            for item in page.get("items", ()):
-                if isinstance(item.get("name"), str) and item["name"].startswith(prefix):
-                    yield item
-            token = page.get("nextPageToken")
-            if not token:
-                return
-            params["pageToken"] = token
-
     @staticmethod
-    def _remote(bucket: str, item: Mapping[str, Any], key: str) -> RemoteObject:
-        name = str(item["name"])
-        generation = str(item["generation"]) if item.get("generation") else None
-        if str(item.get("contentEncoding", "")).lower() == "gzip":
+    def _remote(bucket: str, blob: Any, key: str) -> RemoteObject:
+        name = str(blob.name)
+        generation = str(blob.generation) if blob.generation else None
+        if str(blob.content_encoding or "").lower() == "gzip":
             # Written decompressed: the listed size and hashes are the compressed bytes'.
             return RemoteObject(key, None, generation, supports_ranges=False, extra=_Ref(bucket, name, gzip=True))
         checksums = {}
-        crc32c, md5 = _b64_to_hex(item.get("crc32c")), _b64_to_hex(item.get("md5Hash"))
+        crc32c, md5 = _b64_to_hex(blob.crc32c), _b64_to_hex(blob.md5_hash)
         if crc32c and len(crc32c) == 8:
             checksums["crc32c"] = crc32c
         if md5 and len(md5) == 32:
             checksums["md5"] = md5
-        size = int(item["size"]) if item.get("size") is not None else None
-        return RemoteObject(key, size, generation, checksums, extra=_Ref(bucket, name))
+        return RemoteObject(key, blob.size, generation, checksums, extra=_Ref(bucket, name))
 
     def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
         ref = obj.extra if isinstance(obj.extra, _Ref) else None
@@ -518,16 +556,21 @@ class GcsProvider(Provider):
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
             headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
-        response = self._get(self._object_url(ref.bucket, ref.name, media=True), params, headers)
+        shown = redact(uri)
+        with self._calls(shown):
+            response = self.session().get(
+                self._media_url(ref), params=params, headers=headers, stream=True, timeout=self._timeout
+            )
         try:
-            self._check_media(uri, obj, response, start, ranged)
+            self._check_media(shown, obj, response, start, ranged)
         except BaseException:
             response.close()
             raise
         return _Body(response, decode=ref.gzip)  # type: ignore[return-value]
 
-    def _check_media(self, uri: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
-        shown = redact(uri)
+    def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
+        from google.api_core.exceptions import from_http_response
+
         status = response.status_code
         if status in (404, 412, 416):
             raise ObjectChangedError(
@@ -536,7 +579,8 @@ class GcsProvider(Provider):
                 hint="run again to download the current version",
             )
         if status not in (200, 206):
-            raise self._status_error(response, shown)
+            error = from_http_response(response)  # type: ignore[no-untyped-call]
+            raise self._api_error(error, shown)
         served = response.headers.get("X-Goog-Generation")
         if obj.version and served and served != obj.version:
             raise ObjectChangedError(

@@ -243,6 +243,23 @@ def test_listing_carries_size_generation_and_checksums(
     assert obj.checksums["crc32c"] == google_crc32c.Checksum(data).digest().hex()
 
 
+def test_only_metadata_listing_and_media_are_requested(
+    gcs_server: FakeGcsServer, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """No request beyond the three the download needs: google-cloud-storage (>= 3.17) would
+    GET the bucket in a background thread, which needs storage.buckets.get and retries for minutes."""
+    gcs_server.upload(gcs_bucket, "m/a", b"abc")
+    before = len(gcs_server.request_log())
+    fetch(f"gs://{gcs_bucket}/m", tmp_path / "out", emulator_env(gcs_server, tmp_path))
+    time.sleep(0.3)  # a background request would be logged by now
+    paths = [r.path.split("?", 1)[0] for r in gcs_server.request_log()[before:]]
+    assert paths == [
+        f"/storage/v1/b/{gcs_bucket}/o/m",
+        f"/storage/v1/b/{gcs_bucket}/o",
+        f"/download/storage/v1/b/{gcs_bucket}/o/m%2Fa",
+    ]
+
+
 class SmallPages(GcsProvider):
     page_size = 7
 
