@@ -9,6 +9,7 @@ missing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import random
@@ -95,7 +96,7 @@ def source(request: pytest.FixtureRequest, fault_proxy_factory: Callable[..., Fa
     ],
 )
 def test_transient_fault_is_survived(tmp_path: Path, source: Source, fault: ProxyFault) -> None:
-    fault.match = source.key
+    fault = dataclasses.replace(fault, match=source.key)  # params are shared between sources
     source.proxy.add(fault)
     started = time.monotonic()
     result = source.run(tmp_path / "out")
@@ -134,7 +135,7 @@ def test_refused_connections_are_retried(tmp_path: Path, source: Source) -> None
     ],
 )
 def test_persistent_fault_fails_in_bounded_time(tmp_path: Path, source: Source, fault: ProxyFault, cause: str) -> None:
-    fault.match = source.key
+    fault = dataclasses.replace(fault, match=source.key)  # params are shared between sources
     source.proxy.add(fault)
     started = time.monotonic()
     result = source.run(tmp_path / "out", {"STORAGE_INITIALIZER_RETRIES": "2"})

@@ -1,0 +1,394 @@
+"""The three S3 requests the provider sends, without botocore's per-request cost.
+
+ListObjectsV2, HeadObject and ranged GetObject are bodiless requests with
+small, stable answers. botocore spends 1-3 ms of CPU on each (event hooks,
+generic request objects, signing, a model-driven XML parser that turns every
+``LastModified`` into a ``datetime`` through dateutil: ~120 us per listed
+key). Here each is a SigV4-signed request (:mod:`._sigv4`) on a ``urllib3``
+pool sized to the engine's workers, parsed with ``ElementTree`` (~20 us per
+listed key) or read with ``readinto`` straight from ``http.client``.
+
+botocore still decides *where* a bucket lives: :class:`S3Wire` asks a
+``locate`` callback (botocore's request for an object of the bucket, built and
+signed but not sent) for the URL and signing region, which carry the scheme,
+host, path-style or virtual-hosted prefix and accelerate endpoint exactly as
+botocore would use them. When S3 answers that the bucket lives in another
+region (``PermanentRedirect``, ``AuthorizationHeaderMalformed``, or the
+``x-amz-bucket-region`` header on a 301/400), the bucket is located again for
+that region and the request repeated, as botocore's region redirector does.
+
+Listing and HEAD requests are retried here on transient failures
+(``S3_MAX_ATTEMPTS`` attempts in all, as botocore's standard retry mode
+counts them). Object GETs are not: the engine retries those, resuming where
+a part stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+from urllib.parse import quote, unquote_plus, urlsplit
+
+from storage_initializer.errors import StorageInitializerError, TransientError
+from storage_initializer.redact import redact
+
+from ._config import S3Settings, proxy_for
+from ._errors import ENDPOINT_HINT, error_for, parse_error_body
+from ._sigv4 import SigV4Signer, canonical_query
+
+log = logging.getLogger("storage_initializer.s3")
+
+#: Keys per ListObjectsV2 page (the S3 maximum).
+PAGE_SIZE = 1000
+#: The most an error body is read (S3 error documents are a few hundred bytes).
+_ERROR_BODY_LIMIT = 64 * 1024
+_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+_REDIRECT_CODES = frozenset({"PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException"})
+
+
+class Frozen(NamedTuple):
+    """Credentials at one instant (botocore's ``ReadOnlyCredentials`` has the same fields)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+class Listed(NamedTuple):
+    """One ``<Contents>`` entry of a listing page."""
+
+    key: str
+    size: int | None
+    etag: str | None
+
+
+class Page(NamedTuple):
+    entries: list[Listed]
+    truncated: bool
+    next_token: str | None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a bucket's requests go: URL, Host header, key prefix and signing region."""
+
+    base_url: str  # scheme://netloc
+    netloc: str  # the Host header
+    prefix: str  # the path before the key: "/bucket/" (path-style) or "/" (virtual-hosted)
+    signer: SigV4Signer
+    pool: Any  # urllib3 connection pool, or None: send absolute URLs through an HTTP proxy
+    proxy: str | None
+
+    @property
+    def region(self) -> str:
+        return self.signer.region
+
+
+class Response(NamedTuple):
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class S3Wire:
+    """Signed S3 requests on pooled connections; thread-safe."""
+
+    def __init__(
+        self,
+        settings: S3Settings,
+        *,
+        credentials: Callable[[], Frozen | None],
+        locate: Callable[[str, str | None], tuple[str, str]],
+        concurrency: int,
+        connect_timeout: float,
+        read_timeout: float,
+        endpoint: str,
+    ) -> None:
+        self.settings = settings
+        self._credentials = credentials
+        self._locate = locate
+        self._concurrency = max(1, concurrency)
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self.endpoint = endpoint
+        self._lock = threading.Lock()
+        self._targets: dict[str, Target] = {}
+        self._managers: dict[str | None, Any] = {}
+        self._timeout: Any = None
+
+    # -- where buckets live ------------------------------------------------------------
+    def target(self, bucket: str) -> Target:
+        target = self._targets.get(bucket)
+        if target is None:
+            with self._lock:
+                target = self._targets.get(bucket)
+                if target is None:
+                    target = self._make_target(bucket, None)
+                    self._targets[bucket] = target
+        return target
+
+    def relocate(self, bucket: str, region: str) -> Target:
+        """Point ``bucket`` at ``region`` (after S3 said it lives there)."""
+        with self._lock:
+            target = self._make_target(bucket, region)
+            self._targets[bucket] = target
+        log.info("bucket %s is in region %s: requests now go to %s", bucket, region, redact(target.base_url))
+        return target
+
+    def _make_target(self, bucket: str, region: str | None) -> Target:
+        url, signing_region = self._locate(bucket, region)
+        parts = urlsplit(url)
+        if not parts.path.endswith("/k"):
+            raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {redact(url)}")
+        base_url = f"{parts.scheme}://{parts.netloc}"
+        proxy = proxy_for(self.settings.proxies, base_url)
+        manager = self._manager(proxy)
+        pool = None if proxy and parts.scheme == "http" else manager.connection_from_url(base_url)
+        return Target(base_url, parts.netloc, parts.path[:-1], SigV4Signer(signing_region), pool, proxy)
+
+    def _manager(self, proxy: str | None) -> Any:
+        manager = self._managers.get(proxy)
+        if manager is not None:
+            return manager
+        import urllib3
+
+        verify = self.settings.verify
+        tls: dict[str, Any]
+        if verify is False:
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            tls = {"cert_reqs": "CERT_NONE"}
+        else:
+            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else _default_ca()}
+        common: dict[str, Any] = {"num_pools": 8, "maxsize": self._concurrency, "block": False, "retries": False}
+        manager = urllib3.ProxyManager(proxy, **common, **tls) if proxy else urllib3.PoolManager(**common, **tls)
+        self._managers[proxy] = manager
+        return manager
+
+    def close(self) -> None:
+        with self._lock:
+            managers = list(self._managers.values())
+            self._managers.clear()
+            self._targets.clear()
+        for manager in managers:
+            manager.clear()
+
+    # -- sending -----------------------------------------------------------------------
+    def _headers(
+        self, method: str, target: Target, path: str, query: str, amz: dict[str, str] | None
+    ) -> dict[str, str]:
+        frozen = self._credentials()
+        if frozen is None:  # anonymous: unsigned requests
+            headers = {"host": target.netloc}
+            if amz:
+                headers.update(amz)
+            return headers
+        return target.signer.sign(
+            method,
+            target.netloc,
+            path,
+            frozen.access_key,
+            frozen.secret_key,
+            frozen.token,
+            query=query,
+            amz_headers=amz,
+        )
+
+    def send(
+        self,
+        method: str,
+        target: Target,
+        path: str,
+        *,
+        query: str = "",
+        amz: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        stream: bool = False,
+        what: str,
+    ) -> Any:
+        """One request; connection-level failures become :class:`TransientError` (TLS: permanent)."""
+        import urllib3
+
+        all_headers = self._headers(method, target, path, query, amz)
+        if headers:
+            all_headers.update(headers)
+        if self._timeout is None:
+            self._timeout = urllib3.Timeout(connect=self._connect_timeout, read=self._read_timeout)
+        url = path + ("?" + query if query else "")
+        options: dict[str, Any] = {
+            "headers": all_headers,
+            "preload_content": not stream,
+            "decode_content": False,
+            "redirect": False,
+            "retries": False,
+            "timeout": self._timeout,
+        }
+        try:
+            if target.pool is not None:
+                return target.pool.urlopen(method, url, release_conn=not stream, **options)
+            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
+            return self._manager(target.proxy).urlopen(method, target.base_url + url, **options)
+        except urllib3.exceptions.SSLError as exc:
+            raise self.tls_error(what, exc) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = getattr(exc, "reason", None)
+            if isinstance(reason, urllib3.exceptions.SSLError):
+                raise self.tls_error(what, reason) from None
+            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(reason, TimeoutError)
+            problem = "timed out" if timed_out else f"failed ({type(exc).__name__})"
+            raise TransientError(
+                f"{what}: the request to {redact(target.base_url)} {problem}", hint=ENDPOINT_HINT
+            ) from None
+
+    def tls_error(self, what: str, exc: BaseException) -> StorageInitializerError:
+        return StorageInitializerError(
+            f"{what}: TLS verification of {redact(self.endpoint)} failed: {exc}",
+            hint="set AWS_CA_BUNDLE (or CA_BUNDLE_CONFIGMAP_NAME) to the CA that signed the endpoint's "
+            "certificate, or S3_VERIFY_SSL=0 to skip verification",
+        )
+
+    def error(
+        self, response: Any, *, uri: str, bucket: str, key: str | None, streamed: bool = False
+    ) -> StorageInitializerError:
+        """The error a non-2xx answer stands for (reads at most a small error body)."""
+        body = b""
+        try:
+            body = response.read(_ERROR_BODY_LIMIT, decode_content=False) if streamed else response.data
+        except Exception:  # the status alone still makes a clear error
+            body = b""
+        code, message, region = parse_error_body(body or b"")
+        if code == "TemporaryRedirect" or (response.status == 307 and not code):
+            return TransientError(f"{redact(uri)}: S3 asked to retry at another endpoint (HTTP 307)")
+        return error_for(
+            response.status,
+            code,
+            message,
+            uri=uri,
+            bucket=bucket,
+            key=key,
+            endpoint=self.endpoint,
+            region=region or response.headers.get("x-amz-bucket-region"),
+        )
+
+    def call(
+        self,
+        method: str,
+        bucket: str,
+        path_of: Callable[[Target], str],
+        *,
+        uri: str,
+        key: str | None,
+        query: str = "",
+        amz: dict[str, str] | None = None,
+    ) -> Response:
+        """A small request (listing page, HEAD), retried on transient failures and
+        re-sent once to the bucket's real region when S3 names another one."""
+        attempts = self.settings.max_attempts
+        relocated = False
+        attempt = 0
+        while True:
+            attempt += 1
+            target = self.target(bucket)
+            try:
+                response = self.send(method, target, path_of(target), query=query, amz=amz, what=redact(uri))
+                if 200 <= response.status < 300:
+                    return Response(response.status, response.headers, response.data or b"")
+                region = self._redirect_region(response, target)
+                if region and not relocated:
+                    relocated = True
+                    attempt -= 1
+                    self.relocate(bucket, region)
+                    continue
+                raise self.error(response, uri=uri, bucket=bucket, key=key)
+            except StorageInitializerError as error:
+                if not error.retryable or attempt >= attempts:
+                    raise
+                delay = min(0.25 * 2 ** (attempt - 1), 5.0) * random.uniform(0.5, 1.0)
+                log.debug("retrying %s %s in %.2fs after: %s", method, redact(uri), delay, error)
+                time.sleep(delay)
+
+    @staticmethod
+    def _redirect_region(response: Any, target: Target) -> str | None:
+        """The region S3 says the bucket is in, when that is why it refused the request."""
+        if response.status not in (301, 400):
+            return None
+        code, _, body_region = parse_error_body(response.data or b"")
+        if response.status == 400 and code and code not in _REDIRECT_CODES:
+            return None
+        region = response.headers.get("x-amz-bucket-region") or body_region
+        return region if region and region != target.region else None
+
+    # -- the requests ------------------------------------------------------------------
+    def list_page(self, uri: str, bucket: str, prefix: str, token: str | None, start_after: str | None) -> Page:
+        params = {"list-type": "2", "prefix": prefix, "max-keys": str(PAGE_SIZE), "encoding-type": "url"}
+        if token:
+            params["continuation-token"] = token
+        elif start_after:
+            params["start-after"] = start_after
+        response = self.call(
+            "GET", bucket, lambda t: t.prefix[:-1] or "/", uri=uri, key=None, query=canonical_query(params)
+        )
+        try:
+            return parse_list_page(response.body)
+        except ET.ParseError as exc:
+            raise TransientError(f"{redact(uri)}: the listing of bucket {bucket!r} is not valid XML ({exc})") from None
+
+    def head(self, uri: str, bucket: str, key: str) -> Mapping[str, str]:
+        """The object's headers, with its additional checksums (``x-amz-checksum-mode``)."""
+        encoded = quote(key, safe="/~")
+        response = self.call(
+            "HEAD",
+            bucket,
+            lambda t: t.prefix + encoded,
+            uri=uri,
+            key=key,
+            amz={"x-amz-checksum-mode": "ENABLED"},
+        )
+        return response.headers
+
+    def get(self, uri: str, bucket: str, key: str, headers: dict[str, str]) -> Any:
+        """A streamed GET (the caller checks the status and reads the body)."""
+        target = self.target(bucket)
+        return self.send(
+            "GET", target, target.prefix + quote(key, safe="/~"), headers=headers, stream=True, what=redact(uri)
+        )
+
+
+def parse_list_page(body: bytes) -> Page:
+    """A ListObjectsV2 answer; keys are URL-decoded when the answer says ``EncodingType=url``."""
+    root = ET.fromstring(body)
+    encoded = (root.findtext(_NS + "EncodingType") or "").lower() == "url"
+    entries = []
+    contents_tag = _NS + "Contents"
+    key_tag, size_tag, etag_tag = _NS + "Key", _NS + "Size", _NS + "ETag"
+    for element in root.iter(contents_tag):
+        key = element.findtext(key_tag) or ""
+        size = element.findtext(size_tag)
+        entries.append(
+            Listed(
+                unquote_plus(key) if encoded else key,
+                int(size) if size and size.isdigit() else None,
+                element.findtext(etag_tag),
+            )
+        )
+    truncated = (root.findtext(_NS + "IsTruncated") or "").strip().lower() == "true"
+    return Page(entries, truncated, root.findtext(_NS + "NextContinuationToken"))
+
+
+def _default_ca() -> str | None:
+    """The CA bundle botocore verifies with by default (certifi, else its own copy)."""
+    try:
+        from botocore.httpsession import get_cert_path  # type: ignore[import-untyped, unused-ignore]
+
+        path = get_cert_path(True)
+        return path if isinstance(path, str) else None
+    except Exception:
+        return None
+
+
+__all__ = ["Frozen", "Listed", "Page", "S3Wire", "Target", "parse_list_page"]
