@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -47,6 +48,19 @@ def _crc32c_available() -> bool:
         return False
 
 
+class _Crc32:
+    """zlib's CRC-32 (S3's ``ChecksumCRC32``), as big-endian hex."""
+
+    def __init__(self) -> None:
+        self._value = 0
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        self._value = zlib.crc32(data, self._value)
+
+    def hexdigest(self) -> str:
+        return f"{self._value:08x}"
+
+
 class _GitBlobSha1:
     """Git's object id of a file: sha1 of ``b"blob <size>\\0"`` + the content."""
 
@@ -61,7 +75,7 @@ class _GitBlobSha1:
 
 
 # Preference order: fastest first.
-_PREFERENCE = ("crc32c", "sha256", "sha1", "git-sha1", "sha512", "md5")
+_PREFERENCE = ("crc32c", "crc32", "sha256", "sha1", "git-sha1", "sha512", "md5")
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,8 @@ class Checksum:
     def new(self) -> Hasher:
         if self.algorithm == "crc32c":
             return _Crc32c()
+        if self.algorithm == "crc32":
+            return _Crc32()
         if self.algorithm == "git-sha1":
             assert self.size is not None
             return _GitBlobSha1(self.size)
@@ -84,7 +100,7 @@ class Checksum:
 def choose_checksum(checksums: Mapping[str, str], size: int | None = None) -> Checksum | None:
     """Pick the cheapest checksum the store announced that we can compute.
 
-    Algorithms: ``crc32c`` (needs google-crc32c's C extension), ``sha256``,
+    Algorithms: ``crc32c`` (needs google-crc32c's C extension), ``crc32``, ``sha256``,
     ``sha1``, ``git-sha1`` (git's blob id, e.g. the Hugging Face Hub's id of
     a non-LFS file; needs the size), ``sha512``, ``md5``.
     """

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,12 +264,14 @@ def _digest(algorithm: str, data: bytes) -> str:
         import google_crc32c
 
         return str(google_crc32c.Checksum(data).digest().hex())
+    if algorithm == "crc32":
+        return f"{zlib.crc32(data):08x}"
     if algorithm == "git-sha1":  # what `git hash-object` prints
         return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
     return hashlib.new(algorithm, data).hexdigest()
 
 
-@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c", "git-sha1"])
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c", "crc32", "git-sha1"])
 def test_checksums_are_verified_for_whole_and_multipart_reads(tmp_path: Path, algorithm: str) -> None:
     small, big = os.urandom(1000), os.urandom(5 * MiB)
     MemoryProvider.objects.update({"b/m/small": small, "b/m/big": big})
@@ -278,7 +281,7 @@ def test_checksums_are_verified_for_whole_and_multipart_reads(tmp_path: Path, al
     assert tree(tmp_path / "ok") == {"small": small, "big": big}
 
 
-@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c", "git-sha1"])
+@pytest.mark.parametrize("algorithm", ["md5", "sha256", "crc32c", "crc32", "git-sha1"])
 @pytest.mark.parametrize("size", [1000, 5 * MiB])
 def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, size: int, algorithm: str) -> None:
     data = os.urandom(size)

@@ -617,7 +617,7 @@ class MotoS3(S3Server):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: minutes and gigabytes; runs only with SLOW_TESTS=1")
+    config.addinivalue_line("markers", "slow: tens of seconds or more (deselect with -m 'not slow')")
 
 
 @pytest.fixture(scope="session")
