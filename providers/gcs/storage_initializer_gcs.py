@@ -63,6 +63,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
+from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
@@ -310,44 +311,26 @@ def _call_text(exc: Any) -> str:
     return redact(message.strip()[:300] or type(exc).__name__)
 
 
-class _Body:
-    """A media response read straight from the socket (``readinto``), or decoded for gzip.
+class _GzipBody:
+    """A gzip-encoded media response, decompressed as it is read (written as KServe does)."""
 
-    ``urllib3``'s own ``readinto`` copies through an intermediate ``bytes``;
-    reading the underlying ``http.client`` response avoids that copy. The
-    connection goes back to the pool only when the body was read to its end;
-    otherwise it is closed.
-    """
-
-    def __init__(self, response: Any, decode: bool) -> None:
+    def __init__(self, response: Any) -> None:
         self._response = response
         self._raw = response.raw
-        self._decode = decode
-        fp = getattr(self._raw, "_fp", None)
-        self._fast = fp if not decode and hasattr(fp, "readinto") else None
 
     def readinto(self, buffer: memoryview) -> int:
-        if self._fast is not None:
-            return int(self._fast.readinto(buffer))
-        data = self._raw.read(len(buffer), decode_content=self._decode)
+        data = self._raw.read(len(buffer), decode_content=True)
         buffer[: len(data)] = data
         return len(data)
 
     def read(self, n: int = -1) -> bytes:
-        return bytes(self._raw.read(None if n < 0 else n, decode_content=self._decode))
+        return bytes(self._raw.read(None if n < 0 else n, decode_content=True))
 
-    def __enter__(self) -> _Body:
+    def __enter__(self) -> _GzipBody:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        fp = self._fast
-        if fp is not None and (getattr(fp, "fp", None) is None or getattr(fp, "length", 1) == 0):
-            self._raw.release_conn()
-        else:
-            self._response.close()
+        self._response.close()
 
 
 class GcsProvider(Provider):
@@ -566,7 +549,9 @@ class GcsProvider(Provider):
         except BaseException:
             response.close()
             raise
-        return _Body(response, decode=ref.gzip)  # type: ignore[return-value]
+        if ref.gzip:
+            return _GzipBody(response)  # type: ignore[return-value]
+        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
 
     def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         from google.api_core.exceptions import from_http_response

@@ -33,6 +33,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
+from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
@@ -64,46 +65,6 @@ def _parse_total(content_range: str | None) -> int | None:
         return None
     total = content_range.rsplit("/", 1)[1].strip()
     return int(total) if total.isdigit() else None
-
-
-class _BodyStream:
-    """A response body read with ``readinto`` straight from the socket.
-
-    ``urllib3``'s own ``readinto`` copies through an intermediate ``bytes``;
-    reading from the underlying ``http.client`` response avoids that copy.
-    The connection returns to the pool only when the body was read to its
-    end; otherwise it is closed (its remaining bytes are unknown).
-    """
-
-    def __init__(self, response: Any) -> None:
-        self._response = response
-        raw = response.raw
-        fp = getattr(raw, "_fp", None)
-        plain = not raw.headers.get("Content-Encoding") or raw.headers.get("Content-Encoding") == "identity"
-        self._fast = fp if plain and hasattr(fp, "readinto") else None
-        self._raw = raw
-
-    def readinto(self, buffer: memoryview) -> int:
-        if self._fast is not None:
-            return int(self._fast.readinto(buffer))
-        return int(self._raw.readinto(buffer))
-
-    def read(self, n: int = -1) -> bytes:
-        return bytes(self._raw.read(n))
-
-    def __enter__(self) -> _BodyStream:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        fp = self._fast
-        finished = fp is not None and (getattr(fp, "fp", None) is None or getattr(fp, "length", 1) == 0)
-        if finished:
-            self._raw.release_conn()
-        else:
-            self._response.close()
 
 
 class HttpProvider(Provider):
@@ -261,7 +222,7 @@ class HttpProvider(Provider):
         except BaseException:
             response.close()
             raise
-        return _BodyStream(response)  # type: ignore[return-value]
+        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
 
     def _check(self, uri: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         status = response.status_code

@@ -297,6 +297,9 @@ class FakeGcsServer:
                 credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                 client_options={"api_endpoint": self.url},
             )
+            # No background bucket GETs (google-cloud-storage >= 3.17): they would land in
+            # request_log() at random moments and blur what a test observes.
+            self._client._bucket_metadata_cache = None
         return self._client
 
     def create_bucket(self, name: str | None = None, *, versioning: bool = False) -> str:

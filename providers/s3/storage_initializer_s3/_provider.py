@@ -40,6 +40,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
+from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
@@ -76,39 +77,6 @@ def parse_uri(uri: str, default_bucket: str | None = None) -> tuple[str, str]:
     if not _BUCKET_RE.match(bucket):
         raise UsageError(f"{redact(uri)}: {bucket!r} is not a valid bucket name", hint=_URI_FORM)
     return bucket, path
-
-
-class _Body:
-    """A GET body read with ``readinto`` straight from ``http.client``.
-
-    urllib3's own ``readinto`` copies through an intermediate ``bytes``. The
-    connection returns to the pool only when the body was read to its end;
-    otherwise it is closed (its remaining bytes are unknown).
-    """
-
-    __slots__ = ("_fp", "_response")
-
-    def __init__(self, response: Any) -> None:
-        self._response = response
-        self._fp = response._fp
-
-    def readinto(self, buffer: memoryview) -> int:
-        return int(self._fp.readinto(buffer))
-
-    def read(self, n: int | None = -1) -> bytes:
-        return bytes(self._fp.read() if n is None or n < 0 else self._fp.read(n))
-
-    def __enter__(self) -> _Body:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        fp = self._fp
-        if not (fp.fp is None or fp.length == 0):
-            self._response.close()  # unread bytes: the connection cannot be reused
-        self._response.release_conn()
 
 
 class _NoBody:
@@ -398,7 +366,7 @@ class S3Provider(Provider):
             response.close()
             response.release_conn()
             raise
-        return _Body(response)  # type: ignore[return-value]
+        return HttpBody(response, self.context.stall_timeout)  # type: ignore[return-value]
 
     def _check(self, uri: str, ref: ObjectRef, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         status = response.status
