@@ -461,3 +461,45 @@ def test_secrets_never_reach_the_log(seaweedfs: SeaweedFS, model: str, tmp_path:
     assert result.returncode == 0, result.stderr
     assert seaweedfs.secret_key not in result.stderr
     assert "DEBUG" in result.stderr
+
+
+class _BotocoreOnly(S3Provider):
+    def endpoint_location(self, bucket: str, region: str | None) -> tuple[str, str] | None:
+        return None
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000"},
+        {"AWS_ENDPOINT_URL": "https://minio.example.com:9443/", "AWS_DEFAULT_REGION": "eu-west-3"},
+        {"AWS_ENDPOINT_URL": "http://gateway.local/s3", "AWS_DEFAULT_REGION": "ap-south-1"},
+        {"S3_ENDPOINT": "objects.local:8080", "S3_USE_HTTPS": "0"},
+        {
+            "AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "S3_USER_VIRTUAL_BUCKET": "false",
+            "awsAnonymousCredential": "true",
+        },
+    ],
+)
+@pytest.mark.parametrize("bucket", ["models", "my.dotted.bucket", "bucket-123"])
+@pytest.mark.parametrize("region", [None, "us-west-2"])
+def test_direct_endpoint_location_agrees_with_botocore(env: dict[str, str], bucket: str, region: str | None) -> None:
+    """Static keys + an explicit endpoint skip botocore (a third of a second at start-up);
+    the URL and signing region must be exactly what botocore would use."""
+    full = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-example-123", **env}
+    context = ProviderContext(env=full, stall_timeout=5, connect_timeout=2)
+    direct = S3Provider(context).endpoint_location(bucket, region)
+    assert direct is not None
+    assert direct == _BotocoreOnly(context).locate(bucket, region)
+
+
+def test_other_setups_still_ask_botocore() -> None:
+    base = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret-example-123"}
+    for env in (
+        base,  # no endpoint: AWS's own endpoint resolution
+        {**base, "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "S3_USER_VIRTUAL_BUCKET": "true"},
+        {**base, "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "S3_USE_ACCELERATE": "true"},
+        {"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_PROFILE": "team"},  # a credential chain
+    ):
+        assert S3Provider(ProviderContext(env=env)).endpoint_location("models", None) is None

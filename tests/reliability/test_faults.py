@@ -172,7 +172,7 @@ def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, sour
     dest = tmp_path / "out"
     expected = _sha(source.files)
     total = sum(len(v) for v in source.files.values())
-    source.proxy.add(ProxyFault("slow", times=-1, rate=4 * MiB))
+    source.proxy.add(ProxyFault("slow", times=-1, rate=MiB))
     env = clean_env({**TUNING, **source.env})
     for _ in range(3):
         proc = subprocess.Popen(
@@ -200,14 +200,14 @@ def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, sour
 
 def test_sigterm_stops_promptly_and_resumes(tmp_path: Path, source: Source) -> None:
     dest = tmp_path / "out"
-    source.proxy.add(ProxyFault("slow", times=-1, rate=2 * MiB))
+    source.proxy.add(ProxyFault("slow", times=-1, rate=MiB // 2))  # per connection: ~3 s in all
     proc = subprocess.Popen(
         [sys.executable, "-m", "storage_initializer", source.uri, str(dest)],
         env=clean_env({**TUNING, **source.env}),
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.5)
+    time.sleep(1.0)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)

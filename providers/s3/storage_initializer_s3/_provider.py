@@ -79,6 +79,9 @@ def parse_uri(uri: str, default_bucket: str | None = None) -> tuple[str, str]:
     return bucket, path
 
 
+_PLAIN_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+
+
 class _NoBody:
     """The raw body of the short-circuited response in :meth:`S3Provider.locate`."""
 
@@ -213,10 +216,24 @@ class S3Provider(Provider):
             raise AccessDeniedError("no AWS credentials found", hint=CREDENTIALS_HINT)
         return credentials
 
+    @cached_property
+    def static_credentials(self) -> Frozen | None:
+        """Keys given outright (variables or storage spec), which botocore's chain would
+        pick first: used as they are, without loading botocore at all (~0.35 s)."""
+        settings = self.settings
+        if settings.anonymous or settings.profile or not (settings.access_key_id and settings.secret_access_key):
+            return None
+        frozen = Frozen(settings.access_key_id, settings.secret_access_key, settings.session_token)
+        register_secret(frozen.secret_key)
+        register_secret(frozen.token)
+        return frozen
+
     def frozen_credentials(self) -> Frozen | None:
         """The credentials to sign with now (refreshed by botocore when they expire)."""
         if self.settings.anonymous:
             return None
+        if self.static_credentials is not None:
+            return self.static_credentials
         try:
             frozen = self.credentials.get_frozen_credentials()
         except StorageInitializerError:
@@ -278,6 +295,9 @@ class S3Provider(Provider):
         Asking the API path rather than a presign matters: presigned URLs use the global
         endpoint where API calls use the regional one.
         """
+        direct = self.endpoint_location(bucket, region)
+        if direct is not None:
+            return direct
         from botocore.awsrequest import AWSResponse  # type: ignore[import-untyped, unused-ignore]
 
         if not self.settings.anonymous:
@@ -306,6 +326,24 @@ class S3Provider(Provider):
             authorization = authorization.decode()
         scope = re.search(r"Credential=[^/]+/\d{8}/([^/]+)/", authorization)
         return seen["url"], scope.group(1) if scope else (client.meta.region_name or "us-east-1")
+
+    def endpoint_location(self, bucket: str, region: str | None) -> tuple[str, str] | None:
+        """What :meth:`locate` answers, computed without botocore, in the common KServe
+        setup: static keys (or anonymous) and an explicit endpoint with path-style
+        addressing. There botocore sends to ``ENDPOINT/BUCKET/KEY`` and signs for the
+        configured region (``us-east-1`` without one); ``test_s3_config`` checks that
+        both ways agree."""
+        settings = self.settings
+        if (
+            not settings.endpoint_url
+            or settings.accelerate
+            or settings.addressing_style not in ("auto", "path")
+            or not (settings.anonymous or self.static_credentials is not None)
+        ):
+            return None
+        if not _PLAIN_BUCKET.match(bucket):
+            return None  # let botocore validate (and word) odd bucket names
+        return f"{settings.endpoint_url.rstrip('/')}/{bucket}/k", region or settings.region or "us-east-1"
 
     def _locate_error(self, bucket: str, exc: BaseException) -> StorageInitializerError:
         from botocore import exceptions as bex  # type: ignore[import-untyped, unused-ignore]
@@ -366,7 +404,7 @@ class S3Provider(Provider):
             response.close()
             response.release_conn()
             raise
-        return HttpBody(response, self.context.stall_timeout)  # type: ignore[return-value]
+        return HttpBody(response, self.read_timeout)  # type: ignore[return-value]
 
     def _check(self, uri: str, ref: ObjectRef, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         status = response.status
