@@ -65,6 +65,7 @@ class Settings:
     """
 
     concurrency: int = 16
+    file_concurrency: int = 8
     part_size: int | None = None
     multipart_threshold: int | None = None
     buffer_size: int = 1 * MiB
@@ -122,6 +123,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
     buffer_size = size("BUFFER_SIZE") or defaults.buffer_size
     return Settings(
         concurrency=number("CONCURRENCY", defaults.concurrency, 1, int),
+        file_concurrency=number("FILE_CONCURRENCY", defaults.file_concurrency, 1, int),
         part_size=size("PART_SIZE"),
         multipart_threshold=size("MULTIPART_THRESHOLD"),
         buffer_size=buffer_size,

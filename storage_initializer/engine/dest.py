@@ -129,8 +129,12 @@ class DestDir:
             raise UnsafePathError(f"{final_path} exists as a directory, but the model has a file there")
 
 
-def publish(temp_path: str, final_path: str, fsync: bool) -> None:
-    """Atomically move a completed temporary file to its final name."""
+def publish(temp_path: str, final_path: str, fsync: bool, maybe_linked: bool = False) -> None:
+    """Atomically move a completed temporary file to its final name.
+
+    ``maybe_linked``: the temporary file may be a hard link to the file
+    already at the final name (see below).
+    """
     try:
         if fsync:
             fd = os.open(temp_path, os.O_RDONLY)
@@ -141,7 +145,7 @@ def publish(temp_path: str, final_path: str, fsync: bool) -> None:
         os.replace(temp_path, final_path)
         # rename(2) does nothing when both names are links to one inode (a
         # hard-linked local copy published twice): drop the temporary name.
-        if os.path.lexists(temp_path):
+        if maybe_linked and os.path.lexists(temp_path):
             os.unlink(temp_path)
         if fsync:
             dir_fd = os.open(os.path.dirname(final_path), os.O_RDONLY | os.O_DIRECTORY)
@@ -149,5 +153,7 @@ def publish(temp_path: str, final_path: str, fsync: bool) -> None:
                 os.fsync(dir_fd)
             finally:
                 os.close(dir_fd)
+    except IsADirectoryError:
+        raise UnsafePathError(f"{final_path} exists as a directory, but the model has a file there") from None
     except OSError as exc:
         raise describe_os_error(exc, final_path) from None

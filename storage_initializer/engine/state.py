@@ -145,6 +145,8 @@ class DestState:
             st = os.stat(final_path)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         entry = ManifestEntry(size, obj.version, dict(obj.checksums), mtime_ns, extracted)
+        # Written at once (one small O_APPEND write): a file published a moment
+        # before a SIGKILL is then not downloaded again by the rerun.
         line = self._line(relpath, entry).encode("utf-8")
         with self._lock:
             self._entries[relpath] = entry

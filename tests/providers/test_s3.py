@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import resource
 import socket
 import tracemalloc
 import uuid
@@ -528,6 +529,9 @@ def test_100k_object_listing_streams_in_flat_memory(seaweedfs: SeaweedFS, tmp_pa
     )
     assert result.returncode == 0, result.stderr
     assert files_under(tmp_path / "out") == {"shard-099/f099999": b"last one"}
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(f"peak RSS of the CLI over a 100k-object listing: {peak_kib / 1024:.0f} MiB")
+    assert peak_kib < 256 * 1024
 
 
 def test_errors_keep_their_types_through_the_provider(seaweedfs: SeaweedFS) -> None:

@@ -378,6 +378,10 @@ def test_tls_verification_settings(
         result = fetch({**env, **extra}, model, dest)  # listing and ranged GETs over TLS
         assert result.error is None, (name, result.error)
         assert files_under(dest) == {"a.txt": b"a", "sub/b.txt": b"b"}, name
+    # Turning verification off works, and says so.
+    insecure = run_cli([model, str(tmp_path / "insecure")], {**env, "S3_VERIFY_SSL": "0"})
+    assert insecure.returncode == 0, insecure.stderr
+    assert "TLS certificate verification is off for S3" in insecure.stderr
     # No CA configured: the private CA is not trusted.
     result = run_cli([model, str(tmp_path / "untrusted")], {**env, "STORAGE_INITIALIZER_RETRIES": "0"})
     assert result.returncode == 1
