@@ -65,7 +65,7 @@ class Settings:
     """
 
     concurrency: int = 16
-    file_concurrency: int = 8
+    file_concurrency: int = 4
     part_size: int | None = None
     multipart_threshold: int | None = None
     buffer_size: int = 1 * MiB

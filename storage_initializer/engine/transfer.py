@@ -362,7 +362,7 @@ class PairTransfer:
     def _download_parts(self, job: _FileJob) -> None:
         """One of a file's streams: fetch its next parts until none is left.
 
-        A file gets at most ``file_concurrency`` streams, however many parts
+        A file gets at most ``file_concurrency`` (default 4) streams, however many parts
         it has: more connections to one object mostly add CPU for the client
         and the server (as s5cmd's and rclone's defaults of 4-5 reflect),
         while the other workers serve other files.

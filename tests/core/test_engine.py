@@ -354,3 +354,13 @@ def test_disk_full_is_clear_and_leaves_no_temp_files(tmp_path: Path, http_server
         assert leftovers == []
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_directory_where_a_file_goes_is_refused_before_downloading(tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "model.bin" / "keep").mkdir(parents=True)
+    MemoryProvider.objects["b/m/model.bin"] = b"weights"
+    with pytest.raises(UnsafePathError, match="exists as a directory"):
+        _fetch("mem://b/m", dest)
+    assert MemoryProvider.reads == []  # refused at planning: nothing was read
+    assert (dest / "model.bin" / "keep").is_dir()

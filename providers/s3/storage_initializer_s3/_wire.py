@@ -119,6 +119,7 @@ class S3Wire:
         self.endpoint = endpoint
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
+        self._shown_uris: dict[str, str] = {}
         self._managers: dict[str | None, Any] = {}
         self._timeout: Any = None
 
@@ -355,8 +356,15 @@ class S3Wire:
         """A streamed GET (the caller checks the status and reads the body)."""
         target = self.target(bucket)
         return self.send(
-            "GET", target, target.prefix + quote(key, safe="/~"), headers=headers, stream=True, what=redact(uri)
+            "GET", target, target.prefix + quote(key, safe="/~"), headers=headers, stream=True, what=self._shown(uri)
         )
+
+    def _shown(self, uri: str) -> str:
+        """``redact(uri)``, computed once per URI: every GET of a listing carries the same one."""
+        shown = self._shown_uris.get(uri)
+        if shown is None:
+            shown = self._shown_uris[uri] = redact(uri)
+        return shown
 
 
 def parse_list_page(body: bytes) -> Page:
