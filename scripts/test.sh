@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 ./scripts/install-dev.sh
 . .venv/bin/activate
 echo "== ruff"
-ruff check storage_initializer providers tests examples scripts
-ruff format --check storage_initializer providers tests examples scripts
+ruff check storage_initializer providers tests examples scripts bench
+ruff format --check storage_initializer providers tests examples scripts bench
 echo "== mypy --strict (core)"
 mypy storage_initializer
 echo "== pytest"

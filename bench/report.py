@@ -1,0 +1,181 @@
+"""Turn a results file (JSON lines) into the markdown tables.
+
+``python bench/report.py bench/results/X.jsonl`` re-renders any past run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+MiB = 2**20
+#: The peers whose speed the issue's targets are measured against.
+FAST_PEERS = {
+    "s3": ("s5cmd", "s5cmd-c16p16", "rclone", "rclone-tuned"),
+    "http": ("rclone", "rclone-tuned", "curl", "aria2c"),
+}
+#: The issue's minimum speed-up over KServe's initializer (S3).
+KSERVE_TARGET = {"large": 2.0, "medium": 3.0, "small": 3.0}
+RSS_LIMIT = 256 * MiB
+
+
+def _load(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any], dict[tuple[str, str], float]]:
+    meta: dict[str, Any] = {}
+    end: dict[str, Any] = {}
+    runs: list[dict[str, Any]] = []
+    seeds: dict[tuple[str, str], float] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        rec = json.loads(line)
+        kind = rec.get("type")
+        if kind == "meta":
+            meta = rec
+        elif kind == "run":
+            runs.append(rec)
+        elif kind == "end":
+            end = rec
+        elif kind == "seed":
+            seeds[(rec["source"], rec["dataset_key"])] = rec["seconds"]
+    return meta, runs, end, seeds
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _paired(runs: list[dict[str, Any]], tool: str, base: str = "ours") -> float | None:
+    """Median over rounds of wall(tool) / wall(base): how many times faster ``base`` was."""
+    by_round: dict[int, dict[str, float]] = defaultdict(dict)
+    for r in runs:
+        if r["ok"]:
+            by_round[r["round"]][r["tool"]] = r["wall_s"]
+    ratios = [walls[tool] / walls[base] for walls in by_round.values() if tool in walls and base in walls]
+    return _median(ratios)
+
+
+def _stats(runs: list[dict[str, Any]], tool: str) -> dict[str, Any]:
+    mine = [r for r in runs if r["tool"] == tool]
+    good = [r for r in mine if r["ok"]]
+    wall = _median([r["wall_s"] for r in good])
+    size = mine[0]["bytes"]
+    files = mine[0]["files"]
+    cpu = _median([r["cpu_s"] for r in good])
+    return {
+        "tool": tool,
+        "ok": len(good),
+        "runs": len(mine),
+        "wall": wall,
+        "mbps": size / wall / 1e6 if wall else None,
+        "cpu": cpu,
+        "cpu_per_gb": cpu / (size / 1e9) if cpu is not None else None,
+        "cpu_ms_per_file": cpu * 1000 / files if cpu is not None else None,
+        "rss": max((r["peak_rss_bytes"] for r in good), default=None),
+        "server_cpu": _median([r["server_cpu_s"] for r in good]),
+        "load": _median([r["load1"] for r in mine]),
+        "problems": sorted({r["problem"] for r in mine if not r["ok"] and r["problem"]}),
+    }
+
+
+def render(path: Path) -> str:
+    meta, runs, end, seeds = _load(path)
+    out: list[str] = []
+    versions = meta.get("versions", {})
+    out.append(f"# Benchmark {meta.get('date', '?')}")
+    out.append("")
+    out.append(
+        f"Machine: {meta.get('cores')} cores ({meta.get('cpu')}), {meta.get('memory_gib')} GiB RAM, "
+        f"kernel {meta.get('kernel')}; destination on `{meta.get('dest_fs')}` (real disk, page cache "
+        f"untouched). Load average (1/5/15 min) at start {meta.get('load_start')}, at end {end.get('load_end')}."
+    )
+    out.append("")
+    out.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions.items()) + ".")
+    if end.get("code_digest") and end.get("code_digest") != meta.get("code_digest"):
+        out.append("")
+        out.append("**Warning: this project's sources changed during the run; the rounds measured different code.**")
+    out.append("")
+    out.append(
+        "Columns: median of the successful runs; MB/s = 10^6 bytes/s over the median wall time (process start "
+        "to exit); **ours x** = median over rounds of wall(tool) / wall(ours) in the same round (>1: ours was "
+        "faster); CPU = user+system of the whole process tree; peak RSS = largest sum over the process tree "
+        "(max over runs); server CPU = the storage server's CPU during the run."
+    )
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[(r["source"], r["dataset_key"])].append(r)
+    targets: list[str] = []
+    for (source, key), group in groups.items():
+        tools_in_order = list(dict.fromkeys(r["tool"] for r in group))
+        first = group[0]
+        rounds = max(r["round"] for r in group)
+        seed = seeds.get((source, key))
+        out.append("")
+        out.append(
+            f"## {source} · {key} ({first['files']} files, {first['bytes'] / 1e9:.2f} GB, {rounds} rounds"
+            + (f", seeded in {seed:.0f} s" if seed else "")
+            + ")"
+        )
+        out.append("")
+        out.append(
+            "| tool | ok | median s | MB/s | ours x | CPU s | CPU s/GB | CPU ms/file | peak RSS MiB "
+            "| server CPU s | load |"
+        )
+        out.append("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        has_ours = any(r["tool"] == "ours" for r in group)
+        stats = {t: _stats(group, t) for t in tools_in_order}
+        for t in tools_in_order:
+            s = stats[t]
+            ratio = _paired(group, t) if has_ours else None
+            out.append(
+                f"| {t} | {s['ok']}/{s['runs']} | {_fmt(s['wall'], '.2f')} | {_fmt(s['mbps'], '.0f')} | "
+                f"{_fmt(ratio, '.2f')} | {_fmt(s['cpu'], '.2f')} | {_fmt(s['cpu_per_gb'], '.2f')} | "
+                f"{_fmt(s['cpu_ms_per_file'], '.2f')} | "
+                f"{_fmt(s['rss'] / MiB if s['rss'] else None, '.0f')} | {_fmt(s['server_cpu'], '.2f')} | "
+                f"{_fmt(s['load'], '.1f')} |"
+            )
+        failures = [(t, p) for t in tools_in_order for p in stats[t]["problems"]]
+        for t, problem in failures:
+            out.append(f"\n- {t} failed: {problem[:300]}")
+        if has_ours and source in FAST_PEERS:
+            targets.append(_target_row(source, first["dataset"], key, stats, group))
+    if targets:
+        out.append("")
+        out.append("## Targets of issue 6 (reported, not asserted)")
+        out.append("")
+        out.append(
+            "| source | dataset | ours MB/s | fastest peer (MB/s) | ours x fastest peer (>=1.0) | "
+            "ours x KServe (target) | ours peak RSS MiB (<256) | ours CPU s |"
+        )
+        out.append("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: |")
+        out.extend(targets)
+    return "\n".join(out) + "\n"
+
+
+def _target_row(
+    source: str, dataset: str, key: str, stats: dict[str, dict[str, Any]], group: list[dict[str, Any]]
+) -> str:
+    ours = stats["ours"]
+    peers = [stats[t] for t in FAST_PEERS[source] if t in stats and stats[t]["wall"]]
+    fastest = min(peers, key=lambda s: s["wall"]) if peers else None
+    vs_fastest = _paired(group, fastest["tool"]) if fastest else None
+    kserve = _paired(group, "kserve") if "kserve" in stats else None
+    target = KSERVE_TARGET.get(dataset) if source == "s3" else None
+    rss = ours["rss"] / MiB if ours["rss"] else None
+    peer_text = f"{fastest['tool']} ({fastest['mbps']:.0f})" if fastest else "-"
+    return (
+        f"| {source} | {key} | {_fmt(ours['mbps'], '.0f')} | {peer_text} | {_fmt(vs_fastest, '.2f')} | "
+        f"{_fmt(kserve, '.2f')}{f' ({target:g})' if target else ''} | {_fmt(rss, '.0f')} | {_fmt(ours['cpu'], '.2f')} |"
+    )
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        print(render(Path(arg)))
