@@ -67,3 +67,32 @@ def tree(root: object) -> dict[str, bytes]:
         for p in sorted(base.rglob("*"))
         if p.is_file() and not p.relative_to(base).as_posix().startswith(".storage-initializer")
     }
+
+
+def run_cli_peak_rss(
+    args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Like :func:`run_cli`, plus the command's own peak RSS in KiB.
+
+    ``os.wait4`` gives the resource usage of exactly this child (the
+    process-wide ``RUSAGE_CHILDREN`` would be the largest of every child the
+    test session ever waited for, servers included).
+    """
+    import tempfile
+    import threading
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "storage_initializer", *args], env=clean_env(env), stdout=out, stderr=err, text=True
+        )
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+    return result, usage.ru_maxrss
