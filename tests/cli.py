@@ -69,30 +69,45 @@ def tree(root: object) -> dict[str, bytes]:
     }
 
 
+_PEAK_RSS_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[3:], timeout=float(sys.argv[2]))  # kills the command on timeout
+with open(sys.argv[1], "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+sys.exit(code)
+"""
+
+
 def run_cli_peak_rss(
     args: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 300
 ) -> tuple[subprocess.CompletedProcess[str], int]:
     """Like :func:`run_cli`, plus the command's own peak RSS in KiB.
 
-    ``os.wait4`` gives the resource usage of exactly this child (the
-    process-wide ``RUSAGE_CHILDREN`` would be the largest of every child the
-    test session ever waited for, servers included).
+    The command is started from a small wrapper process that reports its
+    ``RUSAGE_CHILDREN``: on Linux a child's ``ru_maxrss`` includes the
+    high-water RSS of the process it was forked from (``exec`` keeps the old
+    address space's peak), so measuring straight from the test session would
+    report the session's own size, servers' listings and all.
     """
     import tempfile
-    import threading
 
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "storage_initializer", *args], env=clean_env(env), stdout=out, stderr=err, text=True
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "maxrss")
+        wrapper = [
+            sys.executable,
+            "-c",
+            _PEAK_RSS_WRAPPER,
+            report,
+            str(timeout),
+            sys.executable,
+            "-m",
+            "storage_initializer",
+        ]
+        result = subprocess.run(
+            [*wrapper, *args], env=clean_env(env), capture_output=True, text=True, timeout=timeout + 30, check=False
         )
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        result = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
-    return result, usage.ru_maxrss
+        assert os.path.exists(report), f"the command did not finish within {timeout}s:\n{result.stderr}"
+        with open(report) as f:
+            peak_kib = int(f.read())
+    result.args = [sys.executable, "-m", "storage_initializer", *args]
+    return result, peak_kib
