@@ -39,6 +39,7 @@ step() { printf '\n=== [%4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
 
 step "1/6 container engine: Debian docker.io"
 scripts/image/engine.sh install
+si_pick_docker
 started_engine=0
 if ! "$DOCKER" info >/dev/null 2>&1; then
   scripts/image/engine.sh start

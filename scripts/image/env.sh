@@ -6,10 +6,19 @@
 #   DOCKER       the docker CLI (default: Debian's /usr/bin/docker, which drives BuildKit)
 export SI_WORK=${SI_WORK:-/tmp/storage-initializer-image-test}
 mkdir -p "$SI_WORK"
-if [ -z "${DOCKER:-}" ]; then
-  if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
+# Debian's CLI (20.10) drives BuildKit itself; a newer CLI elsewhere on PATH (28 at
+# /usr/local/bin on these machines) wants a buildx plugin it lacks. On a fresh machine
+# /usr/bin/docker appears only after `engine.sh install`: call si_pick_docker again then.
+if [ -z "${SI_DOCKER_GIVEN:-}" ]; then
+  if [ -n "${DOCKER:-}" ]; then SI_DOCKER_GIVEN=1; else SI_DOCKER_GIVEN=0; fi
 fi
-export DOCKER
+si_pick_docker() {
+  [ "$SI_DOCKER_GIVEN" = 1 ] && return 0
+  if [ -x /usr/bin/docker ]; then DOCKER=/usr/bin/docker; else DOCKER=docker; fi
+  export DOCKER
+}
+export SI_DOCKER_GIVEN
+si_pick_docker
 if [ -z "${DOCKER_HOST:-}" ]; then
   if [ -S /var/run/docker.sock ] && "$DOCKER" -H unix:///var/run/docker.sock info >/dev/null 2>&1; then
     DOCKER_HOST=unix:///var/run/docker.sock
