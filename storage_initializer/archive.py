@@ -159,7 +159,8 @@ def _walk(root: str) -> Iterator[tuple[str, bool]]:
 def extract(path: str, dest: DestDir, max_ratio: float) -> int:
     """Extract the archive at ``path`` into ``dest``; return the number of files.
 
-    The archive file itself is removed on success and kept on failure.
+    The archive file itself is removed on success and kept when the archive
+    cannot be extracted (hostile, broken, a bomb).
     """
     state_dir = os.path.join(dest.root, STATE_DIR_NAME)
     os.makedirs(state_dir, exist_ok=True)
@@ -171,8 +172,13 @@ def extract(path: str, dest: DestDir, max_ratio: float) -> int:
             _extract_zip(path, staging, budget)
         else:
             _extract_tar(path, staging, budget)
+        members = list(_walk(staging_root))
+        if not any(not is_dir or os.path.islink(staging.path_of(relpath)) for relpath, is_dir in members):
+            raise ArchiveError(f"archive {os.path.basename(path)} holds no files")
+        # Removed before the members move in: one of them may have the archive's own name.
+        os.unlink(path)
         files = 0
-        for relpath, is_dir in _walk(staging_root):
+        for relpath, is_dir in members:
             if is_dir and not os.path.islink(staging.path_of(relpath)):
                 dest.ensure_dir(relpath)
                 continue
@@ -180,9 +186,6 @@ def extract(path: str, dest: DestDir, max_ratio: float) -> int:
             dest.check_target(final)
             os.replace(staging.path_of(relpath), final)
             files += 1
-        if files == 0:
-            raise ArchiveError(f"archive {os.path.basename(path)} holds no files")
-        os.unlink(path)
         return files
     finally:
         with contextlib.suppress(OSError):

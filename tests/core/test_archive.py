@@ -115,6 +115,14 @@ def _device(name: str) -> tarfile.TarInfo:
     return info
 
 
+def test_member_named_like_the_archive_is_kept(tmp_path: Path, http_server: HttpFileServer) -> None:
+    inner = _tar([("README", b"r")], mode="w")
+    url = http_server.add("/model.tar", _tar([("model.tar", inner), ("README", b"outer")], mode="w"))
+    result = run_cli([url, str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.tar": inner, "README": b"outer"}
+
+
 def test_archive_bomb_is_capped(tmp_path: Path, http_server: HttpFileServer) -> None:
     data = _tar([("zeros.bin", bytes(20 * 1024 * 1024))])
     url = http_server.add("/bomb.tar.gz", data)
