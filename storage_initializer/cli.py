@@ -180,7 +180,7 @@ def main_command(
     part_size: Annotated[Optional[str], typer.Option(help="Ranged part size, e.g. 32M (default: adaptive).")] = None,  # noqa: UP045
     retries: Annotated[Optional[int], typer.Option(min=0, help="Retries per transfer on transient errors.")] = None,  # noqa: UP045
     stall_timeout: Annotated[
-        Optional[float], typer.Option(help="Seconds without a byte before a read counts as failed.")  # noqa: UP045
+        Optional[float], typer.Option(min=0.1, help="Seconds without a byte before a read counts as failed.")  # noqa: UP045
     ] = None,
     provider: Annotated[Optional[str], typer.Option(help="Use this provider, whatever the URI matches.")] = None,  # noqa: UP045
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only, not checksums.")] = False,

@@ -142,13 +142,17 @@ _TRANSIENT_EXCEPTION_NAMES = frozenset(
 def classify(exc: BaseException) -> StorageInitializerError:
     """Map any exception raised while talking to a store onto the hierarchy.
 
-    Our own errors pass through. Network-level failures (``OSError`` and the
-    usual HTTP-library exceptions, recognised by class name) are transient.
-    Anything else is a permanent error, described with its type so a provider
-    bug is visible rather than retried forever.
+    Our own errors pass through. An ``OSError`` naming a file is a local
+    filesystem failure (sockets carry no file name): permanent, and said so.
+    Network-level failures (other ``OSError``s and the usual HTTP-library
+    exceptions, recognised by class name) are transient. Anything else is a
+    permanent error, described with its type so a provider bug is visible
+    rather than retried forever.
     """
     if isinstance(exc, StorageInitializerError):
         return exc
+    if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return StorageInitializerError(f"local file error on {exc.filename}: {exc.strerror or exc}")
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, (OSError, EOFError, TimeoutError)) or names & _TRANSIENT_EXCEPTION_NAMES:
         return TransientError(f"{_network_cause(exc, names)} ({type(exc).__name__}: {exc})")

@@ -87,10 +87,11 @@ class Runner:
         provider: Provider | None = None
         root: str | None = None
         try:
-            state = self._states.acquire(prepare_dest(dest))
-            root = state.root
+            # The URI first: a malformed one must not leave an empty DEST behind.
             provider, source, _chain = resolve_chain(self.registry, uri, self._make_provider, self.settings.provider)
             log.info("source %s: provider %s", redact(source), type(provider).__name__)
+            state = self._states.acquire(prepare_dest(dest))
+            root = state.root
             destdir = DestDir(root)
             transfer = PairTransfer(self.engine, provider, source, destdir, state)
             transfer.run(lambda: provider.list(source))

@@ -13,11 +13,12 @@ Invariants:
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import threading
 
-from storage_initializer.engine.paths import TEMP_PREFIX, TEMP_SUFFIX
+from storage_initializer.engine.paths import NAME_MAX, TEMP_PREFIX, TEMP_SUFFIX
 from storage_initializer.errors import DestinationError, UnsafePathError
 
 
@@ -54,8 +55,20 @@ def prepare_dest(path: str) -> str:
 
 
 def temp_path_for(final_path: str) -> str:
+    """The hidden temporary name beside ``final_path`` (deterministic, for resume).
+
+    A final name within 12 bytes of NAME_MAX would overflow with the prefix
+    and suffix: its temporary name keeps a truncated stem plus a hash of the
+    whole name.
+    """
     head, tail = os.path.split(final_path)
-    return os.path.join(head, f"{TEMP_PREFIX}{tail}{TEMP_SUFFIX}")
+    name = f"{TEMP_PREFIX}{tail}{TEMP_SUFFIX}"
+    raw = os.fsencode(tail)
+    if len(os.fsencode(name)) > NAME_MAX:
+        digest = hashlib.sha256(raw).hexdigest()[:16]
+        room = NAME_MAX - len(TEMP_PREFIX) - len(TEMP_SUFFIX) - len(digest) - 1
+        name = f"{TEMP_PREFIX}{os.fsdecode(raw[:room])}~{digest}{TEMP_SUFFIX}"
+    return os.path.join(head, name)
 
 
 def describe_os_error(exc: OSError, path: str) -> DestinationError:

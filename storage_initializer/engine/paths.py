@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 from collections.abc import Sequence
 
 from storage_initializer.errors import UnsafePathError
@@ -92,19 +93,32 @@ class PathFilter:
 class LayoutChecker:
     """Detect keys that cannot coexist on a filesystem: ``a`` and ``a/b``.
 
-    Keeps one set entry per file and per directory seen, so memory grows with
-    the listing (about 100 bytes per object), never with file sizes.
+    One checker serves every pair writing to one DEST (thread-safe), so two
+    sources can never write the same file there. Keeps one entry per file and
+    per directory seen, so memory grows with the listing (about 100 bytes per
+    object), never with file sizes.
     """
 
     def __init__(self) -> None:
-        self._files: set[str] = set()
+        self._files: dict[str, object] = {}  # relative path -> the owner that claimed it
         self._dirs: set[str] = set()
+        self._lock = threading.Lock()
 
-    def __contains__(self, relpath: str) -> bool:
-        return relpath in self._files
+    def claimed_by(self, relpath: str, owner: object) -> bool:
+        return self._files.get(relpath) is owner
 
-    def add(self, relpath: str) -> None:
+    def add(self, relpath: str, owner: object = None) -> None:
+        """Claim ``relpath`` for ``owner`` (e.g. one pair's transfer)."""
+        with self._lock:
+            self._add(relpath, owner)
+
+    def _add(self, relpath: str, owner: object) -> None:
         if relpath in self._files:
+            if self._files[relpath] is not owner:
+                raise UnsafePathError(
+                    f"two sources write the same file {relpath!r} in one DEST",
+                    hint="give each SRC_URI its own DEST_PATH",
+                )
             raise UnsafePathError(f"two objects map to the same file {relpath!r}")
         if relpath in self._dirs:
             raise UnsafePathError(
@@ -120,4 +134,4 @@ class LayoutChecker:
                     hint="a store may hold 'a' and 'a/b'; a filesystem cannot",
                 )
             self._dirs.add(parent)
-        self._files.add(relpath)
+        self._files[relpath] = owner

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from storage_initializer.engine.paths import STATE_DIR_NAME, TEMP_PREFIX, TEMP_SUFFIX
+from storage_initializer.engine.paths import STATE_DIR_NAME, TEMP_PREFIX, TEMP_SUFFIX, LayoutChecker
 from storage_initializer.provider import RemoteObject
 
 
@@ -62,6 +62,8 @@ class DestState:
         self._entries: dict[str, ManifestEntry] = {}
         self._manifest_fd: int | None = None
         self.previous_run_interrupted = False
+        #: The files claimed so far by the pairs writing to this DEST.
+        self.layout = LayoutChecker()
 
     # -- lifecycle -----------------------------------------------------------
     def open(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
 from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
 from storage_initializer.engine.parts import part_size_for, plan_parts
-from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
+from storage_initializer.engine.paths import PathFilter, safe_relpath
 from storage_initializer.engine.progress import Progress
 from storage_initializer.engine.state import DestState
 from storage_initializer.errors import (
@@ -95,6 +95,14 @@ class PairResult:
     published: list[str] = field(default_factory=list)
 
 
+class _PlanFailed(Exception):
+    """Carries an error raised while planning one listed object out of the listing loop."""
+
+    def __init__(self, error: StorageInitializerError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _Cursor:
     """How far a stream has been written (survives the exception that ends it)."""
 
@@ -142,7 +150,7 @@ class PairTransfer:
         self.dest = dest
         self.state = state
         self.filter = PathFilter(self.settings.allow_patterns, self.settings.ignore_patterns)
-        self.layout = LayoutChecker()
+        self.layout = state.layout  # shared with other pairs writing to this DEST
         self.failed = threading.Event()
         self.error: StorageInitializerError | None = None
         self._outstanding = 0
@@ -172,8 +180,15 @@ class PairTransfer:
                     for obj in list_objects():
                         if self.failed.is_set() or self.engine.cancelled.is_set():
                             break
-                        self._plan(obj, relisting)
+                        try:
+                            self._plan(obj, relisting)
+                        except BaseException as exc:
+                            raise _PlanFailed(classify(exc)) from None
                     break
+                except _PlanFailed as failed:
+                    # A file's own failure, not the listing's: a relisting would
+                    # skip the file as already planned and lose it.
+                    raise failed.error from None
                 except BaseException as exc:
                     error = classify(exc)
                     if not error.retryable or self.failed.is_set():
@@ -210,9 +225,9 @@ class PairTransfer:
         if not self.filter.keep(relpath):
             self.filtered += 1
             return
-        if relisting and relpath in self.layout:
+        if relisting and self.layout.claimed_by(relpath, self):
             return
-        self.layout.add(relpath)
+        self.layout.add(relpath, self)
         self.matched += 1
         if self.first_match is None:
             self.first_match = (relpath, obj)
@@ -322,7 +337,9 @@ class PairTransfer:
                 return cursor.offset, hasher.hexdigest() if hasher else None
             except BaseException as exc:
                 error = classify(exc)
-                progressed = cursor.offset - before >= self.settings.buffer_size
+                # Bytes count as progress only when a retry keeps them: a store
+                # without ranges starts over, and must not retry forever.
+                progressed = resumable and cursor.offset - before >= self.settings.buffer_size
                 if not resumable and cursor.offset:
                     self.progress.add_bytes(-cursor.offset)
                     cursor.offset = 0

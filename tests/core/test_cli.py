@@ -75,6 +75,7 @@ def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no installed provider serves foo://bucket/model" in result.stderr
     assert "prefix http://" in result.stderr and "prefix file://" in result.stderr
+    assert not (tmp_path / "out").exists()  # a malformed URI leaves no empty DEST behind
 
 
 def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -160,6 +161,13 @@ def test_bad_setting_is_a_usage_error(tmp_path: Path) -> None:
     result = run_cli(["/x", str(tmp_path)], {"STORAGE_INITIALIZER_CONCURRENCY": "many"})
     assert result.returncode == 2
     assert "STORAGE_INITIALIZER_CONCURRENCY='many' is not a number" in result.stderr
+
+
+@pytest.mark.parametrize("flag", [["--stall-timeout", "0"], ["--concurrency", "0"], ["--retries", "-1"]])
+def test_out_of_range_options_are_usage_errors(tmp_path: Path, flag: list[str]) -> None:
+    result = run_cli([*flag, "/x", str(tmp_path / "out")])
+    assert result.returncode == 2, result.stderr
+    assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_server: HttpFileServer) -> None:

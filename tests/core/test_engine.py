@@ -18,6 +18,8 @@ import pytest
 
 from storage_initializer import download
 from storage_initializer.errors import IntegrityError, NotFoundError, UnsafePathError
+from storage_initializer.provider import RemoteObject
+from storage_initializer.registry import Registry
 from storage_initializer.settings import MiB, Settings
 from tests.cli import clean_env, run_cli, run_cli_peak_rss, tree
 from tests.core.memory_provider import MemoryProvider, memory_registry
@@ -130,6 +132,99 @@ def test_server_without_ranges_is_read_in_one_stream(tmp_path: Path, http_server
     assert (tmp_path / "out/plain.bin").read_bytes() == data
     assert "does not serve byte ranges" in result.stderr
     assert "retrying plain.bin" in result.stderr
+
+
+def test_server_without_ranges_that_keeps_breaking_gives_up(tmp_path: Path, http_server: HttpFileServer) -> None:
+    # Every attempt delivers 2 MiB and breaks: without ranges the bytes are lost
+    # each time, so they are no progress and the retry budget still runs out.
+    url = http_server.add("/flaky.bin", os.urandom(8 * MiB), ranges=False)
+    http_server.faults["/flaky.bin"] = Fault(cut_after=2 * MiB, cut_times=1000)
+    started = time.monotonic()
+    result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_RETRIES": "2"}, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert time.monotonic() - started < 30
+    assert "gave up after 2 retries" in result.stderr
+    assert sum(1 for m, path, _ in http_server.requests if m == "GET" and path == "/flaky.bin") <= 5
+    assert tree(tmp_path / "out") == {}
+
+
+def test_two_sources_writing_one_file_in_one_dest_are_refused(tmp_path: Path, http_server: HttpFileServer) -> None:
+    first, second = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    url_a = http_server.add("/a/model.bin", first)
+    url_b = http_server.add("/b/model.bin", second)
+    http_server.faults["/b/model.bin"] = Fault(stall_after=MiB, stall_seconds=0.5, stall_times=1)
+    dest = tmp_path / "out"
+    result = run_cli([url_a, str(dest), url_b, str(dest)], FAST)
+    assert result.returncode == 1
+    assert "two sources write the same file 'model.bin' in one DEST" in result.stderr
+    # One source won whole; nothing of the other is mixed in.
+    assert tree(dest) in ({"model.bin": first}, {"model.bin": second})
+
+
+def test_two_sources_with_distinct_files_share_one_dest(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url_a = http_server.add("/a/config.json", b"{}")
+    url_b = http_server.add("/b/weights.bin", b"w" * 1000)
+    dest = tmp_path / "out"
+    result = run_cli([url_a, str(dest), url_b, str(dest)], FAST)
+    assert result.returncode == 0, result.stderr
+    assert tree(dest) == {"config.json": b"{}", "weights.bin": b"w" * 1000}
+
+
+@pytest.mark.parametrize("length", [243, 244, 250, 255])
+@pytest.mark.parametrize("size", [1000, 3 * MiB])  # whole and multi-part (hard-linked)
+def test_names_up_to_the_filesystem_limit_download(tmp_path: Path, length: int, size: int) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    name = "m" * (length - 4) + ".bin"
+    data = os.urandom(size)
+    (source / name).write_bytes(data)
+    (source / "small.txt").write_bytes(b"small")
+    result = run_cli([str(source), str(tmp_path / "dest")], FAST)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "dest") == {name: data, "small.txt": b"small"}
+
+
+def test_a_file_that_fails_while_planned_is_never_dropped(tmp_path: Path) -> None:
+    # The listing is retried on transient errors; a file whose own placement
+    # failed must not be skipped by that retry as "already planned".
+    class FlakyPlacement(MemoryProvider):
+        failures = 1
+
+        def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
+            if obj.key == "big.bin" and FlakyPlacement.failures:
+                FlakyPlacement.failures -= 1
+                raise ConnectionResetError("reset while placing the file")
+            return False
+
+    MemoryProvider.objects.update({"m/big.bin": os.urandom(3 * MiB), "m/small.txt": b"s"})
+    (result,) = download(
+        [("mem://m", str(tmp_path / "out"))],
+        settings=_settings(part_size=MiB, multipart_threshold=2 * MiB),
+        registry=Registry.from_classes({"mem": FlakyPlacement}),
+    )
+    assert result.error is not None, "big.bin was dropped and the run called a success"
+    assert "connection reset" in str(result.error)
+    assert "big.bin" not in tree(tmp_path / "out")
+    (again,) = download(
+        [("mem://m", str(tmp_path / "out"))],
+        settings=_settings(part_size=MiB, multipart_threshold=2 * MiB),
+        registry=Registry.from_classes({"mem": FlakyPlacement}),
+    )
+    assert again.error is None
+    assert tree(tmp_path / "out") == {"big.bin": MemoryProvider.objects["m/big.bin"], "small.txt": b"s"}
+
+
+def test_a_state_path_blocked_by_a_file_is_a_local_error(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(b"a")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / ".storage-initializer").write_bytes(b"not a directory")
+    result = run_cli([str(source), str(dest)], FAST)
+    assert result.returncode == 1
+    assert "local file error on" in result.stderr and ".storage-initializer" in result.stderr
+    assert "network" not in result.stderr and "retrying" not in result.stderr
 
 
 # -- resume -------------------------------------------------------------------------
