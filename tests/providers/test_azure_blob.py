@@ -282,6 +282,31 @@ def test_sas_in_uri_and_in_connection_string(azurite: Azurite, tmp_path: Path) -
     assert tree(tmp_path / "conn") == {"f": b"f"}
 
 
+def test_sas_with_response_header_overrides_and_user_delegation_fields(azurite: Azurite, tmp_path: Path) -> None:
+    # A SAS may carry rscc/rscd/rsct... (response headers), ses (encryption scope) and, for a
+    # user delegation SAS (Azure AD, shared keys disabled), skoid/sktid/skt/ske/sks/skv.
+    container = azurite.create_container()
+    azurite.upload(container, "m/f", b"f")
+    token = generate_container_sas(
+        ACCOUNT_NAME,
+        container,
+        account_key=ACCOUNT_KEY,
+        permission=ContainerSasPermissions.from_string("rl"),
+        expiry=datetime.now(timezone.utc) + timedelta(hours=1),
+        cache_control="no-cache",
+        content_type="application/octet-stream",
+    )
+    result = run_cli([f"{uri(container, 'm')}?{token}", str(tmp_path / "out")], endpoint_only(azurite))
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"f": b"f"}
+    delegation = (
+        "skoid=00000000-0000-0000-0000-000000000001&sktid=00000000-0000-0000-0000-000000000002"
+        "&skt=2030-01-01T00%3A00%3A00Z&ske=2030-01-02T00%3A00%3A00Z&sks=b&skv=2025-01-05"
+        "&sv=2025-01-05&sr=c&sp=rl&se=2030-01-02T00%3A00%3A00Z&ses=scope1&sig=c2lnbmF0dXJlMTIzNDU2"
+    )
+    assert parse_uri(f"{uri('c1x', 'm')}?{delegation}", "blob").sas == delegation
+
+
 def test_sas_without_list_permission_says_so(azurite: Azurite, tmp_path: Path) -> None:
     container = azurite.create_container()
     azurite.upload(container, "m/f", b"f")

@@ -46,7 +46,14 @@ DEV_ACCOUNT = "devstoreaccount1"
 DEV_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _DEV_PORTS = {"blob": 10000, "file": 10004}
 
-_SAS_KEYS = frozenset({"sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "skoid", "sktid"})
+#: Every SAS query parameter (account, service and user delegation SAS, as the SDK's
+#: ``QueryStringConstants`` name them): response-header overrides (``rsc*``), the
+#: delegation key's fields (``skt``, ``ske``, ``sks``, ``skv``...), encryption scope...
+_SAS_KEYS = frozenset(
+    {"sv", "ss", "srt", "sp", "se", "st", "spr", "sip", "sr", "sig", "si", "sdd", "ses", "srh", "srq"}
+    | {"rscc", "rscd", "rsce", "rscl", "rsct"}
+    | {"skoid", "sktid", "skt", "ske", "sks", "skv", "skdutid", "sduoid", "saoid", "suoid", "scid"}
+)
 
 
 def host_pattern(service: Service) -> str:
