@@ -250,6 +250,25 @@ def _scrub(text: str) -> str:
     return redact(_DELEGATION.sub(r"\1***", text))
 
 
+class _Resolved(str):
+    """An absolute HDFS path already resolved: sent as is, never expanded again by ``Client.resolve``.
+
+    ``hdfs.Client.resolve`` (run on every request's path) expands ``#LATEST`` markers: right for the
+    URI the user wrote, wrong for a listed file that is literally named ``#LATEST``.
+    """
+
+
+def _literal_resolve(client: Any) -> Any:
+    """Make ``client`` send :class:`_Resolved` paths unchanged."""
+    resolve = client.resolve
+
+    def literal(hdfs_path: str) -> str:
+        return str(hdfs_path) if isinstance(hdfs_path, _Resolved) else str(resolve(hdfs_path))
+
+    client.resolve = literal
+    return client
+
+
 def _version(status: Mapping[str, Any]) -> str:
     """What changes whenever a file's content may have: HDFS gives every (re)created file a new fileId."""
     return f"{status.get('fileId')}:{status.get('modificationTime')}:{status.get('length')}"
@@ -389,7 +408,7 @@ class HdfsProvider(Provider):
             client = self._clients.get(namenodes)
             if client is None:
                 log.info(config.describe())
-                client = self._new_client(namenodes, config)
+                client = _literal_resolve(self._new_client(namenodes, config))
                 self._clients[namenodes] = client
             return client
 
@@ -559,7 +578,7 @@ class HdfsProvider(Provider):
     def list(self, uri: str) -> Iterator[RemoteObject]:
         namenodes, path = self.locate(uri)
         client = self.client(namenodes)
-        full = str(self._call(uri, lambda: client.resolve(path)))
+        full = _Resolved(self._call(uri, lambda: client.resolve(path)))
         status = self._status(client, full, uri)
         if status is None:
             raise NotFoundError(
@@ -578,7 +597,7 @@ class HdfsProvider(Provider):
             subdirs = []
             for entry in entries:
                 name, kind = entry["pathSuffix"], entry.get("type")
-                child = posixpath.join(directory, name)
+                child = _Resolved(posixpath.join(directory, name))
                 if kind == "FILE":
                     yield RemoteObject(prefix + name, int(entry["length"]), _version(entry), extra=child)
                 elif kind == "DIRECTORY":
@@ -590,7 +609,7 @@ class HdfsProvider(Provider):
     def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
         namenodes, _ = self.locate(uri)
         client = self.client(namenodes)
-        path = str(obj.extra)
+        path = _Resolved(obj.extra)
         params: dict[str, int] = {"offset": start}
         if end is not None:
             params["length"] = end - start
@@ -622,7 +641,7 @@ class HdfsProvider(Provider):
         return stream  # type: ignore[return-value]
 
     def _check_unchanged(self, client: Any, uri: str, obj: RemoteObject) -> None:
-        status = self._status(client, str(obj.extra), uri)
+        status = self._status(client, _Resolved(obj.extra), uri)
         if status is None:
             raise ObjectChangedError(f"{redact(uri)}: {obj.key} was deleted during the download")
         if _version(status) != obj.version:

@@ -408,3 +408,26 @@ def test_config_summary_is_logged_without_secrets(fake_webhdfs: FakeWebHDFS, tmp
         unconfigured.validate("webhdfs://namenode:http/models")
     with pytest.raises(UsageError, match="no usable namenode"):
         unconfigured.validate("webhdfs://user@namenode:9870/models")
+
+
+def test_odd_file_names_and_a_file_named_latest_are_read_literally(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    # hdfs.Client.resolve expands '#LATEST' in every request's path: a listed file of that name
+    # must still be read as itself, not as the newest entry of its directory.
+    files = {
+        "a b/c d.txt": b"space" * 3000,
+        "plus+sign.json": b"plus",
+        "pct%20lit.txt": b"pct",
+        "hash#x.txt": b"hash",
+        "q?x.txt": b"q",
+        "\u00fcn\u00efcode/\u00df.bin": b"u" * 30,
+        "semi;colon=eq&amp.txt": b"semi",
+        "#LATEST": b"a file literally named #LATEST",
+        "zz-newer.txt": b"newer",  # created last: what '#LATEST' would expand to
+    }
+    for key, data in files.items():
+        fake_webhdfs.put("/m/odd/" + key, data)
+    env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+    env.update(STORAGE_INITIALIZER_PART_SIZE="4K", STORAGE_INITIALIZER_MULTIPART_THRESHOLD="8K")
+    done = run_cli(["hdfs:///m/odd", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == files
