@@ -3,13 +3,16 @@
 * The file is named by the URL's last path segment (as KServe does); any
   Content-Type is accepted (an archive is recognised by its name).
 * A probe ``GET`` with ``Range: bytes=0-0`` learns the size, whether ranges
-  work, and the validator (``ETag`` or ``Last-Modified``). It is a GET, not a
+  work, and the validator (``ETag`` or ``Last-Modified``); an empty file
+  answers it with 416, and is probed again without ``Range``. It is a GET, not a
   HEAD, because presigned URLs are signed for GET only.
 * Ranged reads carry ``If-Match`` (strong ETags) and every response's
   validator is compared with the probe's, so a file replaced mid-download is
   detected instead of spliced.
 * Headers come from the ``<hostname>-headers`` variable (JSON object), as in
-  KServe. Proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundles
+  KServe. They are credentials for that host: a redirect to another origin
+  (scheme, host or port) drops them all, not only ``Authorization`` as
+  ``requests`` does. Proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundles
   (``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``CURL_CA_BUNDLE``) are read
   from the provider's environment.
 """
@@ -67,6 +70,29 @@ def _parse_total(content_range: str | None) -> int | None:
     return int(total) if total.isdigit() else None
 
 
+_SESSION_CLASS: Any = None
+
+
+def _session_class() -> Any:
+    """``requests.Session`` that also strips the ``<hostname>-headers`` on a cross-origin redirect."""
+    global _SESSION_CLASS
+    if _SESSION_CLASS is None:
+        import requests
+
+        class Session(requests.Session):
+            #: Lower-case names of the headers configured for the requested URL's host (set per request).
+            host_headers: frozenset[str] = frozenset()
+
+            def rebuild_auth(self, prepared_request: Any, response: Any) -> None:
+                super().rebuild_auth(prepared_request, response)
+                if self.host_headers and self.should_strip_auth(response.request.url, prepared_request.url):
+                    for name in [n for n in prepared_request.headers if n.lower() in self.host_headers]:
+                        del prepared_request.headers[name]
+
+        _SESSION_CLASS = Session
+    return _SESSION_CLASS
+
+
 class HttpProvider(Provider):
     """Plain HTTP(S) downloads of one file per URL."""
 
@@ -120,10 +146,9 @@ class HttpProvider(Provider):
         """One ``requests.Session`` per thread, with a pool for the worker count."""
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
             from requests.adapters import HTTPAdapter
 
-            session = requests.Session()
+            session = _session_class()()
             session.trust_env = False  # configuration comes from self.env, not os.environ
             session.verify = self._verify
             session.proxies = self._proxies()
@@ -143,12 +168,16 @@ class HttpProvider(Provider):
         """A streamed GET with the provider's timeouts, headers and proxies."""
         import requests
 
-        all_headers = {"Accept-Encoding": "identity", **self.headers_for(url), **headers}
+        custom = self.headers_for(url)
+        all_headers = {"Accept-Encoding": "identity", **custom, **headers}
+        session = self.session()
+        ours = {name.lower() for name in ("Accept-Encoding", *headers)}  # kept: the request needs them
+        session.host_headers = frozenset(name.lower() for name in custom) - ours
         kwargs: dict[str, Any] = {}
         if self._no_proxy(url):
             kwargs["proxies"] = {"http": "", "https": "", "all": ""}
         try:
-            return self.session().get(
+            return session.get(
                 url,
                 headers=all_headers,
                 stream=True,
@@ -185,6 +214,11 @@ class HttpProvider(Provider):
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
         response = self.get(uri, {"Range": "bytes=0-0"})
+        if response.status_code == 416:
+            # No byte 0 to send: an empty file (nginx and S3 answer so, with "bytes */0").
+            # Ask again without a range for its validators and length.
+            response.close()
+            response = self.get(uri, {})
         with response:
             if response.status_code not in (200, 206):
                 raise error_for_status(response.status_code, uri, response.reason or "")

@@ -108,3 +108,45 @@ def test_unreachable_server_fails_with_the_cause(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot reach http://127.0.0.1:9/m.bin" in result.stderr
+
+
+def test_an_empty_file_is_downloaded(tmp_path: Path, http_server: HttpFileServer) -> None:
+    """A static server answers the size probe (``Range: bytes=0-0``) of an empty file with
+    416 ``bytes */0``, as nginx and S3 do: the file is empty, not an error."""
+    url = http_server.add("/empty.txt", b"")
+    result = run_cli([url, str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"empty.txt": b""}
+
+
+@pytest.mark.parametrize("other_host", ["localhost", "127.0.0.1"])
+def test_headers_stay_with_their_host_across_redirects(
+    tmp_path: Path, http_server: HttpFileServer, other_host: str
+) -> None:
+    """``<hostname>-headers`` are credentials for that host: a redirect to another origin (a
+    CDN, a presigned store URL) must not carry them, whatever their names."""
+    cdn = HttpFileServer()
+    try:
+        data = os.urandom(3 * 1024 * 1024)
+        target = cdn.url.replace("127.0.0.1", other_host) + "/blob-7f3a"
+        cdn.add("/blob-7f3a", data)
+        url = http_server.add("/m.bin", b"", redirect_to=target, require_headers={"X-Api-Key": "k-123456"})
+        headers = '{"X-Api-Key": "k-123456", "Authorization": "Bearer tok-abcdef", "Cookie": "session=s-98765"}'
+        result = run_cli(
+            [url, str(tmp_path / "out")],
+            {
+                "127.0.0.1-headers": headers,
+                "STORAGE_INITIALIZER_PART_SIZE": "1M",
+                "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M",
+            },
+        )
+        assert result.returncode == 0, result.stderr
+        assert tree(tmp_path / "out") == {"m.bin": data}
+        assert len(cdn.requests) > 1  # the probe and the ranged parts
+        for _, _, sent in cdn.requests:
+            names = {name.lower() for name in sent}
+            assert not names & {"x-api-key", "authorization", "cookie"}, sent
+        # The origin itself got them on every request.
+        assert all(sent.get("X-Api-Key") == "k-123456" for _, _, sent in http_server.requests)
+    finally:
+        cdn.stop()
