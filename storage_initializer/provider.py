@@ -82,7 +82,10 @@ class RemoteObject:
     to :meth:`Provider.open_range`, which must refuse to serve a different
     version (raise :class:`~storage_initializer.errors.ObjectChangedError`).
     ``checksums`` maps an algorithm (``md5``, ``sha256``, ``sha1``, ``crc32c``)
-    to the lowercase hex digest of the whole object. ``supports_ranges`` is
+    to the lowercase hex digest of the whole object; :meth:`Provider.open_range`
+    may delete an entry of a ``dict`` it listed when a response shows the
+    digest does not apply (an S3 ETag of an SSE-KMS object is no MD5), and the
+    engine then does not check it. ``supports_ranges`` is
     ``False`` when the store can only stream the object from its first byte
     (an HTTP server without Range support): the engine then reads it in one
     stream and restarts it from zero after a failure. ``extra`` is private to

@@ -465,6 +465,28 @@ def test_kms_encrypted_objects_offer_no_md5(moto_s3: S3Server) -> None:
     assert plain.checksums["md5"] == hashlib.md5(b"plain").hexdigest()
 
 
+def test_a_kms_object_among_plain_ones_downloads(moto_s3: S3Server, tmp_path: Path) -> None:
+    """The SSE probe (one HEAD) sees a plain object, so the listing offers ETags as MD5s; a
+    later SSE-KMS object (bucket default encryption changed) shows its encryption only in
+    its GET answer. Its ETag is no MD5 there: it is downloaded verified by size, not failed."""
+    bucket, root = shared_bucket(moto_s3), unique()
+    moto_s3.put(bucket, f"{root}/d/a-plain", b"plain bytes")
+    moto_s3.put(bucket, f"{root}/d/b-kms", b"kms bytes", ServerSideEncryption="aws:kms")
+    big = os.urandom(3 * MiB)  # read as parallel ranged parts
+    moto_s3.put(bucket, f"{root}/d/c-kms-parts", big, ServerSideEncryption="aws:kms")
+    moto_s3.put(bucket, f"{root}/d/d-plain", b"more plain bytes")
+    env = {**moto_s3.env(), "STORAGE_INITIALIZER_PART_SIZE": "1M", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M"}
+    result = run_cli([f"s3://{bucket}/{root}/d", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert files_under(tmp_path / "out") == {
+        "a-plain": b"plain bytes",
+        "b-kms": b"kms bytes",
+        "c-kms-parts": big,
+        "d-plain": b"more plain bytes",
+    }
+    assert "b-kms" in result.stderr and "aws:kms" in result.stderr  # said why it is not MD5-verified
+
+
 def test_concurrent_ranged_reads(seaweedfs: SeaweedFS) -> None:
     """Many threads reading ranges of one object through one provider get exact bytes."""
     bucket, key = shared_bucket(seaweedfs), f"{unique()}/r.bin"

@@ -20,12 +20,14 @@ KServe.)
 offered as ``md5``, except for SSE-KMS/DSSE-KMS/SSE-C objects (their ETag is
 something else). A listing does not say how objects are encrypted, so the
 first object with such an ETag is probed with one ``HeadObject`` and the
-answer applies to the listing. Objects of :data:`HEAD_MIN_SIZE` or more each
-get a ``HeadObject`` with ``x-amz-checksum-mode: ENABLED``: their full-object
-additional checksums (CRC32C, SHA-256, SHA-1, CRC32, CRC64NVME; hex) are
-cheaper for the engine to verify than MD5, and multipart objects have no
-other. Composite (per-part) checksums and multipart ETags (``-N``) are not
-digests of the object and are not offered; the size always is verified.
+answer applies to the listing; an object encrypted otherwise than the probed
+one shows it in its GET answer, and ``open_range`` then withdraws its
+``md5``. Objects of :data:`HEAD_MIN_SIZE` or more each get a ``HeadObject``
+with ``x-amz-checksum-mode: ENABLED``: their full-object additional
+checksums (CRC32C, SHA-256, SHA-1, CRC32, CRC64NVME; hex) are cheaper for the
+engine to verify than MD5, and multipart objects have no other. Composite
+(per-part) checksums and multipart ETags (``-N``) are not digests of the
+object and are not offered; the size always is verified.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from typing import IO, Any
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
-    IntegrityError,
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
@@ -421,12 +420,19 @@ class S3Provider(Provider):
                 f"{redact(uri)}: object {ref.key!r} changed during the download (ETag was {ref.etag}, now {etag})",
                 hint="run again to download the new version",
             )
-        if ref.md5_from_etag and opaque_etag(response.headers):
-            raise IntegrityError(
-                f"{redact(uri)}: object {ref.key!r} is encrypted with "
-                f"{response.headers.get('x-amz-server-side-encryption') or 'SSE-C'}, so its ETag is no MD5 "
-                "to verify it with (the object probed in this listing was not encrypted so)",
-                hint="set STORAGE_INITIALIZER_VERIFY_CHECKSUMS=false to download it verified by size only",
+        # The listing's SSE probe saw an unencrypted object; this one's ETag is no MD5:
+        # withdraw it (the engine then verifies the size only), once.
+        if (
+            ref.md5_from_etag
+            and opaque_etag(response.headers)
+            and isinstance(obj.checksums, dict)
+            and obj.checksums.pop("md5", None) is not None
+        ):
+            log.info(
+                "%s: object %r is encrypted with %s, so its ETag is no MD5: verified by size only",
+                self.wire._shown(uri),
+                ref.key,
+                response.headers.get("x-amz-server-side-encryption") or "SSE-C",
             )
 
     def close(self) -> None:
