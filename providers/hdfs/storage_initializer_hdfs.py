@@ -481,6 +481,8 @@ class HdfsProvider(Provider):
         session.verify = verify
         if config.tls_cert:
             session.cert = (config.tls_cert, config.tls_key) if config.tls_key else config.tls_cert
+        # The engine reads raw bytes: a compressing gateway (Knox, nginx) must not gzip them.
+        session.headers["Accept-Encoding"] = "identity"
         session.headers.update(config.headers)
         size = max(4, self.context.concurrency)
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)

@@ -431,3 +431,20 @@ def test_odd_file_names_and_a_file_named_latest_are_read_literally(fake_webhdfs:
     done = run_cli(["hdfs:///m/odd", str(tmp_path / "out")], env)
     assert done.returncode == 0, done.stderr
     assert _files(tmp_path / "out") == files
+
+
+def test_a_compressing_gateway_does_not_change_the_bytes(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
+    # A gateway that gzips answers for clients accepting it would hand the engine compressed
+    # bytes (the reads bypass decoding): the provider asks for identity encoding.
+    data = bytes(range(256)) * 400  # compressible, so a gzipped body differs in size
+    fake_webhdfs.put("/m/gz/weights.bin", data)
+    fake_webhdfs.put("/m/gz/small.txt", b"small " * 100)
+    fake_webhdfs.gzip_reads = True
+    try:
+        env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
+        env.update(STORAGE_INITIALIZER_PART_SIZE="16K", STORAGE_INITIALIZER_MULTIPART_THRESHOLD="32K")
+        done = run_cli(["hdfs:///m/gz", str(tmp_path / "out")], env)
+    finally:
+        fake_webhdfs.gzip_reads = False
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == {"weights.bin": data, "small.txt": b"small " * 100}

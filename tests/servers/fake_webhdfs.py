@@ -45,6 +45,7 @@ Test hooks: a request log, bytes served per file, and faults (stall, cut, replac
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import posixpath
 import re
@@ -196,8 +197,8 @@ class FakeWebHDFS:
 
     Attributes that may be changed while it runs: ``anonymous_allowed``, ``required_headers``,
     ``proxy_users`` (real user -> users it may impersonate, ``"*"`` for anyone), ``groups`` (user ->
-    groups), ``ls_limit`` (``dfs.ls.limit``) and ``standby`` (every namenode op answers
-    ``StandbyException``, as a standby namenode of an HA pair does).
+    groups), ``ls_limit`` (``dfs.ls.limit``), ``standby`` (every namenode op answers
+    ``StandbyException``, as a standby namenode of an HA pair does) and ``gzip_reads``.
 
     Seeding: :meth:`put`, :meth:`mkdir`, :meth:`replace`, :meth:`delete`, :meth:`chmod`.
     Observing: ``requests`` (every :class:`RequestRecord`), :meth:`opens` (the datanode ranges),
@@ -224,6 +225,9 @@ class FakeWebHDFS:
         self.proxy_users: dict[str, Collection[str]] = dict(proxy_users or {})
         self.groups: dict[str, Collection[str]] = dict(groups or {})
         self.ls_limit, self.standby = ls_limit, standby
+        #: Gzip datanode answers for clients that accept it, as a compressing gateway in front of
+        #: the cluster (Knox, an nginx with ``gzip on``) does.
+        self.gzip_reads = False
         self.requests: list[RequestRecord] = []
         self.bytes_served = 0
         self.bytes_served_by_path: dict[str, int] = {}
@@ -779,6 +783,11 @@ class FakeWebHDFS:
             "Connection": "close",
             "Content-Length": str(count),
         }
+        if self.gzip_reads and "gzip" in handler.headers.get("Accept-Encoding", ""):
+            body = gzip.compress(data[offset : offset + count])
+            handler.start_response(200, {**headers, "Content-Encoding": "gzip", "Content-Length": str(len(body))})
+            handler.wfile.write(body)
+            return
         handler.start_response(200, headers)
         with self._lock:
             self.active_reads += 1
