@@ -661,6 +661,15 @@ class ModelRegistryProvider(Provider):
             raise StorageInitializerError(
                 f"{what} has a uri without a scheme: {redact(uri)}", hint="expected e.g. s3://bucket/path"
             )
+        if uri.lower().startswith(PREFIX) and self._settings().token:
+            # Whoever can write the registry chooses this uri: following it would send the
+            # registry token to whatever host it names. (Upstream never follows such a chain.)
+            raise StorageInitializerError(
+                f"{what} points to another model registry entry, {redact(uri)}: not followed while "
+                "MODEL_REGISTRY_TOKEN / MODEL_REGISTRY_TOKEN_FILE is set (the token would go to the "
+                "registry that uri names)",
+                hint="set the artifact's uri to the model's storage URI (s3://, gs://, hf://, https://...)",
+            )
         return self._split_s3_query(uri)
 
     def _split_s3_query(self, uri: str) -> Resolution:

@@ -371,6 +371,31 @@ def test_bearer_token_from_env_and_from_file(registry: FakeModelRegistry, tmp_pa
         resolve("model-registry://iris", {**env, "MODEL_REGISTRY_TOKEN_FILE": str(tmp_path / "missing")})
 
 
+def test_an_artifact_naming_another_registry_never_gets_the_token(registry: FakeModelRegistry, tmp_path: Path) -> None:
+    """Whoever can write a registry entry chooses its uri: a ``model-registry://`` uri naming
+    another host would carry MODEL_REGISTRY_TOKEN there. Such a chain is refused while a token
+    is configured (upstream never follows one); without a token it is followed."""
+    with FakeModelRegistry() as other:
+        other.add_model("stolen", versions=[{"name": "v1", "artifacts": [{"uri": "s3://b/other"}]}])
+        registry.add_model(
+            "chained", versions=[{"name": "v1", "artifacts": [{"uri": f"model-registry://{other.host}/stolen/v1"}]}]
+        )
+        registry.require_token = "s3cr3t-token"
+        env = {**env_for(registry), "MODEL_REGISTRY_TOKEN": "s3cr3t-token", "NO_PROXY": "127.0.0.1"}
+        result = run_cli(["model-registry://chained/v1", str(tmp_path / "out")], env)
+        assert result.returncode == 1, result.stderr
+        assert not any(r.authorization for r in other.requests)
+        assert "another model registry" in result.stderr and other.host in result.stderr
+        assert "s3cr3t-token" not in result.stderr
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+        registry.require_token = None
+        env.pop("MODEL_REGISTRY_TOKEN")
+        assert uri_of(resolve(f"model-registry://{registry.host}/chained/v1", env)) == (
+            f"model-registry://{other.host}/stolen/v1"
+        )
+
+
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_tls_ca_bundle_and_verify_switch(fake_model_registry_tls: FakeModelRegistry) -> None:
     fake = fake_model_registry_tls
