@@ -198,12 +198,19 @@ class DestState:
             os.unlink(self._partial_path(relpath))
 
     def sweep_leftovers(self) -> None:
-        """Remove temporary files and partial records a crashed run left behind."""
+        """Remove temporary files and partial records a crashed run left behind.
+
+        A directory below the root that has its own state directory is another DEST (a
+        pair of this run may be writing there now): it is left alone.
+        """
         for name in os.listdir(self.partial_dir):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(self.partial_dir, name))
         for directory, dirnames, filenames in os.walk(self.root):
-            if directory == self.root and STATE_DIR_NAME in dirnames:
+            if STATE_DIR_NAME in dirnames:
+                if directory != self.root:
+                    dirnames.clear()
+                    continue
                 dirnames.remove(STATE_DIR_NAME)
             for name in filenames:
                 if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):

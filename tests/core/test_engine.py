@@ -459,3 +459,22 @@ def test_a_directory_where_a_file_goes_is_refused_before_downloading(tmp_path: P
         _fetch("mem://b/m", dest)
     assert MemoryProvider.reads == []  # refused at planning: nothing was read
     assert (dest / "model.bin" / "keep").is_dir()
+
+
+def test_leftover_sweep_leaves_a_nested_dest_alone(tmp_path: Path) -> None:
+    """After an interrupted run, the sweep removes that DEST's stale temporary files, but not
+    those of another DEST nested inside it (a concurrent pair may be writing them now)."""
+    MemoryProvider.objects.update({"b/m/a.bin": b"a" * 100})
+    outer = tmp_path / "out"
+    (outer / ".storage-initializer").mkdir(parents=True)
+    (outer / ".storage-initializer" / "running").write_text("12345")  # a crashed earlier run
+    (outer / "d").mkdir()
+    (outer / "d" / ".stale.bin.si-partial").write_bytes(b"left by the crash")
+    nested = outer / "sub"
+    (nested / ".storage-initializer").mkdir(parents=True)
+    (nested / "deep").mkdir()
+    (nested / "deep" / ".w.bin.si-partial").write_bytes(b"another pair is writing this")
+    _fetch("mem://b/m", outer)
+    assert (outer / "a.bin").read_bytes() == b"a" * 100
+    assert not (outer / "d" / ".stale.bin.si-partial").exists()
+    assert (nested / "deep" / ".w.bin.si-partial").read_bytes() == b"another pair is writing this"
