@@ -119,13 +119,13 @@ class Runner:
         relpath, obj = transfer.first_match
         if not archive.is_archive(relpath):
             return
-        if state.was_extracted(relpath, obj):
+        if state.was_extracted(relpath, transfer.source, obj):
             log.info("archive %s was already extracted", relpath)
             return
         path = dest.path_of(relpath)
         log.info("extracting archive %s", relpath)
         count = archive.extract(path, dest, self.settings.max_extract_ratio)
-        state.record_complete(relpath, path, obj, extracted=True)
+        state.record_complete(relpath, path, transfer.source, obj, extracted=True)
         log.info("extracted %d files from %s", count, relpath)
 
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[PairResult]:

@@ -1,8 +1,9 @@
 """Resume state kept in ``DEST/.storage-initializer/`` (out of the model's way).
 
 * ``manifest.jsonl``: one line per file published and verified, with the
+  source it came from (the URI without query, fragment and userinfo), the
   object's size and version and the file's mtime. A rerun skips a file whose
-  line matches both the store's listing and the file on disk.
+  line matches the source, the store's listing and the file on disk.
 * ``partial/<id>.json``: for a file downloaded in parts, which parts are
   already in its temporary file. Written (atomically) after each part's bytes
   are in the file, so after a crash every part it lists is really there.
@@ -29,8 +30,23 @@ from storage_initializer.engine.paths import STATE_DIR_NAME, TEMP_PREFIX, TEMP_S
 from storage_initializer.provider import RemoteObject
 
 
+def source_key(uri: str) -> str:
+    """The part of a source URI that names the store and path, for the resume state.
+
+    Query and fragment (presigned signatures, SAS tokens change from run to run) and
+    userinfo (credentials) are left out, so they never reach the disk either.
+    """
+    base = uri.split("#", 1)[0].split("?", 1)[0]
+    scheme, sep, rest = base.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        base = f"{scheme.lower()}://{authority.rpartition('@')[2]}{slash}{path}"
+    return base.rstrip("/")
+
+
 @dataclass(frozen=True)
 class ManifestEntry:
+    source: str | None
     size: int
     version: str | None
     checksums: Mapping[str, str]
@@ -38,8 +54,14 @@ class ManifestEntry:
     extracted: bool = False
 
 
-def _identity_matches(entry: ManifestEntry, obj: RemoteObject) -> bool:
-    """Is the recorded download of the same content the store lists now?"""
+def _identity_matches(entry: ManifestEntry, source: str, obj: RemoteObject) -> bool:
+    """Is the recorded download of the same content the store lists now?
+
+    Versions are only comparable within one source (two HTTP servers' ETags, two buckets'
+    generations may collide), so a file from another source is never taken as done.
+    """
+    if entry.source != source:
+        return False
     if obj.size is not None and obj.size != entry.size:
         return False
     if obj.version is not None:
@@ -94,6 +116,7 @@ class DestState:
             try:
                 raw: dict[str, Any] = json.loads(line)
                 self._entries[raw["path"]] = ManifestEntry(
+                    source=raw.get("source"),
                     size=int(raw["size"]),
                     version=raw.get("version"),
                     checksums=dict(raw.get("checksums") or {}),
@@ -116,6 +139,7 @@ class DestState:
     def _line(path: str, entry: ManifestEntry) -> str:
         record: dict[str, Any] = {
             "path": path,
+            "source": entry.source,
             "size": entry.size,
             "version": entry.version,
             "checksums": dict(entry.checksums),
@@ -126,9 +150,9 @@ class DestState:
         return json.dumps(record, separators=(",", ":")) + "\n"
 
     # -- completed files -----------------------------------------------------
-    def is_complete(self, relpath: str, final_path: str, obj: RemoteObject) -> bool:
+    def is_complete(self, relpath: str, final_path: str, source: str, obj: RemoteObject) -> bool:
         entry = self._entries.get(relpath)
-        if entry is None or entry.extracted or not _identity_matches(entry, obj):
+        if entry is None or entry.extracted or not _identity_matches(entry, source, obj):
             return False
         try:
             st = os.lstat(final_path)
@@ -136,17 +160,19 @@ class DestState:
             return False
         return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
 
-    def was_extracted(self, relpath: str, obj: RemoteObject) -> bool:
+    def was_extracted(self, relpath: str, source: str, obj: RemoteObject) -> bool:
         entry = self._entries.get(relpath)
-        return entry is not None and entry.extracted and _identity_matches(entry, obj)
+        return entry is not None and entry.extracted and _identity_matches(entry, source, obj)
 
-    def record_complete(self, relpath: str, final_path: str, obj: RemoteObject, *, extracted: bool = False) -> None:
+    def record_complete(
+        self, relpath: str, final_path: str, source: str, obj: RemoteObject, *, extracted: bool = False
+    ) -> None:
         if extracted:
             size, mtime_ns = obj.size or 0, 0
         else:
             st = os.stat(final_path)
             size, mtime_ns = st.st_size, st.st_mtime_ns
-        entry = ManifestEntry(size, obj.version, dict(obj.checksums), mtime_ns, extracted)
+        entry = ManifestEntry(source, size, obj.version, dict(obj.checksums), mtime_ns, extracted)
         # Written at once (one small O_APPEND write): a file published a moment
         # before a SIGKILL is then not downloaded again by the rerun.
         line = self._line(relpath, entry).encode("utf-8")
@@ -160,7 +186,7 @@ class DestState:
         digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:40]
         return os.path.join(self.partial_dir, digest + ".json")
 
-    def load_parts(self, relpath: str, obj: RemoteObject, part_size: int) -> set[int]:
+    def load_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int) -> set[int]:
         """Indices of parts already in the temporary file, if it is the same object."""
         if obj.version is None and not obj.checksums:
             return set()
@@ -171,6 +197,7 @@ class DestState:
             return set()
         same = (
             raw.get("path") == relpath
+            and raw.get("source") == source
             and raw.get("size") == obj.size
             and raw.get("version") == obj.version
             and raw.get("checksums") == dict(obj.checksums)
@@ -178,11 +205,12 @@ class DestState:
         )
         return {int(i) for i in raw.get("done", [])} if same else set()
 
-    def save_parts(self, relpath: str, obj: RemoteObject, part_size: int, done: set[int]) -> None:
+    def save_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int, done: set[int]) -> None:
         path = self._partial_path(relpath)
         temp = path + f".{threading.get_ident()}.tmp"
         record = {
             "path": relpath,
+            "source": source,
             "size": obj.size,
             "version": obj.version,
             "checksums": dict(obj.checksums),

@@ -25,7 +25,7 @@ from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHashe
 from storage_initializer.engine.parts import part_size_for, plan_parts
 from storage_initializer.engine.paths import PathFilter, safe_relpath
 from storage_initializer.engine.progress import Progress
-from storage_initializer.engine.state import DestState
+from storage_initializer.engine.state import DestState, source_key
 from storage_initializer.errors import (
     CancelledError,
     DestinationError,
@@ -147,6 +147,7 @@ class PairTransfer:
         self.provider = provider
         self.uri = uri
         self.shown = redact(uri)
+        self.source = source_key(uri)
         self.dest = dest
         self.state = state
         self.filter = PathFilter(self.settings.allow_patterns, self.settings.ignore_patterns)
@@ -233,7 +234,9 @@ class PairTransfer:
             self.first_match = (relpath, obj)
         final = self.dest.ensure_parent(relpath)
         self.dest.check_target(final)
-        if self.state.was_extracted(relpath, obj) or self.state.is_complete(relpath, final, obj):
+        if self.state.was_extracted(relpath, self.source, obj) or self.state.is_complete(
+            relpath, final, self.source, obj
+        ):
             log.debug("already complete: %s", relpath)
             self.progress.file_skipped(obj.size or 0)
             self.result.skipped += 1
@@ -353,7 +356,7 @@ class PairTransfer:
         assert job.obj.size is not None
         job.parts = parts
         job.part_size = part_size_for(job.obj.size, self.settings)
-        resumed = self.state.load_parts(job.relpath, job.obj, job.part_size)
+        resumed = self.state.load_parts(job.relpath, self.source, job.obj, job.part_size)
         if resumed and os.path.exists(job.temp) and os.path.getsize(job.temp) == job.obj.size:
             job.done = {i for i in resumed if 0 <= i < len(parts)}
         job.fd = self._open_temp(job, truncate=not job.done)
@@ -410,7 +413,7 @@ class PairTransfer:
             job.hasher.part_done(index, self.engine.buffer())
         with job.lock:
             job.done.add(index)
-            self.state.save_parts(job.relpath, job.obj, job.part_size, job.done)
+            self.state.save_parts(job.relpath, self.source, job.obj, job.part_size, job.done)
             last = len(job.done) == len(job.parts) and not job.finished
             if last:
                 job.finished = True
@@ -540,7 +543,7 @@ class PairTransfer:
         # A directory that appeared at the final name meanwhile makes
         # os.replace fail (IsADirectoryError): no second lstat per file here.
         publish(job.temp, job.final, self.settings.fsync, maybe_linked=self._has_fast_path)
-        self.state.record_complete(job.relpath, job.final, job.obj)
+        self.state.record_complete(job.relpath, job.final, self.source, job.obj)
         with self._jobs_lock:
             self._jobs.pop(job.relpath, None)
             self.result.files += 1

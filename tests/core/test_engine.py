@@ -478,3 +478,18 @@ def test_leftover_sweep_leaves_a_nested_dest_alone(tmp_path: Path) -> None:
     assert (outer / "a.bin").read_bytes() == b"a" * 100
     assert not (outer / "d" / ".stale.bin.si-partial").exists()
     assert (nested / "deep" / ".w.bin.si-partial").read_bytes() == b"another pair is writing this"
+
+
+def test_a_file_from_another_source_is_not_taken_as_complete(tmp_path: Path) -> None:
+    """Versions are only comparable within one source: two stores may both call different bytes
+    of the same size "v1" (ETags of two HTTP servers, generations of two buckets)."""
+    first, second = b"A" * 1000, b"B" * 1000
+    MemoryProvider.objects.update({"one/m/model.bin": first, "two/m/model.bin": second})
+    dest = tmp_path / "out"
+    _fetch("mem://one/m", dest)
+    assert (dest / "model.bin").read_bytes() == first
+    (result,) = download([("mem://two/m", str(dest))], settings=_settings(), registry=memory_registry())
+    assert result.error is None and result.skipped == 0
+    assert (dest / "model.bin").read_bytes() == second
+    (again,) = download([("mem://two/m/", str(dest))], settings=_settings(), registry=memory_registry())
+    assert again.error is None and again.skipped == 1  # same source: still resumes

@@ -186,3 +186,16 @@ def test_unknown_exceptions_are_classified() -> None:
     assert classify(TimeoutError()).retryable
     assert not classify(KeyError("x")).retryable
     assert "KeyError" in str(classify(KeyError("x")))
+
+
+def test_source_key_keeps_store_and_path_only() -> None:
+    from storage_initializer.engine.state import source_key
+
+    assert source_key("s3://bucket/models/iris/") == "s3://bucket/models/iris"
+    assert source_key("HTTPS://user:pw@host:8443/m/model.bin?X-Amz-Signature=abc#frag") == (
+        "https://host:8443/m/model.bin"
+    )
+    assert source_key("https://acct.blob.core.windows.net/c/m?sv=1&sig=s3cr3t") == (
+        "https://acct.blob.core.windows.net/c/m"
+    )
+    assert source_key("/data/models/iris") == "/data/models/iris"
