@@ -265,7 +265,8 @@ class HttpProvider(Provider):
         if status not in (200, 206):
             raise error_for_status(status, uri, response.reason or "")
         if ranged and status != 206:
-            raise StorageInitializerError(f"{redact(uri)} ignored a Range request it had accepted before")
+            # Transient: behind a load balancer another backend may honour it.
+            raise TransientError(f"{redact(uri)} ignored a Range request it had accepted before (HTTP {status})")
         if ranged:
             content_range = response.headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {start}-"):

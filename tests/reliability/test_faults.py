@@ -28,7 +28,7 @@ import pytest
 
 from tests.cli import clean_env, run_cli, tree
 from tests.servers.fault_proxy import FaultProxy, ProxyFault
-from tests.servers.http_server import HttpFileServer
+from tests.servers.http_server import Fault, HttpFileServer
 
 MiB = 1024 * 1024
 
@@ -239,3 +239,21 @@ def test_sigterm_stops_promptly_and_resumes(tmp_path: Path, source: Source) -> N
     result = source.run(dest)
     assert result.returncode == 0, result.stderr
     assert tree(dest) == source.files
+
+
+def test_a_server_that_ignores_range_now_and_then_is_retried(tmp_path: Path, http_server: HttpFileServer) -> None:
+    """Behind a load balancer one backend may ignore Range (200, the whole file) although the
+    probe got a 206: that answer is retried (another backend may serve it), never spliced."""
+    data = os.urandom(6 * MiB + 17)
+    url = http_server.add("/lb/weights.bin", data)
+    http_server.faults["/lb/weights.bin"] = Fault(ignore_range_times=2)
+    result = run_cli([url, str(tmp_path / "out")], TUNING)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "weights.bin").read_bytes() == data
+    assert "ignored a Range request" in result.stderr  # the retry is logged
+
+    http_server.faults["/lb/weights.bin"] = Fault(ignore_range_times=1000)
+    result = run_cli([url, str(tmp_path / "out2")], TUNING)
+    assert result.returncode == 1
+    assert "ignored a Range request" in result.stderr and "gave up" in result.stderr
+    assert not (tmp_path / "out2" / "weights.bin").exists()

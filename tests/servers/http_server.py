@@ -40,6 +40,7 @@ class Fault:
     replacement: bytes | None = None
     hold_from: int | None = None  # responses starting at or after this offset...
     hold_seconds: float = 0.0  # ...wait this long before the body (a stuck download)
+    ignore_range_times: int = 0  # answer this many ranges not starting at 0 with the whole file (200)
 
 
 @dataclass
@@ -86,6 +87,10 @@ class _Handler(BaseHTTPRequestHandler):
             fault = srv.faults.get(path)
             data = srv.files.get(path)
             status_fault = fault.status_codes.pop(0) if fault and fault.status_codes else None
+            wanted = self.headers.get("Range") or ""
+            ignore_range = bool(fault and fault.ignore_range_times > 0 and wanted and not wanted.startswith("bytes=0-"))
+            if fault and ignore_range:
+                fault.ignore_range_times -= 1
         for name, value in options.require_headers.items():
             if self.headers.get(name) != value:
                 self._send_simple(401 if name.lower() == "authorization" else 403, "unauthorized")
@@ -112,7 +117,7 @@ class _Handler(BaseHTTPRequestHandler):
         status = 200
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
-        if range_header and options.ranges and (if_range is None or if_range == etag):
+        if range_header and options.ranges and not ignore_range and (if_range is None or if_range == etag):
             parsed = _parse_range(range_header, len(data))
             if parsed is None:
                 self._send_simple(416, "", {"Content-Range": f"bytes */{len(data)}"})
