@@ -484,7 +484,7 @@ class HdfsProvider(Provider):
         # The engine reads raw bytes: a compressing gateway (Knox, nginx) must not gzip them.
         session.headers["Accept-Encoding"] = "identity"
         session.headers.update(config.headers)
-        size = max(4, self.context.concurrency)
+        size = max(4, self.context.concurrency) + 2  # workers, plus the listing beside them
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
         session.mount("http://", adapter)
         session.mount("https://", adapter)

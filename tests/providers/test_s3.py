@@ -581,3 +581,16 @@ def test_unsafe_keys_fail_before_anything_is_written(moto_s3: S3Server, tmp_path
     result = fetch(moto_s3.env(), f"s3://{bucket}/{root}/m", tmp_path / "out")
     assert isinstance(result.error, UnsafePathError)
     assert not list(tmp_path.rglob("x"))
+
+
+def test_many_files_reuse_connections_without_pool_warnings(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """The listing (two pages here) runs beside the workers: the connection pool has room for
+    both, so no connection is thrown away with urllib3's "Connection pool is full" warning."""
+    bucket, root = shared_bucket(seaweedfs), unique()
+    files = {f"{root}/m/d{i % 5}/f{i}.bin": i.to_bytes(4, "big") * 50 for i in range(1500)}
+    seaweedfs.put_many(bucket, files)
+    env = {**seaweedfs.env(), "STORAGE_INITIALIZER_CONCURRENCY": "4"}
+    result = run_cli([f"s3://{bucket}/{root}/m", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert len(files_under(tmp_path / "out")) == 1500
+    assert "Connection pool is full" not in result.stderr

@@ -166,7 +166,10 @@ class S3Wire:
             tls = {"cert_reqs": "CERT_NONE"}
         else:
             tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else _default_ca()}
-        common: dict[str, Any] = {"num_pools": 8, "maxsize": self._concurrency, "block": False, "retries": False}
+        # Workers, plus the listing and its HEAD probes running beside them: a pool one short
+        # discards a connection ("Connection pool is full" warning) and reconnects.
+        maxsize = self._concurrency + 2
+        common: dict[str, Any] = {"num_pools": 8, "maxsize": maxsize, "block": False, "retries": False}
         manager = urllib3.ProxyManager(proxy, **common, **tls) if proxy else urllib3.PoolManager(**common, **tls)
         self._managers[proxy] = manager
         return manager
