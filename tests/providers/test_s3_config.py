@@ -141,6 +141,27 @@ def test_invalid_values_name_the_variable(name: str, value: str) -> None:
         s3_settings({name: value})
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("True", True), ("TRUE", True), ("false", False), ("False", False), ("0", False), ("", None)],
+)
+def test_boolean_spellings_kserve_accepts(value: str, expected: bool | None) -> None:
+    """Every spelling KServe gives a meaning keeps it: ``"true" == value.lower()`` for the flags,
+    ``value.lower() in ["0", "false"]`` turns S3_VERIFY_SSL off, empty is unset (the default)."""
+    aws = {"AWS_ACCESS_KEY_ID": "AKIAEXAMPLE", "AWS_SECRET_ACCESS_KEY": "example-secret"}
+    anonymous = s3_settings({"awsAnonymousCredential": value}).anonymous
+    assert anonymous is bool(expected)
+    spec = s3_settings({"STORAGE_CONFIG": json.dumps({"type": "s3", "anonymous": value})})
+    assert spec.anonymous is bool(expected)
+    virtual = s3_settings({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "S3_USER_VIRTUAL_BUCKET": value})
+    assert virtual.addressing_style == ("virtual" if expected else "auto")
+    accelerated = provider({**aws, "AWS_DEFAULT_REGION": "eu-west-1", "S3_USE_ACCELERATE": value})
+    assert accelerated.client().meta.config.s3.get("use_accelerate_endpoint", False) is bool(expected)
+    verify = expected is not False  # S3_VERIFY_SSL: only 0/false (any case) turn it off
+    assert s3_settings({"S3_VERIFY_SSL": value}).verify is verify
+    assert s3_settings({"STORAGE_CONFIG": json.dumps({"type": "s3", "verify_ssl": value})}).verify is verify
+
+
 def test_legacy_global_endpoint_with_a_region_goes_virtual() -> None:
     """KServe: https://s3.amazonaws.com with a region other than us-east-1 is virtual-hosted."""
     assert s3_settings({"AWS_ENDPOINT_URL": "https://s3.amazonaws.com"}).addressing_style == "auto"
@@ -391,6 +412,30 @@ def test_tls_verification_settings(
     result = run_cli([model, str(tmp_path / "missing")], {**env, **missing})
     assert result.returncode == 2
     assert str(tmp_path / "nowhere" / "cabundle.crt") in result.stderr
+
+
+def test_empty_verify_ssl_still_verifies(
+    seaweedfs: SeaweedFS, model: str, tls_front: RecordingProxy, ca: trustme.CA, tmp_path: Path
+) -> None:
+    """KServe: ``if os.getenv("S3_VERIFY_SSL"):`` -- an empty value (an empty webhook annotation, or
+    ``"verify_ssl": ""`` in the storage spec) means "verify", never "verification off"."""
+    env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": tls_front.url, "STORAGE_INITIALIZER_RETRIES": "0"}
+    empty = {
+        "S3_VERIFY_SSL": {"S3_VERIFY_SSL": ""},
+        "storage spec": {"STORAGE_CONFIG": json.dumps({"type": "s3", "verify_ssl": ""})},
+    }
+    for name, extra in empty.items():
+        result = run_cli([model, str(tmp_path / name.replace(" ", "_"))], {**env, **extra})
+        assert result.returncode == 1, (name, result.stderr)
+        assert "TLS verification" in result.stderr and "verification is off" not in result.stderr, name
+        assert files_under(tmp_path / name.replace(" ", "_")) == {}, name
+        assert s3_settings(extra).verify is True, name
+    # Empty, it leaves the CA bundle in force: the private CA is trusted and the model lands.
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    result = run_cli([model, str(tmp_path / "bundle")], {**env, "S3_VERIFY_SSL": "", "AWS_CA_BUNDLE": str(ca_file)})
+    assert result.returncode == 0, result.stderr
+    assert files_under(tmp_path / "bundle") == {"a.txt": b"a", "sub/b.txt": b"b"}
 
 
 # -- timeouts and retries ----------------------------------------------------------------------

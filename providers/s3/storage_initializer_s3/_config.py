@@ -35,7 +35,7 @@ _SPEC_TO_ENV = (
 )
 
 _TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off", "")
+_FALSE = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,10 @@ def effective_env(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A boolean variable; empty counts as unset (KServe: ``if os.getenv(...)``), so an empty
+    ``S3_VERIFY_SSL`` keeps verification on."""
     raw = env.get(name)
-    if raw is None:
+    if raw is None or not raw.strip():
         return default
     value = raw.strip().lower()
     if value in _TRUE:
