@@ -265,12 +265,26 @@ def test_wrong_key_is_reported_without_the_secret(fake_azure_files: FakeAzureFil
 
 def test_client_id_selects_azure_ad_with_backup_intent() -> None:
     """Azure AD is unreachable here: this shows the credential and token intent the client uses."""
-    files = provider({"AZURE_CLIENT_ID": "cid", "AZURE_STORAGE_ACCESS_KEY": "a2V5"})
+    files = provider({"AZURE_CLIENT_ID": "cid"})
     access, client = files.service_client(parse_uri(f"https://{HOST}/share/m", "file"))
     assert access.token is not None and access.token.kind == "managed_identity"
     assert type(client.credential).__name__ == "ManagedIdentityCredential"
     assert client.file_request_intent == "backup"
     files.close()
+
+
+def test_access_key_beats_client_id_as_in_kserve(fake_azure_files: FakeAzureFiles, tmp_path: Path) -> None:
+    """KServe's Azure Files download uses AZURE_STORAGE_ACCESS_KEY whatever AZURE_CLIENT_ID says
+    (AKS workload identity injects AZURE_CLIENT_ID into pods): the key must still be used."""
+    share = fake_azure_files.create_share()
+    fake_azure_files.put(share, "m/f", b"keyed bytes")
+    for client_id in ({"AZURE_CLIENT_ID": "cid"}, {"AZ_CLIENT_ID": "cid", "AZ_TENANT_ID": "tid"}):
+        dest = tmp_path / next(iter(client_id))
+        env = {**endpoint_only(fake_azure_files), **client_id, "AZURE_STORAGE_ACCESS_KEY": fake_azure_files.key}
+        result = run_cli([uri(share, "m"), str(dest)], {**env, **QUICK})
+        assert result.returncode == 0, result.stderr
+        assert tree(dest) == {"f": b"keyed bytes"}
+        assert "account key in AZURE_STORAGE_ACCESS_KEY" in result.stderr
 
 
 # -- errors say what to check ------------------------------------------------------------------------

@@ -18,8 +18,10 @@ Credential precedence (first match wins):
 4. ``AZURE_STORAGE_ACCESS_KEY``: the account key;
 5. anonymous (public containers; Azure Files has no anonymous access).
 
-KServe checks 3 before 4 too; 1 and 2 are additions (KServe passes a URI SAS
-through unchanged, and does not read connection strings).
+KServe checks 3 before 4 too for Blob; for Azure Files it only ever uses the
+key, so there 4 comes before 3 (Azure AD is an addition, used without a key).
+1 and 2 are additions (KServe passes a URI SAS through unchanged, and does not
+read connection strings).
 """
 
 from __future__ import annotations
@@ -342,12 +344,13 @@ def choose_access(target: AzureUri, env: Mapping[str, str]) -> Access:
         return Access(endpoint, account, "account key in AZURE_STORAGE_CONNECTION_STRING", key=_check_key(conn.key))
     if conn is not None and conn.sas:
         return Access(endpoint, account, "SAS in AZURE_STORAGE_CONNECTION_STRING", sas=conn.sas)
-    token = choose_token(env)
+    key = env.get("AZURE_STORAGE_ACCESS_KEY", "").strip()
+    register_secret(key)
+    # KServe: Blob tries Azure AD (AZURE_CLIENT_ID) before the key; Files only ever uses the key.
+    token = choose_token(env) if target.service == "blob" or not key else None
     if token is not None:
         return Access(endpoint, account, token.description, token=token)
-    key = env.get("AZURE_STORAGE_ACCESS_KEY", "").strip()
     if key:
-        register_secret(key)
         return Access(endpoint, account, "account key in AZURE_STORAGE_ACCESS_KEY", key=_check_key(key))
     return Access(endpoint, account, "anonymous access")
 
