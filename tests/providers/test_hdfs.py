@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
-from storage_initializer_hdfs import HdfsProvider
+from storage_initializer_hdfs import DEFAULT_SECRET_DIR, HdfsProvider, load_config
 
 from storage_initializer.engine.transfer import PairResult
 from storage_initializer.errors import (
@@ -327,6 +327,28 @@ def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFak
     assert isinstance(_fetch("hdfs://iris", tmp_path / "b", env).error, ConfigError)
     env["STORAGE_CONFIG"] = json.dumps({"type": "s3", "bucket": "b"})  # another type: the directory counts
     assert isinstance(_fetch("hdfs://iris", tmp_path / "c", env).error, TransientError)  # port 1 refuses
+
+
+def test_default_secret_dir_and_spec_file_secrets(tmp_path: Path) -> None:
+    """HDFS_SECRET_DIR unset or empty: KServe's mount; a spec's KERBEROS_KEYTAB / TLS_* are base64
+    files written for the run, its plain values (even JSON booleans) read as the files would be."""
+    assert DEFAULT_SECRET_DIR == "/var/secrets/kserve-hdfscreds"
+    for env in ({}, {"HDFS_SECRET_DIR": ""}):
+        assert load_config(env, lambda: str(tmp_path)).source == DEFAULT_SECRET_DIR
+    keytab = bytes(range(256))
+    spec = {
+        "type": "webhdfs",
+        "HDFS_NAMENODE": "https://nn.example:9871",
+        "KERBEROS_PRINCIPAL": "kserve@EXAMPLE.COM",
+        "KERBEROS_KEYTAB": base64.b64encode(keytab).decode(),
+        "TLS_SKIP_VERIFY": True,
+    }
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    config = load_config({"STORAGE_CONFIG": json.dumps(spec)}, lambda: str(scratch))
+    assert config.kerberos_principal == "kserve@EXAMPLE.COM" and config.tls_skip_verify
+    assert config.kerberos_keytab is not None and Path(config.kerberos_keytab).read_bytes() == keytab
+    assert config.namenodes == ("https://nn.example:9871",)
 
 
 def test_proxy_variables_come_from_the_provider_env(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
