@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from typing import IO
 
 from storage_initializer.engine.dest import DestDir, describe_os_error
-from storage_initializer.engine.paths import STATE_DIR_NAME, safe_relpath
+from storage_initializer.engine.paths import STATE_DIR_NAME, is_own_artifact, safe_relpath
 from storage_initializer.errors import ArchiveError, UnsafePathError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
@@ -37,12 +37,14 @@ def is_archive(name: str) -> bool:
 
 
 def _member_path(name: str) -> str | None:
-    """Normalise an archive member name; None for the archive root itself."""
+    """Normalise an archive member name; None for the archive root and for members to skip."""
     while name.startswith("./"):
         name = name[2:]
     name = name.rstrip("/")
     if name in ("", "."):
         return None
+    if is_own_artifact(name):
+        return None  # a tarball of an earlier DEST: its resume state is not model content
     try:
         return safe_relpath(name)
     except UnsafePathError as exc:

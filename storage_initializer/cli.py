@@ -10,6 +10,7 @@ any other failure. Each failure is one line on stderr, also written to
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -40,7 +41,15 @@ TERMINATION_LOG_LIMIT = 4096  # what the kubelet keeps
 app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks folded: one event, one line (SDK messages often span several)."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 class _RedactingFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return one_line(super().formatMessage(record))  # a traceback (exc_info) keeps its lines
+
     def format(self, record: logging.LogRecord) -> str:
         return redact(super().format(record))
 
@@ -131,7 +140,7 @@ def run(args: list[str], settings: Settings) -> int:
     lines = []
     for result in failures:
         assert result.error is not None
-        lines.append(redact(f"failed to download {result.uri} to {result.dest}: {result.error}"))
+        lines.append(redact(one_line(f"failed to download {result.uri} to {result.dest}: {result.error}")))
     for line in lines:
         log.error("%s", line)
     log.info("summary: %s", runner.summary(results, seconds))
@@ -147,9 +156,11 @@ def run(args: list[str], settings: Settings) -> int:
 
 def _fail_usage(message: str, settings: Settings | None = None) -> None:
     typer.echo(f"storage-initializer: error: {redact(message)}", err=True)
-    if settings is not None:
-        explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
-        write_termination_log(settings.termination_log, redact(message) + "\n", explicit)
+    # Without settings (an invalid variable), the termination-log path comes from the
+    # environment as it is: the error Kubernetes must show is exactly this one.
+    explicit_path = (settings.env if settings is not None else os.environ).get("STORAGE_INITIALIZER_TERMINATION_LOG")
+    path = explicit_path or (settings.termination_log if settings is not None else Settings().termination_log)
+    write_termination_log(path, redact(message) + "\n", bool(explicit_path))
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -196,6 +207,7 @@ def main_command(
     try:
         settings = settings_from_env()
     except StorageInitializerError as exc:
+        register_env_secrets(os.environ)
         _fail_usage(str(exc))
         return
     register_env_secrets(settings.env)
@@ -207,6 +219,8 @@ def main_command(
             settings,
         )
     level = "DEBUG" if verbose else "WARNING" if quiet else settings.log_level
+    if stall_timeout is not None and not math.isfinite(stall_timeout):  # click's range lets nan and inf through
+        _fail_usage(f"--stall-timeout {stall_timeout} is not a finite number of seconds", settings)
     try:
         settings = settings.with_overrides(
             concurrency=concurrency,

@@ -9,6 +9,7 @@ starts, with the variable's name in the message.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -107,6 +108,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
             value = cast(raw)
         except ValueError:
             raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
+        if not math.isfinite(value):  # nan and inf pass every comparison below
+            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a finite number")
         if value < minimum:
             raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} must be at least {minimum}")
         return value
@@ -140,7 +143,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_extract_ratio=number("MAX_EXTRACT_RATIO", defaults.max_extract_ratio, 1),
         provider=get("PROVIDER"),
         log_level=level,
-        progress_bar=None if bar is None else _bool(bar, ENV_PREFIX + "PROGRESS"),
+        progress_bar=None if bar is None or bar.strip().lower() == "auto" else _bool(bar, ENV_PREFIX + "PROGRESS"),
         termination_log=get("TERMINATION_LOG") or defaults.termination_log,
         env=env,
     )

@@ -64,6 +64,19 @@ def safe_relpath(key: str) -> str:
     return key
 
 
+def is_own_artifact(key: str) -> bool:
+    """Is ``key`` this tool's bookkeeping (resume state, a temporary file), not model content?
+
+    A tree that was itself a DEST (a volume filled by an earlier run, a copy of one
+    synced to a bucket, a tarball of one) carries these; they are skipped, never
+    copied (they would collide with this DEST's own).
+    """
+    parts = key.strip("/").split("/")
+    if parts[0] == STATE_DIR_NAME:
+        return True
+    return parts[-1].startswith(TEMP_PREFIX) and parts[-1].endswith(TEMP_SUFFIX)
+
+
 def _expand(pattern: str) -> str:
     # As huggingface_hub: "dir/" means everything below dir.
     return pattern + "*" if pattern.endswith("/") else pattern

@@ -42,6 +42,7 @@ class Progress:
         self.bytes_total = 0
         self.files_done = 0
         self.files_total = 0
+        self.unknown_sizes = 0  # planned files whose size the store did not say
         self.files_skipped = 0
         self.bytes_skipped = 0
         self.retries = 0
@@ -50,6 +51,7 @@ class Progress:
         with self._lock:
             self.files_total += 1
             self.bytes_total += size or 0
+            self.unknown_sizes += size is None
 
     def add_bytes(self, n: int) -> None:
         with self._lock:
@@ -75,8 +77,13 @@ class Progress:
         with self._lock:
             done, total = self.bytes_done, self.bytes_total
             files_done, files_total = self.files_done, self.files_total
+            unknown = self.unknown_sizes
         rate = done / self.elapsed()
-        text = f"{human_bytes(done)} / {human_bytes(total)}"
+        if unknown:  # the total is a lower bound: no percentage, no ETA
+            text = f"{human_bytes(done)} / " + (f"over {human_bytes(total)}" if total else "unknown")
+            total = 0
+        else:
+            text = f"{human_bytes(done)} / {human_bytes(total)}"
         if total:
             text += f" ({100 * done / total:.0f}%)"
         text += f", {human_bytes(rate)}/s"

@@ -108,7 +108,8 @@ class DestState:
 
     def _load_manifest(self) -> None:
         try:
-            with open(self._manifest_path, encoding="utf-8") as handle:
+            # Damaged bytes (a torn or corrupted block) spoil their line only.
+            with open(self._manifest_path, encoding="utf-8", errors="replace") as handle:
                 lines = handle.readlines()
         except FileNotFoundError:
             return
@@ -193,6 +194,8 @@ class DestState:
         try:
             with open(self._partial_path(relpath), encoding="utf-8") as handle:
                 raw = json.load(handle)
+            if not isinstance(raw, dict):
+                return set()
         except (OSError, ValueError):
             return set()
         same = (
@@ -203,7 +206,12 @@ class DestState:
             and raw.get("checksums") == dict(obj.checksums)
             and raw.get("part_size") == part_size
         )
-        return {int(i) for i in raw.get("done", [])} if same else set()
+        if not same:
+            return set()
+        try:
+            return {int(i) for i in raw.get("done", [])}
+        except (TypeError, ValueError):
+            return set()
 
     def save_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int, done: set[int]) -> None:
         path = self._partial_path(relpath)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
 from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
 from storage_initializer.engine.parts import part_size_for, plan_parts
-from storage_initializer.engine.paths import PathFilter, safe_relpath
+from storage_initializer.engine.paths import PathFilter, is_own_artifact, safe_relpath
 from storage_initializer.engine.progress import Progress
 from storage_initializer.engine.state import DestState, source_key
 from storage_initializer.errors import (
@@ -221,6 +221,9 @@ class PairTransfer:
     def _plan(self, obj: RemoteObject, relisting: bool = False) -> None:
         if obj.is_dir_marker:
             self.markers += 1
+            return
+        if is_own_artifact(obj.key):
+            log.debug("skipping %s: state or temporary file of an earlier run", obj.key)
             return
         relpath = safe_relpath(obj.key)
         if not self.filter.keep(relpath):

@@ -115,6 +115,18 @@ def _device(name: str) -> tarfile.TarInfo:
     return info
 
 
+def test_tarball_of_an_earlier_dest_leaves_its_state_behind(tmp_path: Path, http_server: HttpFileServer) -> None:
+    # `tar czf model.tgz -C /mnt/models .` after a download carries the resume state along.
+    state = tarfile.TarInfo("./.storage-initializer")
+    state.type = tarfile.DIRTYPE
+    data = _tar([state, ("./.storage-initializer/manifest.jsonl", b"{}\n"), ("./model.bin", b"m" * 100)])
+    url = http_server.add("/a/model.tgz", data)
+    result = run_cli([url, str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.bin": b"m" * 100}
+    assert b'"model.tgz"' in (tmp_path / "out/.storage-initializer/manifest.jsonl").read_bytes()
+
+
 def test_member_named_like_the_archive_is_kept(tmp_path: Path, http_server: HttpFileServer) -> None:
     inner = _tar([("README", b"r")], mode="w")
     url = http_server.add("/model.tar", _tar([("model.tar", inner), ("README", b"outer")], mode="w"))

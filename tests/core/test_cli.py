@@ -70,6 +70,38 @@ def test_broken_plugin_is_listed_with_a_hint_and_others_still_work(tmp_path: Pat
     assert run_cli([url, str(tmp_path / "out")], env).returncode == 0
 
 
+_MULTILINE_PLUGIN = """
+from storage_initializer.provider import Provider, UriFormat
+
+class Chatty(Provider):
+    uri_formats = (UriFormat(prefix="chatty://"),)
+
+    def list(self, uri):
+        # As many SDK errors do (huggingface_hub's, for one): a message over several lines.
+        raise RuntimeError("404 Client Error.\\n\\nRepository Not Found for url: x\\nPlease check the name.")
+
+    def open_range(self, uri, obj, start, end):
+        raise NotImplementedError
+"""
+
+
+def test_a_multi_line_error_is_still_one_line(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    dist = site / "chatty_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: chatty-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[storage_initializer.providers]\nchatty = chatty_plugin:Chatty\n")
+    (site / "chatty_plugin.py").write_text(_MULTILINE_PLUGIN)
+    termination = tmp_path / "termination-log"
+    env = {"PYTHONPATH": str(site), "STORAGE_INITIALIZER_TERMINATION_LOG": str(termination)}
+    result = run_cli(["chatty://repo", str(tmp_path / "out")], env)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "Repository Not Found" in errors[0] and "Please check the name." in errors[0]
+    assert "Please check" not in result.stderr.replace(errors[0], "")  # no orphan continuation line
+    assert termination.read_text().count("\n") == 1 and "Please check the name." in termination.read_text()
+
+
 def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
     result = run_cli(["foo://bucket/model", str(tmp_path / "out")])
     assert result.returncode == 2
@@ -163,11 +195,31 @@ def test_bad_setting_is_a_usage_error(tmp_path: Path) -> None:
     assert "STORAGE_INITIALIZER_CONCURRENCY='many' is not a number" in result.stderr
 
 
-@pytest.mark.parametrize("flag", [["--stall-timeout", "0"], ["--concurrency", "0"], ["--retries", "-1"]])
+def test_bad_setting_reaches_the_termination_log(tmp_path: Path) -> None:
+    # An invalid variable is the commonest misconfiguration in a pod: `kubectl describe` must show it.
+    termination = tmp_path / "termination-log"
+    env = {"STORAGE_INITIALIZER_TERMINATION_LOG": str(termination), "STORAGE_INITIALIZER_RETRIES": "lots"}
+    result = run_cli(["/x", str(tmp_path / "out")], env)
+    assert result.returncode == 2
+    assert "STORAGE_INITIALIZER_RETRIES='lots' is not a number" in termination.read_text()
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        ["--stall-timeout", "0"],
+        ["--stall-timeout", "nan"],
+        ["--stall-timeout", "inf"],
+        ["--concurrency", "0"],
+        ["--retries", "-1"],
+    ],
+)
 def test_out_of_range_options_are_usage_errors(tmp_path: Path, flag: list[str]) -> None:
     result = run_cli([*flag, "/x", str(tmp_path / "out")])
     assert result.returncode == 2, result.stderr
-    assert "Invalid value" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        "Invalid value" in result.stderr or "not a finite number" in result.stderr
+    ) and "Traceback" not in result.stderr
 
 
 def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -178,6 +230,16 @@ def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_serve
     beats = [line for line in result.stderr.splitlines() if " progress: " in line]
     assert beats, result.stderr
     assert "/ 1.9 MiB" in beats[-1] and "files 0/1" in beats[-1]
+
+
+def test_heartbeat_with_an_unknown_size_claims_no_total(tmp_path: Path, http_server: HttpFileServer) -> None:
+    url = http_server.add("/chunked.bin", os.urandom(3_000_000), chunked=True, ranges=False)  # size unknown
+    http_server.faults["/chunked.bin"] = Fault(stall_after=2_500_000, stall_seconds=1.5, stall_times=1)
+    result = run_cli([url, str(tmp_path / "out")], {"STORAGE_INITIALIZER_HEARTBEAT": "0.3"})
+    assert result.returncode == 0, result.stderr
+    beats = [line for line in result.stderr.splitlines() if " progress: " in line]
+    assert beats, result.stderr
+    assert "/ 0 B" not in beats[-1] and "/ unknown" in beats[-1] and "ETA" not in beats[-1]
 
 
 def test_progress_bar_only_on_a_terminal(tmp_path: Path, http_server: HttpFileServer) -> None:

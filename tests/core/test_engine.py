@@ -314,6 +314,31 @@ def test_local_copy_hard_links_on_the_same_filesystem(tmp_path: Path) -> None:
     assert not (tmp_path / "dest/sub/w.bin").is_symlink()
 
 
+def test_a_volume_filled_by_an_earlier_run_can_be_the_source(tmp_path: Path) -> None:
+    # A PVC cache filled by this tool, then copied into the pod's emptyDir: its resume
+    # state and a crash's temporary file are bookkeeping, not model content.
+    cache = tmp_path / "cache"
+    (cache / "sub").mkdir(parents=True)
+    (cache / "sub/w.bin").write_bytes(b"w" * 1000)
+    (cache / "config.json").write_bytes(b"{}")
+    assert run_cli([str(tmp_path / "cache"), str(tmp_path / "first")]).returncode == 0
+    (tmp_path / "first/sub/.half.bin.si-partial").write_bytes(b"left by a crash")
+    result = run_cli([f"file://{tmp_path / 'first'}", str(tmp_path / "second")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "second") == {"config.json": b"{}", "sub/w.bin": b"w" * 1000}
+    assert (tmp_path / "second/.storage-initializer/manifest.jsonl").read_text().count('"path"') == 2
+
+
+def test_a_local_source_that_is_dest_is_left_as_it_is(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "sub").mkdir(parents=True)
+    (models / "sub/w.bin").write_bytes(b"w" * 1000)
+    for _ in range(2):
+        result = run_cli([str(models), str(models)])
+        assert result.returncode == 0, result.stderr
+        assert tree(models) == {"sub/w.bin": b"w" * 1000}
+
+
 def test_ten_thousand_small_files_in_flat_memory(tmp_path: Path) -> None:
     source = Path("/dev/shm") / f"si-many-{os.getpid()}"  # another filesystem: a real copy
     try:
@@ -478,6 +503,23 @@ def test_leftover_sweep_leaves_a_nested_dest_alone(tmp_path: Path) -> None:
     assert (outer / "a.bin").read_bytes() == b"a" * 100
     assert not (outer / "d" / ".stale.bin.si-partial").exists()
     assert (nested / "deep" / ".w.bin.si-partial").read_bytes() == b"another pair is writing this"
+
+
+def test_damaged_resume_state_is_ignored_not_fatal(tmp_path: Path) -> None:
+    from storage_initializer.engine.state import DestState
+
+    MemoryProvider.objects.update({"b/m/small.bin": b"s" * 1000, "b/m/big.bin": os.urandom(5 * MiB)})
+    dest = tmp_path / "dest"
+    _fetch("mem://b/m", dest, part_size=MiB, multipart_threshold=2 * MiB)
+    # A corrupted block in the manifest, a damaged partial record of a file to fetch again.
+    with open(dest / ".storage-initializer/manifest.jsonl", "ab") as manifest:
+        manifest.write(b"\xff\xfe\x00garbage\n")
+    (dest / "big.bin").unlink()
+    Path(DestState(str(dest))._partial_path("big.bin")).write_text('["not", "a", "record"]')
+    MemoryProvider.reads.clear()
+    _fetch("mem://b/m", dest, part_size=MiB, multipart_threshold=2 * MiB)
+    assert (dest / "big.bin").read_bytes() == MemoryProvider.objects["b/m/big.bin"]
+    assert {full for full, _, _ in MemoryProvider.reads} == {"b/m/big.bin"}  # small.bin still known complete
 
 
 def test_a_file_from_another_source_is_not_taken_as_complete(tmp_path: Path) -> None:

@@ -110,6 +110,12 @@ def test_settings_come_from_the_environment() -> None:
     assert settings.verify_checksums is False
 
 
+def test_documented_defaults_can_be_set_explicitly() -> None:
+    # The README lists `auto` as the default of STORAGE_INITIALIZER_PROGRESS.
+    assert settings_from_env({"STORAGE_INITIALIZER_PROGRESS": "auto"}).progress_bar is None
+    assert settings_from_env({"STORAGE_INITIALIZER_PROGRESS": "true"}).progress_bar is True
+
+
 @pytest.mark.parametrize(
     "env",
     [
@@ -118,6 +124,11 @@ def test_settings_come_from_the_environment() -> None:
         {"STORAGE_INITIALIZER_FSYNC": "maybe"},
         {"STORAGE_INITIALIZER_LOG_LEVEL": "LOUD"},
         {"STORAGE_INITIALIZER_PART_SIZE": "big"},
+        # nan compares false with every minimum; inf overflows socket and thread timeouts
+        {"STORAGE_INITIALIZER_STALL_TIMEOUT": "nan"},
+        {"STORAGE_INITIALIZER_STALL_TIMEOUT": "inf"},
+        {"STORAGE_INITIALIZER_HEARTBEAT": "inf"},
+        {"STORAGE_INITIALIZER_RETRY_BACKOFF": "NaN"},
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str]) -> None:
