@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -153,6 +154,11 @@ class Registry:
             for fmt in (entry.cls.uri_formats if entry.cls else ())
             if fmt.matches(uri)
         ]
+        if not matches and "://" not in uri and "local" in self.entries and os.path.exists(uri):
+            # KServe: any path that exists is local, relative ones too (`models /mnt/models`).
+            entry = self.entries["local"]
+            self._require_loaded(entry)
+            return entry
         if not matches:
             broken = self.broken()
             hint = f"installed formats: {self.formats_text()}"

@@ -110,6 +110,17 @@ def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()  # a malformed URI leaves no empty DEST behind
 
 
+def test_an_existing_relative_path_is_local_as_in_kserve(tmp_path: Path) -> None:
+    """KServe treats any path that exists as local; a relative one needs no ``./``."""
+    (tmp_path / "models" / "iris").mkdir(parents=True)
+    (tmp_path / "models" / "iris" / "model.bin").write_bytes(b"weights")
+    result = run_cli(["models/iris", "out"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.bin": b"weights"}
+    missing = run_cli(["models/nope", "out2"], cwd=tmp_path)
+    assert missing.returncode == 2 and "no installed provider serves models/nope" in missing.stderr
+
+
 def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: HttpFileServer) -> None:
     url = http_server.add("/models/model.onnx", os.urandom(300_000))
     result = run_cli([url, str(tmp_path / "new" / "dir")])
