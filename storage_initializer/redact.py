@@ -44,7 +44,7 @@ _SECRET_QUERY = (
     r"api_key|apikey|key|password|secret|code|delegation"
 )
 _QUERY_RE = re.compile(rf"(?i)([?&;](?:{_SECRET_QUERY})=)[^&#\s'\"]*")
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s'\"]+@")
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"]+@")
 _AUTH_HEADER_RE = re.compile(r"(?i)\b(authorization|x-api-key|cookie)(['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")
 _ACCOUNT_KEY_RE = re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s'\"]+")
 

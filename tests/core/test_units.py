@@ -164,6 +164,9 @@ def test_redaction_masks_urls_headers_and_registered_values() -> None:
         for secret in ("hunter2", "abc%2Fdef", "AKIA/x", "ff00", "c2VjcmV0a2V5", "tok_123456"):
             assert secret not in out
         assert "sv=1" in out and "se=2" in out and "AccountName=a" in out
+        # An unencoded '@' in a password: userinfo runs to the last '@' of the authority.
+        out = redact("http://user:p@ss-word@host:80/x?a=1 and http://h2/y@z")
+        assert "ss-word" not in out and "http://***@host:80/x" in out and "http://h2/y@z" in out
         register_env_secrets({"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG", "AWS_ACCESS_KEY_ID": "AKIAPUBLICID"})
         register_secret("hf_abcdefghijkl")
         out = redact("key wJalrXUtnFEMI/K7MDENG or wJalrXUtnFEMI%2FK7MDENG and hf_abcdefghijkl, id AKIAPUBLICID")
