@@ -119,9 +119,12 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         return None if raw is None else parse_size(raw, ENV_PREFIX + name)
 
     defaults = Settings()
-    level = (get("LOG_LEVEL") or defaults.log_level).upper()
+    level = (get("LOG_LEVEL") or defaults.log_level).strip().upper()
+    level = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}.get(level, level)  # logging's aliases
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ConfigError(f"{ENV_PREFIX}LOG_LEVEL={level!r}", hint="use DEBUG, INFO, WARNING or ERROR")
+        raise ConfigError(
+            f"{ENV_PREFIX}LOG_LEVEL={level!r} is not a log level", hint="use DEBUG, INFO, WARNING or ERROR"
+        )
     bar = get("PROGRESS")
     buffer_size = size("BUFFER_SIZE") or defaults.buffer_size
     return Settings(

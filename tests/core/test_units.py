@@ -114,6 +114,9 @@ def test_documented_defaults_can_be_set_explicitly() -> None:
     # The README lists `auto` as the default of STORAGE_INITIALIZER_PROGRESS.
     assert settings_from_env({"STORAGE_INITIALIZER_PROGRESS": "auto"}).progress_bar is None
     assert settings_from_env({"STORAGE_INITIALIZER_PROGRESS": "true"}).progress_bar is True
+    # logging's own aliases, in any case
+    assert settings_from_env({"STORAGE_INITIALIZER_LOG_LEVEL": "warn"}).log_level == "WARNING"
+    assert settings_from_env({"STORAGE_INITIALIZER_LOG_LEVEL": " debug "}).log_level == "DEBUG"
 
 
 @pytest.mark.parametrize(
