@@ -379,6 +379,9 @@ class HfProvider(Provider):
         except RemoteEntryNotFoundError:
             if not hf.path:
                 raise
+        if not found and hf.path:
+            # Not a folder (the tree API answers a file path with 404 or an empty list):
+            # a file of that name in its parent folder?
             obj = self._single_file(uri, hf, repo_id, commit, entry)
             if info.gated:
                 self._check_access(uri, hf, obj)

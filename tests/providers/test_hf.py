@@ -183,6 +183,21 @@ def test_nested_subfolder_file_dataset_and_single_segment_cli(fake_hf_hub: FakeH
     assert hub.bytes_served("config.json", "acme/nested") == len(CONFIG)  # asked without gzip
 
 
+@pytest.mark.parametrize("answer", ["not-found", "empty", "entry"])
+def test_a_path_naming_a_file_whatever_the_tree_api_answers(
+    fake_hf_hub: FakeHFHub, tmp_path: Path, answer: str
+) -> None:
+    hub = fake_hf_hub
+    hub.add_repo("acme/one-file", {"sub/model.bin": b"w" * 100, "sub/other.txt": b"o", "config.json": CONFIG})
+    hub.tree_of_a_file = answer
+    try:
+        done = run_cli(["hf://acme/one-file/sub/model.bin", str(tmp_path / "out")], env_for(hub, tmp_path))
+    finally:
+        hub.tree_of_a_file = "not-found"
+    assert done.returncode == 0, done.stderr
+    assert files_under(tmp_path / "out") == {"model.bin": b"w" * 100}
+
+
 def test_50_mib_lfs_file_parallel_ranges_verified_and_resumed(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
     hub = fake_hf_hub
     big = os.urandom(50 * MiB)

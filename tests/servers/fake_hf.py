@@ -31,7 +31,7 @@ Not modelled: Xet (no ``X-Xet-Hash``: clients use the LFS-compatible CDN route),
 Test hooks: ``requests`` (every request, with its Range, Authorization, status and body bytes),
 ``bytes_served(file)`` / ``body_requests(file)``, ``add_fault("stall" | "cut" | "status" | "corrupt", path)``,
 ``expire_cdn_urls()`` (CDN answers 403 to URLs handed out before), ``cdn_url_ttl``,
-``api_delay`` (a slow API), ``tree_page_size`` (force paging), ``gzip_text``.
+``api_delay`` (a slow API), ``tree_page_size`` (force paging), ``gzip_text``, ``tree_of_a_file``.
 """
 
 from __future__ import annotations
@@ -223,6 +223,10 @@ class FakeHFHub:
         self.cdn_url_ttl = cdn_url_ttl
         self.gzip_text = True
         self.api_delay = 0.0  # seconds every /api/ answer waits (a slow or stuck Hub API)
+        #: How ``tree/{rev}/{path}`` answers when ``path`` is a file: 404 ``EntryNotFound``
+        #: (default), an empty list, or a list holding that file's entry. (Clients must cope
+        #: with each: the public docs do not say which the Hub gives.)
+        self.tree_of_a_file: str = "not-found"
         self.token = "hf_owner" + secrets.token_hex(12)
         self.other_token = "hf_user" + secrets.token_hex(12)
         self._secret = secrets.token_bytes(16)
@@ -773,7 +777,12 @@ class _HubHandler(_Handler):
         recursive = query.get("recursive", "").lower() in ("true", "1")
         expand = query.get("expand", "").lower() in ("true", "1")
         try:
-            entries = self._entries(commit, base.strip("/"), recursive, expand)
+            base = base.strip("/")
+            if base in commit.files and self.hub.tree_of_a_file != "not-found":
+                whole = self._entries(commit, "", True, expand)
+                entries = [e for e in whole if e["path"] == base and self.hub.tree_of_a_file == "entry"]
+            else:
+                entries = self._entries(commit, base, recursive, expand)
         except _HubError as err:
             err.message = err.message.replace("{rev}", revision)
             raise
