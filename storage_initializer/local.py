@@ -5,21 +5,27 @@ files are hard-linked (instant, no extra space, and unlike KServe's symlinks
 they do not dangle in the model server's container, which mounts only DEST);
 across filesystems they are copied through the engine like any other store.
 Symlinks inside the source are followed (a Hugging Face cache snapshot is
-made of them), with loop protection.
+made of them), with loop protection. A directory below the source where a
+run is writing right now (its state says so: ``/data -> /data/out``) is
+left out, so a DEST inside its source is not copied into itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import stat
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO
 
+from storage_initializer.engine.paths import STATE_DIR_NAME
 from storage_initializer.errors import AccessDeniedError, NotFoundError, ObjectChangedError, UsageError
 from storage_initializer.provider import Provider, RemoteObject, UriFormat
+
+log = logging.getLogger("storage_initializer.local")
 
 
 def local_path(uri: str) -> str:
@@ -77,6 +83,9 @@ class LocalProvider(Provider):
                 ident = (st.st_dev, st.st_ino)
                 if ident in seen:
                     continue  # a symlink loop
+                if os.path.exists(os.path.join(path, STATE_DIR_NAME, "running")):
+                    log.info("leaving out %s: a storage-initializer run is writing there", path)
+                    continue
                 yield from self._walk(path, key + "/", seen | {ident})
             elif stat.S_ISREG(st.st_mode):
                 yield RemoteObject(key, st.st_size, _version(st), extra=path)

@@ -72,7 +72,7 @@ def is_own_artifact(key: str) -> bool:
     copied (they would collide with this DEST's own).
     """
     parts = key.strip("/").split("/")
-    if parts[0] == STATE_DIR_NAME:
+    if parts[0] == STATE_DIR_NAME or STATE_DIR_NAME in parts[:-1]:  # any depth: a tree of earlier DESTs
         return True
     return parts[-1].startswith(TEMP_PREFIX) and parts[-1].endswith(TEMP_SUFFIX)
 

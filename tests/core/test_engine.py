@@ -535,3 +535,18 @@ def test_a_file_from_another_source_is_not_taken_as_complete(tmp_path: Path) -> 
     assert (dest / "model.bin").read_bytes() == second
     (again,) = download([("mem://two/m/", str(dest))], settings=_settings(), registry=memory_registry())
     assert again.error is None and again.skipped == 1  # same source: still resumes
+
+
+def test_a_dest_inside_a_local_source_is_not_copied_into_itself(tmp_path: Path) -> None:
+    """`/data -> /data/out`: the walk of /data meets the DEST being filled (its state says a
+    run is in progress) and leaves it out, so nothing lands in out/out/."""
+    files = {f"f{i:03}.bin": os.urandom(1000) for i in range(200)}
+    files["sub/z.bin"] = b"z"
+    for dest_name in ("out", "zz-out"):  # walked before and after the files
+        source = tmp_path / f"data-{dest_name}"
+        (source / "sub").mkdir(parents=True)
+        for name, data in files.items():
+            (source / name).write_bytes(data)
+        result = run_cli([str(source), str(source / dest_name)])
+        assert result.returncode == 0, result.stderr
+        assert tree(source / dest_name) == files

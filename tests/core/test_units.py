@@ -216,3 +216,13 @@ def test_source_key_keeps_store_and_path_only() -> None:
         "https://acct.blob.core.windows.net/c/m"
     )
     assert source_key("/data/models/iris") == "/data/models/iris"
+
+
+def test_own_artifacts_are_recognised_at_any_depth() -> None:
+    from storage_initializer.engine.paths import is_own_artifact
+
+    assert is_own_artifact(".storage-initializer/manifest.jsonl")
+    assert is_own_artifact("models/a/.storage-initializer/partial/x.json")
+    assert is_own_artifact("models/.weights.bin.si-partial")
+    assert not is_own_artifact("models/weights.bin")
+    assert not is_own_artifact("models/storage-initializer/x")
