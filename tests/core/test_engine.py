@@ -66,13 +66,18 @@ def test_multipart_download_survives_a_cut_connection(tmp_path: Path, http_serve
 
 
 @pytest.mark.parametrize("codes", [[503, 500], [429, 429, 502]])
-def test_transient_statuses_are_retried(tmp_path: Path, http_server: HttpFileServer, codes: list[int]) -> None:
+@pytest.mark.parametrize(("skip", "what"), [(0, "the listing"), (1, "s.bin")], ids=["probe", "read"])
+def test_transient_statuses_are_retried(
+    tmp_path: Path, http_server: HttpFileServer, codes: list[int], skip: int, what: str
+) -> None:
+    """Both the size probe (the listing) and the data read retry a 5xx/429: ``skip=1`` lets the
+    probe through, so the statuses reach the read itself."""
     url = http_server.add("/s.bin", b"payload" * 1000)
-    http_server.faults["/s.bin"] = Fault(status_codes=list(codes))
+    http_server.faults["/s.bin"] = Fault(status_codes=list(codes), status_skip=skip)
     result = run_cli([url, str(tmp_path / "out")], {**FAST, "STORAGE_INITIALIZER_RETRIES": "3"})
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out/s.bin").read_bytes() == b"payload" * 1000
-    assert result.stderr.count("retrying") == len(codes)
+    assert result.stderr.count("retrying") == result.stderr.count(f"retrying {what} of") == len(codes)
 
 
 def test_a_stall_is_a_transient_error_not_a_hang(tmp_path: Path, http_server: HttpFileServer) -> None:

@@ -11,7 +11,9 @@ Each accepted connection may be given one fault, taken from a queue of
 * ``refuse``: see :meth:`FaultProxy.refuse_for` (the port stops listening).
 
 Faults can be limited to connections whose first request line contains
-``match`` (e.g. an object key), so a listing can pass while reads fail. The
+``match`` (e.g. an object key), so a listing can pass while reads fail, and
+spare those whose request head contains ``unless`` (e.g. an HTTP source's
+``Range: bytes=0-0`` size probe), so the fault reaches a data read. The
 proxy asks the server to close every connection after one answer, so each
 request arrives on a connection of its own and meets the fault check.
 Optionally terminates TLS with a ``trustme`` CA, to put a self-signed HTTPS
@@ -42,6 +44,7 @@ class ProxyFault:
     status: int = 503
     rate: int = 1_000_000
     match: str | None = None
+    unless: str | None = None  # spare requests whose head contains this (case-insensitive)
 
 
 class FaultProxy:
@@ -123,15 +126,18 @@ class FaultProxy:
                 continue
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _take_fault(self, first_line: str) -> ProxyFault | None:
+    def _take_fault(self, head: str) -> ProxyFault | None:
         """The fault this connection may suffer. ``status`` and ``slow`` apply at
         once; ``reset`` and ``stall`` are only claimed (counted) when they fire,
         so a connection whose answer is too short to reach ``after_bytes`` does
         not use one up."""
+        first_line = head.split("\r\n", 1)[0]
         with self.lock:
             self.connections += 1
             for fault in self.faults:
                 if fault.times == 0 or (fault.match and fault.match not in first_line):
+                    continue
+                if fault.unless and fault.unless.lower() in head.lower():
                     continue
                 if fault.kind in ("status", "slow"):
                     self._claim_locked(fault, first_line)
@@ -163,8 +169,7 @@ class FaultProxy:
                     client.close()
                     return
                 head += chunk
-            first_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-            fault = self._take_fault(first_line)
+            fault = self._take_fault(head.decode("latin-1"))
             if fault is not None and fault.kind == "status":
                 body = b"injected by the fault proxy"
                 client.sendall(

@@ -30,7 +30,8 @@ import pytest
 class Fault:
     """Misbehaviour of one path. Counters decrement as faults fire."""
 
-    status_codes: list[int] = field(default_factory=list)  # answered in order, then normal
+    status_codes: list[int] = field(default_factory=list)  # answered in order, then normal...
+    status_skip: int = 0  # ...once this many requests were served normally (1: spare the size probe)
     cut_after: int | None = None  # close the connection after this many body bytes...
     cut_times: int = 0  # ...this many times
     stall_after: int | None = None  # stop sending after this many body bytes...
@@ -86,7 +87,12 @@ class _Handler(BaseHTTPRequestHandler):
             options = srv.options.get(path, FileOptions())
             fault = srv.faults.get(path)
             data = srv.files.get(path)
-            status_fault = fault.status_codes.pop(0) if fault and fault.status_codes else None
+            status_fault = None
+            if fault and fault.status_codes:
+                if fault.status_skip > 0:
+                    fault.status_skip -= 1
+                else:
+                    status_fault = fault.status_codes.pop(0)
             wanted = self.headers.get("Range") or ""
             ignore_range = bool(fault and fault.ignore_range_times > 0 and wanted and not wanted.startswith("bytes=0-"))
             if fault and ignore_range:
