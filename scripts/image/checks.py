@@ -13,6 +13,7 @@ scripts/image-test.sh, which installs the engine and builds the images first.
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.servers.fake_webhdfs import FakeWebHDFS  # noqa: E402
 from tests.servers.ftp_server import FtpServer  # noqa: E402
 from tests.servers.http_server import Fault, HttpFileServer  # noqa: E402
 from tests.servers.s3 import SeaweedFS  # noqa: E402
@@ -256,6 +258,51 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
         expect("writable" not in home.stdout, f"something besides DEST was writable: {home.stdout!r}")
         print(f"    nothing writable but /mnt/models ({home.stdout.strip()})", flush=True)
 
+    def arbitrary_uid_image_dest() -> None:
+        # OpenShift: an arbitrary uid in group 0, writing the image's own /mnt/models (1000:0
+        # 0775, no volume), root filesystem writable so that a stray write would succeed
+        # silently: `docker diff` must show nothing changed outside /mnt/models.
+        run = docker("run", "-d", "--network=host", "--user", "1000650000:0", image, onnx_url, "/mnt/models")
+        expect(run.returncode == 0, run.stderr)
+        container = run.stdout.strip()
+        try:
+            status = docker("wait", container, timeout=120).stdout.strip()
+            logs = docker("logs", container).stderr
+            copied = r.work / "copied-model.onnx"
+            cp = docker("cp", f"{container}:/mnt/models/model.onnx", str(copied))
+            changed = docker("diff", container).stdout.split("\n")
+        finally:
+            docker("rm", "-f", container)
+        expect(status == "0", f"exit status {status}, want 0:\n{logs}")
+        expect(cp.returncode == 0 and copied.read_bytes() == onnx, f"model.onnx missing or different: {cp.stderr}")
+        stray = [line for line in changed if line and line.split()[-1] not in ("/mnt", "/mnt/models")
+                 and not line.split()[-1].startswith("/mnt/models/")]  # fmt: skip
+        expect(not stray, f"written outside /mnt/models: {stray}")
+        print("    identical; nothing written outside /mnt/models", flush=True)
+
+    def hdfs_storage_spec_read_only() -> None:
+        # KServe's storage spec (STORAGE_CONFIG) carries HDFS file secrets base64-encoded; the
+        # provider writes them to a temp dir. With the manifests' read-only root filesystem
+        # there is no /tmp: the image's TMPDIR (/dev/shm) must serve.
+        hdfs = FakeWebHDFS().start()
+        try:
+            files = {"config.json": b'{"hdfs": true}', "weights/model.bin": payload(2 * 1024 * 1024 + 9, 6)}
+            for key, data in files.items():
+                hdfs.put(f"/models/iris/{key}", data)
+            pem = Path("/etc/ssl/certs/ca-certificates.crt").read_text().split("-----END CERTIFICATE-----")[0]
+            spec = {
+                "type": "hdfs",
+                "HDFS_NAMENODE": hdfs.url,
+                "TLS_CA": base64.b64encode(f"{pem}-----END CERTIFICATE-----\n".encode()).decode(),
+            }
+            out = r.out_dir(owner=None, mode=0o777)
+            flags = ["--read-only", "--user", "1000650000:0", "--cap-drop", "ALL"]
+            env = {"STORAGE_CONFIG": json.dumps(spec)}
+            result = r.run_image(image, ["hdfs:///models/iris", "/mnt/models"], out, env, flags)
+            r.expect_download(result, out, files)
+        finally:
+            hdfs.stop()
+
     def usage_error() -> None:
         result = r.run_image(image, ["s3://only-one-argument"], None)
         expect(result.returncode == 2, f"exit status {result.returncode}, want 2; stderr: {result.stderr}")
@@ -265,8 +312,12 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
     def failing_source() -> None:
         out = r.out_dir()
         missing = f"s3://{bucket}/no-such-model"
-        run = docker("run", "-d", "--network=host", *env_flags(s3_env), "-v", f"{out}:/mnt/models", image,
-                     missing, "/mnt/models")  # fmt: skip
+        # The kubelet bind-mounts a writable file at /dev/termination-log; `kubectl describe` shows it.
+        termination_log = r.work / "termination-log"
+        termination_log.write_text("")
+        termination_log.chmod(0o666)
+        run = docker("run", "-d", "--network=host", *env_flags(s3_env), "-v", f"{out}:/mnt/models",
+                     "-v", f"{termination_log}:/dev/termination-log", image, missing, "/mnt/models")  # fmt: skip
         expect(run.returncode == 0, run.stderr)
         container = run.stdout.strip()
         try:
@@ -279,7 +330,11 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
         expect(len(errors) == 1 and missing in errors[0], f"want one ERROR line naming {missing}:\n{logs.stderr}")
         expect(s3.secret_key not in logs.stderr + logs.stdout, "the secret key appears in the logs")
         expect(tree(out) == {}, f"files left behind: {list(tree(out))}")
+        message = termination_log.read_text()
+        expect(missing in message, f"/dev/termination-log does not name {missing}: {message!r}")
+        expect(s3.secret_key not in message, "the secret key appears in the termination log")
         print(f"    exit 1: {errors[0]}", flush=True)
+        print(f"    /dev/termination-log: {message.strip()[:200]}", flush=True)
 
     def sigterm_reaches_python() -> None:
         out = r.out_dir()
@@ -353,8 +408,10 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
     r.check("http:// source, bytes identical", http_download)
     r.check("two SRC DEST pairs in one run", several_pairs)
     r.check("--read-only, uid 1000650000:0, cap-drop ALL, no HOME", read_only_arbitrary_uid)
+    r.check("uid 1000650000:0 writes the image's /mnt/models, nothing else", arbitrary_uid_image_dest)
+    r.check("hdfs:// with STORAGE_CONFIG file secrets, --read-only, uid 1000650000:0", hdfs_storage_spec_read_only)
     r.check("wrong argument count: exit 2 + usage", usage_error)
-    r.check("failing source: exit 1, one ERROR line in docker logs", failing_source)
+    r.check("failing source: exit 1, one ERROR line in docker logs and /dev/termination-log", failing_source)
     r.check("docker stop: SIGTERM reaches Python, exit 143", sigterm_reaches_python)
     if r.slim_image:
         r.check(f"slim image (PROVIDERS={' '.join(r.slim_providers)})", slim_image)

@@ -108,3 +108,31 @@ def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
     ]
     assert sources and all(included(src.rstrip("/")) for src in sources), sources
     assert not included(".venv") and not included(".git") and not included("tests")
+
+
+def test_final_stage_has_a_temp_dir_under_a_read_only_root() -> None:
+    """With readOnlyRootFilesystem there is no writable /tmp; /dev/shm is a tmpfs in every container.
+
+    Without it, hdfs:// with KServe's storage spec (base64 file secrets written to a temp dir)
+    failed with "No usable temporary directory found" (scripts/image/checks.py runs that case).
+    """
+    _, final = stages()
+    env = " ".join(line for line in instructions(final) if line.startswith("ENV "))
+    assert re.search(r"\bTMPDIR=/dev/shm\b", env), env
+    assert re.search(r"\bPYTHONDONTWRITEBYTECODE=1\b", env), env
+
+
+def test_image_test_stops_when_hadolint_fails(tmp_path: Path) -> None:
+    """Step 3 of scripts/image-test.sh, run with a hadolint that finds something: the script must stop.
+
+    ``hadolint Dockerfile && echo clean`` did not: ``set -e`` ignores a failure left of ``&&``.
+    """
+    script = (ROOT / "scripts" / "image-test.sh").read_text()
+    step = script.split('step "3/6', 1)[1].split("\n", 1)[1].split('step "4/6', 1)[0]
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "hadolint"
+    fake.write_text("#!/bin/sh\necho 'Dockerfile:1 DL3000 error: finding' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    snippet = f'set -euo pipefail\nVENV="{tmp_path}"\n{step}\necho REACHED-STEP-4\n'
+    result = subprocess.run(["bash", "-c", snippet], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "REACHED-STEP-4" not in result.stdout, result.stdout + result.stderr
