@@ -456,6 +456,14 @@ class GcsProvider(Provider):
             return AccessDeniedError(f"{what}: access denied (HTTP {status}: {text})", hint=hint)
         if status in (408, 429) or status >= 500:
             return TransientError(f"{what}: GCS answered HTTP {status}: {text}")
+        if status == 400 and "requester pays" in text.lower():
+            # The URI is fine (not a usage error): the bucket bills its readers.
+            bucket = what.removeprefix(PREFIX).split("/", 1)[0]
+            return AccessDeniedError(
+                f"{what}: bucket {bucket} is a Requester Pays bucket (HTTP 400: {text})",
+                hint="reads must name a project to bill (userProject), which this provider does not send "
+                "(nor does KServe's); copy the model to a bucket without Requester Pays",
+            )
         if isinstance(exc, api.BadRequest):
             return UsageError(f"{what}: GCS rejected the request (HTTP 400: {text})", hint=f"expected {GRAMMAR}")
         return StorageInitializerError(f"{what}: GCS answered HTTP {status}: {text}")

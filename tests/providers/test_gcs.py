@@ -36,6 +36,7 @@ from storage_initializer.runner import download
 from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli, tree
+from tests.servers.fault_proxy import ProxyFault
 from tests.servers.gcs import FakeGcsServer, GoogleAuthFront, MiB, pattern_md5
 
 SA_EMAIL = "model-reader@test-project.iam.gserviceaccount.com"
@@ -377,6 +378,25 @@ def test_nothing_matched_and_missing_bucket(gcs_server: FakeGcsServer, gcs_bucke
         fetch(f"gs://{gcs_bucket}/markers", tmp_path / "c", env)
 
 
+def test_503_and_resets_are_retried(
+    gcs_server: FakeGcsServer, gcs_bucket: str, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A 503 on the listing and on a read, a reset mid-body (plain and gzip-encoded): retried, exact bytes."""
+    text = b"vocabulary line\n" * 50_000
+    gcs_server.upload_tree(gcs_bucket, {"m/a.bin": b"a" * 300_000, "m/b.bin": b"b"})
+    gcs_server.upload(gcs_bucket, "m/vocab.txt", gzip.compress(text), content_encoding="gzip")
+    proxy = fault_proxy_factory(gcs_server.port)
+    proxy.add(ProxyFault("status", status=503, match="/o?"))
+    proxy.add(ProxyFault("status", status=503, match="a.bin"))
+    proxy.add(ProxyFault("reset", after_bytes=100_000, match="a.bin"))
+    proxy.add(ProxyFault("reset", after_bytes=2000, match="vocab"))
+    env = isolated_env(tmp_path, STORAGE_EMULATOR_HOST=proxy.url, STORAGE_INITIALIZER_RETRIES="5")
+    result = run_cli([f"gs://{gcs_bucket}/m", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"a.bin": b"a" * 300_000, "b.bin": b"b", "vocab.txt": text}
+    assert len(proxy.injected) == 4 and result.stderr.count("retrying") == 4
+
+
 def test_unreachable_endpoint_is_reported_not_hung(tmp_path: Path) -> None:
     env = isolated_env(tmp_path, STORAGE_EMULATOR_HOST=f"127.0.0.1:{closed_port()}")
     started = time.monotonic()
@@ -549,6 +569,23 @@ def test_identity_without_permission_is_told_what_to_grant(
     (line,) = error_lines(result.stderr)
     assert f"access denied (HTTP 403: {SA_EMAIL} does not have storage.objects.get access" in line
     assert "roles/storage.objectViewer" in line
+
+
+def test_requester_pays_bucket_is_named_as_such(
+    google_auth: GoogleAuthFront, gcs_server: FakeGcsServer, gcs_bucket: str, tmp_path: Path
+) -> None:
+    """GCS answers 400 without ``userProject``: not a malformed URI (exit 2), but the bucket's billing."""
+    gcs_server.upload(gcs_bucket, "m/a", b"a")
+    key = google_auth.service_account(SA_EMAIL)
+    google_auth.requester_pays.add(gcs_bucket)
+    env = front_env(google_auth, tmp_path, GOOGLE_APPLICATION_CREDENTIALS=write_json(tmp_path / "sa.json", key))
+    for uri in (f"gs://{gcs_bucket}/m", f"gs://{gcs_bucket}/m/a"):
+        result = run_cli([uri, str(tmp_path / "out")], env)
+        assert result.returncode == 1, result.stderr
+        (line,) = error_lines(result.stderr)
+        assert f"bucket {gcs_bucket} is a Requester Pays bucket" in line and uri in line
+        assert "expected gs://BUCKET" not in line
+    assert tree(tmp_path / "out") == {}
 
 
 def test_unreadable_credentials_file_is_a_config_error(tmp_path: Path) -> None:

@@ -449,7 +449,10 @@ class GoogleAuthFront:
       bearer token issued here: no ``Authorization`` is GCS's 401 "Anonymous
       caller does not have ..." (unless the bucket is in ``public_buckets``), an
       unknown token is 401 "Invalid Credentials", an identity in ``denied`` gets
-      403 "... does not have storage.objects.get access ...".
+      403 "... does not have storage.objects.get access ...". A bucket in
+      ``requester_pays`` answers any request without a ``userProject`` parameter
+      with GCS's 400 "Bucket is a requester pays bucket but no user project
+      provided." (reason ``required``), after authentication.
 
     Point a client at it with ``API_ENDPOINT_OVERRIDE=front.url`` (credentials
     are used) and key files whose ``token_uri`` is :attr:`token_url`.
@@ -459,6 +462,7 @@ class GoogleAuthFront:
         self.upstream = upstream
         self.public_buckets: set[str] = set()
         self.denied: set[str] = set()
+        self.requester_pays: set[str] = set()
         self.grants: list[TokenGrant] = []
         self.metadata_paths: list[str] = []
         self.storage_requests: list[tuple[str, str]] = []  # (identity or "anonymous", path)
@@ -605,6 +609,9 @@ class GoogleAuthFront:
                 f"Permission '{permission}' denied on resource (or it may not exist)."
             )
             return 403, _json_error(403, message, "forbidden")
+        if bucket in self.requester_pays and "userProject" not in dict(parse_qsl(path.partition("?")[2])):
+            message = "Bucket is a requester pays bucket but no user project provided."
+            return 400, _json_error(400, message, "required")
         return None
 
 
