@@ -38,6 +38,7 @@ from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli, tree
 from tests.servers.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, MiB
+from tests.servers.fault_proxy import ProxyFault
 
 HOST = f"{ACCOUNT_NAME}.blob.core.windows.net"
 
@@ -239,6 +240,42 @@ def test_version_change_mid_download_is_detected(azurite: Azurite, tmp_path: Pat
     (result,) = download([(uri(container, "v.bin"), str(tmp_path))], settings=settings, registry=registry)
     assert isinstance(result.error, ObjectChangedError)
     assert tree(tmp_path) == {}
+
+
+def test_page_and_append_blobs(azurite: Azurite, tmp_path: Path) -> None:
+    """Page blobs (sparse: unwritten pages read as zeros) in ranges, append blobs whole."""
+    container = azurite.create_container()
+    client = azurite.service().get_container_client(container)
+    page = client.get_blob_client("m/page.bin")
+    page.create_page_blob(size=3 * MiB)
+    written = bytes(range(256)) * 2048  # 512 KiB at offset 1 MiB
+    page.upload_page(written, offset=MiB, length=len(written))
+    appended = client.get_blob_client("m/append.log")
+    appended.create_append_blob()
+    appended.append_block(b"first\n")
+    appended.append_block(b"second\n")
+    parts = {"STORAGE_INITIALIZER_PART_SIZE": "1MiB", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1MiB"}
+    result = run_cli([uri(container, "m"), str(tmp_path)], {**azurite.env(), **parts})
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {
+        "append.log": b"first\nsecond\n",
+        "page.bin": b"\0" * MiB + written + b"\0" * (2 * MiB - len(written)),
+    }
+
+
+def test_503_and_resets_are_retried(azurite: Azurite, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    container = azurite.create_container()
+    azurite.upload_tree(container, {"m/a.bin": b"a" * 300_000, "m/b.bin": b"b"})
+    proxy = fault_proxy_factory(azurite.port)
+    proxy.add(ProxyFault("status", status=503, match="comp=list"))
+    proxy.add(ProxyFault("status", status=503, match="a.bin"))
+    proxy.add(ProxyFault("reset", after_bytes=100_000, match="a.bin"))
+    conn = f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};BlobEndpoint={proxy.url}/{ACCOUNT_NAME}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": conn, "STORAGE_INITIALIZER_RETRIES": "5"}
+    result = run_cli([uri(container, "m"), str(tmp_path)], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {"a.bin": b"a" * 300_000, "b.bin": b"b"}
+    assert len(proxy.injected) == 3 and result.stderr.count("retrying") == 3
 
 
 # -- listing streams ------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storage_initializer_azure import AzureFileProvider
@@ -24,6 +25,7 @@ from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli, tree
 from tests.servers.fake_azure_files import DEFAULT_ACCOUNT, FakeAzureFiles
+from tests.servers.fault_proxy import ProxyFault
 
 MiB = 1024 * 1024
 HOST = f"{DEFAULT_ACCOUNT}.file.core.windows.net"
@@ -195,6 +197,21 @@ def test_stalled_and_cut_transfers_are_retried(fake_azure_files: FakeAzureFiles,
     assert result.returncode == 0, result.stderr
     assert result.stderr.count("retrying") == 2
     assert tree(tmp_path) == {"stalls.bin": data, "cut.bin": data}
+
+
+def test_503_on_listing_and_read_is_retried(
+    fake_azure_files: FakeAzureFiles, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    share = fake_azure_files.create_share()
+    fake_azure_files.put(share, "m/sub/a.bin", b"a" * 300_000)
+    proxy = fault_proxy_factory(fake_azure_files.port)
+    proxy.add(ProxyFault("status", status=503, match="comp=list"))
+    proxy.add(ProxyFault("status", status=503, match="a.bin"))
+    conn = f"AccountName={DEFAULT_ACCOUNT};AccountKey={fake_azure_files.key};FileEndpoint={proxy.url}/{DEFAULT_ACCOUNT}"
+    result = run_cli([uri(share, "m"), str(tmp_path)], {"AZURE_STORAGE_CONNECTION_STRING": conn, **QUICK})
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {"sub/a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2 and result.stderr.count("retrying") == 2
 
 
 def test_listing_is_streamed(fake_azure_files: FakeAzureFiles) -> None:

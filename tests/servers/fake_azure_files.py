@@ -994,6 +994,8 @@ def _make_handler(fake: FakeAzureFiles) -> type[BaseHTTPRequestHandler]:
                 if value:
                     self.send_header(name, value)
             self.send_header("Content-Length", str(response.length))
+            if self.close_connection:  # the request said "Connection: close": say so, as HTTP/1.1 servers do
+                self.send_header("Connection", "close")
             self.end_headers()
             if self.command == "HEAD":
                 return
