@@ -317,13 +317,20 @@ class _GzipBody:
     def __init__(self, response: Any) -> None:
         self._response = response
         self._raw = response.raw
+        self._surplus = b""  # decoded bytes beyond what the last caller asked for
 
     def readinto(self, buffer: memoryview) -> int:
-        data = self._raw.read(len(buffer), decode_content=True)
-        buffer[: len(data)] = data
-        return len(data)
+        # urllib3 1.x may hand back more decoded bytes than asked for (2.x does not).
+        data = self._surplus or self._raw.read(len(buffer), decode_content=True)
+        n = min(len(data), len(buffer))
+        buffer[:n] = data[:n]
+        self._surplus = data[n:]
+        return n
 
     def read(self, n: int = -1) -> bytes:
+        if self._surplus:
+            data, self._surplus = (self._surplus, b"") if n < 0 else (self._surplus[:n], self._surplus[n:])
+            return bytes(data)
         return bytes(self._raw.read(None if n < 0 else n, decode_content=True))
 
     def __enter__(self) -> _GzipBody:
