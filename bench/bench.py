@@ -69,7 +69,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
     parser.add_argument("--keep", action="store_true", help="keep the run's work dir (server data, logs)")
     parser.add_argument("--list-tools", action="store_true", help="print the tools and exit")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--mode",
+        choices=("pinned", "shared"),
+        default="pinned",
+        help="pinned (default): every tool on --client-cpus, the servers on --server-cpus, as a pod with cpu: 1 "
+        "beside its store; shared: no pinning, tools and servers share every core",
+    )
+    parser.add_argument("--client-cpus", default="1", help="CPUs of the tool in pinned mode (%(default)s)")
+    parser.add_argument("--server-cpus", default="0", help="CPUs of the servers in pinned mode (%(default)s)")
+    args = parser.parse_args(argv)
+    if args.mode == "pinned":
+        measure.CLIENT_CPUS = _cpus(args.client_cpus)
+        servers.SERVER_CPUS = _cpus(args.server_cpus)
+    return args
+
+
+def _cpus(text: str) -> frozenset[int]:
+    """``"1"``, ``"0,2"`` or ``"0-3"`` -> the CPU numbers."""
+    cpus: set[int] = set()
+    for item in text.split(","):
+        low, _, high = item.partition("-")
+        cpus.update(range(int(low), int(high or low) + 1))
+    return frozenset(cpus)
 
 
 # -- validation ------------------------------------------------------------------------

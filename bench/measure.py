@@ -61,6 +61,17 @@ def _rss(procs: list[psutil.Process]) -> int:
     return total
 
 
+#: CPUs the measured tool runs on (pinned mode; set by bench.py), or None: every CPU.
+CLIENT_CPUS: frozenset[int] | None = None
+
+
+def _pin() -> None:
+    """In the child, before exec: the tool's CPUs (inherited by everything it starts)."""
+    os.setsid()
+    if CLIENT_CPUS is not None:
+        os.sched_setaffinity(0, CLIENT_CPUS)
+
+
 def run(
     argv: Sequence[str],
     env: Mapping[str, str],
@@ -75,9 +86,7 @@ def run(
     wrapped = [TIME, "-f", "%M", "-o", str(maxrss_path), *argv]
     with open(log_path, "wb") as log:
         started = time.monotonic()
-        proc = subprocess.Popen(
-            wrapped, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
-        )
+        proc = subprocess.Popen(wrapped, env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=cwd, preexec_fn=_pin)
         try:
             root = psutil.Process(proc.pid)
         except psutil.Error:

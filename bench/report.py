@@ -96,6 +96,16 @@ def render(path: Path) -> str:
         f"kernel {meta.get('kernel')}; destination on `{meta.get('dest_fs')}` (real disk, page cache "
         f"untouched). Load average (1/5/15 min) at start {meta.get('load_start')}, at end {end.get('load_end')}."
     )
+    args = meta.get("args") or {}
+    if args.get("mode", "shared") == "pinned":
+        mode = (
+            f"Mode: **pinned** (each tool on CPU {args.get('client_cpus')}, the servers on CPU "
+            f"{args.get('server_cpus')}: a pod with `cpu: 1` beside its store)."
+        )
+    else:
+        mode = "Mode: **shared** (no pinning: tools and servers share every core)."
+    out.append("")
+    out.append(mode)
     out.append("")
     out.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions.items()) + ".")
     if end.get("code_digest") and end.get("code_digest") != meta.get("code_digest"):

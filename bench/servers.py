@@ -52,9 +52,15 @@ def free_port(with_grpc: bool = False, taken: frozenset[int] = frozenset()) -> i
     raise RuntimeError("no free port found")
 
 
+#: CPUs the servers run on (pinned mode; set by bench.py), or None: every CPU.
+SERVER_CPUS: frozenset[int] | None = None
+
+
 def _die_with_parent() -> None:
-    """In the child: SIGKILL when the benchmark dies, so no server outlives it."""
+    """In the child: SIGKILL when the benchmark dies, so no server outlives it; pinned mode's CPUs."""
     os.setsid()
+    if SERVER_CPUS is not None:
+        os.sched_setaffinity(0, SERVER_CPUS)
     if sys.platform == "linux":
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 

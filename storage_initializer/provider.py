@@ -21,12 +21,13 @@ from __future__ import annotations
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar
 
 __all__ = [
+    "HttpRange",
     "Provider",
     "ProviderContext",
     "RemoteObject",
@@ -103,6 +104,27 @@ class RemoteObject:
     def is_dir_marker(self) -> bool:
         """A ``dir/`` marker object (or the marker of the listed directory itself, key ``""``)."""
         return self.key == "" or self.key.endswith("/")
+
+
+@dataclass(frozen=True)
+class HttpRange:
+    """A bodiless ``GET`` that reads a byte range, described for the engine to send.
+
+    ``url`` is absolute (``http://`` or ``https://``, path and query already
+    encoded); ``headers`` carry everything the store needs (signature,
+    ``Range``, ``If-Match``...; ``Host`` and ``Accept-Encoding: identity`` are
+    added when missing). ``check(status, headers, body)`` is called with the
+    response's status and headers (``headers.get`` is case-insensitive): for a
+    2xx answer (``body`` empty) it raises when the answer is not the range and
+    version asked for; for any other status it raises the matching typed error
+    (``body``: the first 64 KiB of the error document). ``ssl_context`` is the
+    TLS context for ``https://`` (``None``: the system's default CAs).
+    """
+
+    url: str
+    headers: Mapping[str, str]
+    check: Callable[[int, Mapping[str, str], bytes], None]
+    ssl_context: Any = None
 
 
 @dataclass(frozen=True)
@@ -195,6 +217,19 @@ class Provider(ABC):
         may block longer than ``context.stall_timeout``. The engine checks
         that exactly ``end - start`` bytes arrive.
         """
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        """Optionally describe the ``GET`` of bytes ``[start, end)`` for the engine to send itself.
+
+        The engine then moves the bytes on its own event loop (one thread for
+        every connection: much less CPU per request and per byte than a client
+        library on worker threads) and falls back to :meth:`open_range` for an
+        answer it does not handle (a redirect, a chunked or encoded body).
+        Return ``None`` (the default) when the request cannot be described
+        (an HTTP proxy, an SDK-only transport): :meth:`open_range` is used.
+        Never called for an empty range.
+        """
+        return None
 
     def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
         """Optionally place the whole object at ``path`` by a faster route.

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -37,7 +39,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.http")
@@ -105,6 +107,7 @@ class HttpProvider(Provider):
         super().__init__(context)
         self._local = threading.local()
         self._verify: bool | str = self._ca_bundle()
+        self._ssl: ssl.SSLContext | None = None
 
     # -- configuration ---------------------------------------------------------
     def _ca_bundle(self) -> bool | str:
@@ -242,7 +245,8 @@ class HttpProvider(Provider):
             extra={"etag": etag, "last_modified": headers.get("Last-Modified")},
         )
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    @staticmethod
+    def _range_headers(obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
         headers: dict[str, str] = {}
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
@@ -250,31 +254,74 @@ class HttpProvider(Provider):
         etag = obj.extra.get("etag") if isinstance(obj.extra, dict) else None
         if etag and not etag.startswith("W/"):
             headers["If-Match"] = etag
+        return headers, ranged
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        if self._proxies() and not self._no_proxy(uri):
+            return None  # requests speaks to the proxy
+        headers, ranged = self._range_headers(obj, start, end)
+        all_headers = {**self.headers_for(uri), **headers}
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            self._check_answer(uri, obj, status, answer, "", start, ranged)
+
+        return HttpRange(uri, all_headers, check, self._tls_context() if uri.startswith("https:") else None)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The TLS settings of the provider's ``requests`` session, as an ``ssl`` context."""
+        if self._ssl is None:
+            verify = self._verify
+            if verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            elif isinstance(verify, str) and os.path.isdir(verify):
+                context = ssl.create_default_context(capath=verify)
+            elif isinstance(verify, str):
+                context = ssl.create_default_context(cafile=verify)
+            else:
+                import certifi
+
+                context = ssl.create_default_context(cafile=certifi.where())
+            self._ssl = context
+        return self._ssl
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        headers, ranged = self._range_headers(obj, start, end)
         response = self.get(uri, headers)
         try:
-            self._check(uri, obj, response, start, ranged)
+            self._check_answer(uri, obj, response.status_code, response.headers, response.reason or "", start, ranged)
         except BaseException:
             response.close()
             raise
         return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
 
-    def _check(self, uri: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
-        status = response.status_code
+    def _check_answer(
+        self,
+        uri: str,
+        obj: RemoteObject,
+        status: int,
+        headers: Mapping[str, str],
+        reason: str,
+        start: int,
+        ranged: bool,
+    ) -> None:
+        """Is this answer the range and version asked for? Raise the matching error if not."""
         if status == 416:
             raise ObjectChangedError(f"{redact(uri)} is shorter than when listed (HTTP 416)")
         if status not in (200, 206):
-            raise error_for_status(status, uri, response.reason or "")
+            raise error_for_status(status, uri, reason)
         if ranged and status != 206:
             # Transient: behind a load balancer another backend may honour it.
             raise TransientError(f"{redact(uri)} ignored a Range request it had accepted before (HTTP {status})")
         if ranged:
-            content_range = response.headers.get("Content-Range", "")
+            content_range = headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {start}-"):
                 raise TransientError(f"{redact(uri)} answered range {content_range!r} for a request at {start}")
         extra = obj.extra if isinstance(obj.extra, dict) else {}
         for header, listed in (("ETag", extra.get("etag")), ("Last-Modified", extra.get("last_modified"))):
-            if listed and response.headers.get(header) and response.headers[header] != listed:
-                now = response.headers[header]
+            now = headers.get(header)
+            if listed and now and now != listed:
                 raise ObjectChangedError(
                     f"{redact(uri)} changed during the download ({header} was {listed}, now {now})",
                     hint="run again to download the new version",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
 from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
+from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
 from storage_initializer.engine.parts import part_size_for, plan_parts
 from storage_initializer.engine.paths import PathFilter, is_own_artifact, safe_relpath
 from storage_initializer.engine.progress import Progress
@@ -56,6 +57,18 @@ class Engine:
         # Bounds queued tasks so a 100k-object listing does not sit in memory.
         self._slots = threading.BoundedSemaphore(settings.concurrency * 4)
         self._local = threading.local()
+        self._netloop: NetLoop | None = None
+        self._netloop_lock = threading.Lock()
+
+    def netloop(self) -> NetLoop:
+        """The HTTP data plane, started on first use."""
+        if self._netloop is None:
+            with self._netloop_lock:
+                if self._netloop is None:
+                    self._netloop = NetLoop(
+                        self.settings.buffer_size, self.settings.stall_timeout, self.settings.connect_timeout
+                    )
+        return self._netloop
 
     def buffer(self) -> memoryview:
         buf: memoryview | None = getattr(self._local, "buffer", None)
@@ -81,6 +94,8 @@ class Engine:
 
     def shutdown(self, wait: bool = True) -> None:
         self._pool.shutdown(wait=wait, cancel_futures=not wait)
+        if self._netloop is not None:
+            self._netloop.close()
 
 
 @dataclass
@@ -164,6 +179,7 @@ class PairTransfer:
         self.markers = 0
         self.filtered = 0
         self._has_fast_path = type(provider).download_to is not Provider.download_to
+        self._has_http_range = type(provider).http_range is not Provider.http_range
 
     # -- planning ------------------------------------------------------------
     def run(self, list_objects: Callable[[], Iterable[RemoteObject]]) -> None:
@@ -338,8 +354,7 @@ class PairTransfer:
         while True:
             before = cursor.offset
             try:
-                with self.provider.open_range(self.uri, obj, cursor.offset, obj.size) as stream:
-                    self._copy(stream, job.fd, cursor, obj.size, hasher)
+                self._read(obj, job.fd, cursor, obj.size, hasher)
                 return cursor.offset, hasher.hexdigest() if hasher else None
             except BaseException as exc:
                 error = classify(exc)
@@ -404,8 +419,7 @@ class PairTransfer:
         while True:
             before = cursor.offset
             try:
-                with self.provider.open_range(self.uri, job.obj, cursor.offset, end) as stream:
-                    self._copy(stream, job.fd, cursor, end, None)
+                self._read(job.obj, job.fd, cursor, end, None)
                 break
             except BaseException as exc:
                 attempt = 0 if cursor.offset - before >= self.settings.buffer_size else attempt + 1
@@ -433,6 +447,35 @@ class PairTransfer:
         self.state.forget_parts(job.relpath)
 
     # -- shared steps ------------------------------------------------------------
+    def _stopped(self) -> bool:
+        return self.failed.is_set() or self.engine.cancelled.is_set()
+
+    def _read(self, obj: RemoteObject, fd: int, cursor: _Cursor, end: int | None, hasher: Hasher | None) -> None:
+        """Write bytes ``[cursor.offset, end)`` of ``obj`` to ``fd``, advancing ``cursor``.
+
+        On the engine's event loop when the provider describes the request
+        (:meth:`Provider.http_range`), else through the provider's stream.
+        """
+        if end is not None and cursor.offset >= end:
+            return
+        # The loop reads sized bodies only: an object of unknown size is likely chunked.
+        request = None
+        if self._has_http_range and end is not None:
+            request = self.provider.http_range(self.uri, obj, cursor.offset, end)
+        if request is not None:
+            fetch = Fetch(
+                request, fd, cursor.offset, end, hasher, self.progress.add_bytes, self._stopped, self.dest.root
+            )
+            try:
+                self.engine.netloop().fetch(fetch)
+                return
+            except Unsupported as why:
+                log.debug("reading %s through the provider's client: %s", obj.key, why)
+            finally:
+                cursor.offset = fetch.offset
+        with self.provider.open_range(self.uri, obj, cursor.offset, end) as stream:
+            self._copy(stream, fd, cursor, end, hasher)
+
     def _copy(self, stream: object, fd: int, cursor: _Cursor, end: int | None, hasher: Hasher | None) -> None:
         """Stream into ``fd`` from ``cursor.offset`` until ``end`` (or EOF).
 

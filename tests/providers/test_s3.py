@@ -343,11 +343,14 @@ def test_version_change_mid_download_restarts_nothing_spliced(s3_server: S3Serve
     calls: list[int] = []
 
     class ReplacingProvider(S3Provider):
-        def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Any:
+        def _replace_on_second_read(self, start: int) -> None:
             calls.append(start)
             if len(calls) == 2:
                 s3_server.put(bucket, key, os.urandom(3 * MiB))
-            return super().open_range(uri, obj, start, end)
+
+        def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Any:
+            self._replace_on_second_read(start)
+            return super().http_range(uri, obj, start, end)
 
     result = fetch(
         s3_server.env(),

@@ -25,11 +25,13 @@ from __future__ import annotations
 import io
 import logging
 import re
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
+from urllib.parse import quote
 
 from storage_initializer.errors import (
     AccessDeniedError,
@@ -40,19 +42,27 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 from ._config import S3Settings, credential_source, describe, s3_settings
 from ._errors import CREDENTIALS_HINT, ENDPOINT_HINT
 from ._listing import Listing, ObjectRef, opaque_etag
-from ._wire import Frozen, S3Wire
+from ._wire import Frozen, S3Wire, default_ca
 
 log = logging.getLogger("storage_initializer.s3")
 
 _URI_RE = re.compile(r"^s3://([^/]*)(?:/(.*))?$", re.DOTALL)
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 _URI_FORM = "expected s3://BUCKET[/PATH]; the endpoint goes in AWS_ENDPOINT_URL, not in the URI"
+
+
+class _Answer(NamedTuple):
+    """A response as :meth:`S3Wire.error` reads it."""
+
+    status: int
+    headers: Mapping[str, str]
+    data: bytes
 
 
 def parse_uri(uri: str, default_bucket: str | None = None) -> tuple[str, str]:
@@ -384,37 +394,87 @@ class S3Provider(Provider):
         else:
             yield from listing.directory(path)
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def _ref(self, uri: str, obj: RemoteObject) -> ObjectRef:
         ref = obj.extra
         if not isinstance(ref, ObjectRef):
             raise StorageInitializerError(f"{redact(uri)}: object {obj.key!r} was not listed by the s3 provider")
-        if obj.size == 0 or (end is not None and end <= start):
-            return io.BytesIO(b"")  # nothing to read: no request
+        return ref
+
+    @staticmethod
+    def _range_headers(ref: ObjectRef, obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
         headers: dict[str, str] = {}
         ranged = start > 0 or (end is not None and end != obj.size)
         if ranged:
             headers["range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
         if ref.etag:
             headers["if-match"] = ref.etag
+        return headers, ranged
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        ref = self._ref(uri, obj)
+        target = self.wire.target(ref.bucket)
+        if target.pool is None:
+            return None  # through an HTTP proxy: urllib3 speaks to it
+        headers, ranged = self._range_headers(ref, obj, start, end)
+        path = target.prefix + quote(ref.key, safe="/~")
+        signed = self.wire.signed_headers("GET", target, path)
+        signed.update(headers)
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            if status not in (200, 206):
+                raise self.wire.error(_Answer(status, answer, body), uri=uri, bucket=ref.bucket, key=ref.key)
+            self._check(uri, ref, obj, status, answer, start, ranged)
+
+        return HttpRange(target.base_url + path, signed, check, self._tls_context(target.base_url))
+
+    def _tls_context(self, base_url: str) -> ssl.SSLContext | None:
+        if not base_url.startswith("https:"):
+            return None
+        context = self.__dict__.get("_tls")
+        if context is None:
+            verify = self.settings.verify
+            if verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else default_ca())
+            self.__dict__["_tls"] = context
+        return context
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        ref = self._ref(uri, obj)
+        if obj.size == 0 or (end is not None and end <= start):
+            return io.BytesIO(b"")  # nothing to read: no request
+        headers, ranged = self._range_headers(ref, obj, start, end)
         response = self.wire.get(uri, ref.bucket, ref.key, headers)
         try:
-            self._check(uri, ref, obj, response, start, ranged)
+            if response.status not in (200, 206):
+                raise self.wire.error(response, uri=uri, bucket=ref.bucket, key=ref.key, streamed=True)
+            self._check(uri, ref, obj, response.status, response.headers, start, ranged)
         except BaseException:
             response.close()
             response.release_conn()
             raise
         return HttpBody(response, self.read_timeout)  # type: ignore[return-value]
 
-    def _check(self, uri: str, ref: ObjectRef, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
-        status = response.status
-        if status not in (200, 206):
-            raise self.wire.error(response, uri=uri, bucket=ref.bucket, key=ref.key, streamed=True)
+    def _check(
+        self,
+        uri: str,
+        ref: ObjectRef,
+        obj: RemoteObject,
+        status: int,
+        headers: Mapping[str, str],
+        start: int,
+        ranged: bool,
+    ) -> None:
+        """A 2xx answer to a GET: the range and the version asked for."""
         if ranged:
-            content_range = response.headers.get("Content-Range", "")
+            content_range = headers.get("Content-Range", "")
             if status != 206 or not content_range.startswith(f"bytes {start}-"):
                 got = f"HTTP {status} {content_range}".rstrip()
                 raise TransientError(f"{redact(uri)}: asked for {ref.key!r} from byte {start}, got {got}")
-        etag = response.headers.get("ETag")
+        etag = headers.get("ETag")
         if ref.etag and etag and etag.strip('"') != ref.etag.strip('"'):
             raise ObjectChangedError(
                 f"{redact(uri)}: object {ref.key!r} changed during the download (ETag was {ref.etag}, now {etag})",
@@ -424,7 +484,7 @@ class S3Provider(Provider):
         # withdraw it (the engine then verifies the size only), once.
         if (
             ref.md5_from_etag
-            and opaque_etag(response.headers)
+            and opaque_etag(headers)
             and isinstance(obj.checksums, dict)
             and obj.checksums.pop("md5", None) is not None
         ):
@@ -432,7 +492,7 @@ class S3Provider(Provider):
                 "%s: object %r is encrypted with %s, so its ETag is no MD5: verified by size only",
                 self.wire._shown(uri),
                 ref.key,
-                response.headers.get("x-amz-server-side-encryption") or "SSE-C",
+                headers.get("x-amz-server-side-encryption") or "SSE-C",
             )
 
     def close(self) -> None:

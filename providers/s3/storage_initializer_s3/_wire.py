@@ -165,7 +165,7 @@ class S3Wire:
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
             tls = {"cert_reqs": "CERT_NONE"}
         else:
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else _default_ca()}
+            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else default_ca()}
         # Workers, plus the listing and its HEAD probes running beside them: a pool one short
         # discards a connection ("Connection pool is full" warning) and reconnects.
         maxsize = self._concurrency + 2
@@ -202,6 +202,10 @@ class S3Wire:
             query=query,
             amz_headers=amz,
         )
+
+    def signed_headers(self, method: str, target: Target, path: str) -> dict[str, str]:
+        """The headers of a bodiless request with no query (``host`` and the signature)."""
+        return self._headers(method, target, path, "", None)
 
     def send(
         self,
@@ -391,7 +395,7 @@ def parse_list_page(body: bytes) -> Page:
     return Page(entries, truncated, root.findtext(_NS + "NextContinuationToken"))
 
 
-def _default_ca() -> str | None:
+def default_ca() -> str | None:
     """The CA bundle botocore verifies with by default (certifi, else its own copy)."""
     try:
         from botocore.httpsession import get_cert_path  # type: ignore[import-untyped, unused-ignore]
