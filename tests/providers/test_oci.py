@@ -41,7 +41,11 @@ INSECURE = {"KSERVE_OCI_INSECURE_REGISTRY": "true", "STORAGE_INITIALIZER_RETRY_B
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 LAYER = "application/vnd.oci.image.layer.v1.tar"
-EMPTY = {"mediaType": "application/vnd.oci.empty.v1+json", "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(), "size": 2}
+EMPTY = {
+    "mediaType": "application/vnd.oci.empty.v1+json",
+    "digest": "sha256:" + hashlib.sha256(b"{}").hexdigest(),
+    "size": 2,
+}
 
 
 def repo() -> str:
@@ -91,7 +95,10 @@ def push_image(
     config = json.dumps(
         {"architecture": arch, "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}, "config": {}}
     ).encode()
-    config_descriptor = {"mediaType": "application/vnd.oci.image.config.v1+json", **pusher.push_blob(repository, config)}
+    config_descriptor = {
+        "mediaType": "application/vnd.oci.image.config.v1+json",
+        **pusher.push_blob(repository, config),
+    }
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config_descriptor, "layers": descriptors}
     return pusher.push_manifest(repository, tag, manifest)
 
@@ -100,7 +107,11 @@ def push_files(pusher: Pusher, repository: str, tag: str, files: Mapping[str, by
     """An ORAS-style artifact: one titled layer per file."""
     pusher.push_blob(repository, b"{}")
     layers = [
-        {"mediaType": LAYER, **pusher.push_blob(repository, data), "annotations": {"org.opencontainers.image.title": name}}
+        {
+            "mediaType": LAYER,
+            **pusher.push_blob(repository, data),
+            "annotations": {"org.opencontainers.image.title": name},
+        }
         for name, data in files.items()
     ]
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.test", "config": EMPTY}
@@ -189,7 +200,9 @@ def test_modelcar_image_with_gzip_and_zstd_layers_and_whiteouts(tmp_path: Path, 
         "weights.hardlink": weights,
     }
     assert os.readlink(dest / "current") == "config.json"
-    assert sorted(os.listdir(dest)) == sorted(["cache", "config.json", "current", "sub", "weights.bin", "weights.hardlink", ".storage-initializer"])
+    assert sorted(os.listdir(dest)) == sorted(
+        ["cache", "config.json", "current", "sub", "weights.bin", "weights.hardlink", ".storage-initializer"]
+    )
     assert "tag v1 is sha256:" in result.stderr
 
 
@@ -251,10 +264,17 @@ def test_modelpack_artifact_raw_layers_are_ranged_files(tmp_path: Path, oci_regi
         ("application/vnd.cncf.model.doc.v1.raw", "README.md"): b"# model",
     }
     layers = [
-        {"mediaType": media_type, **pusher.push_blob(repository, data), "annotations": {"org.cncf.model.filepath": path}}
+        {
+            "mediaType": media_type,
+            **pusher.push_blob(repository, data),
+            "annotations": {"org.cncf.model.filepath": path},
+        }
         for (media_type, path), data in files.items()
     ]
-    config = {"mediaType": "application/vnd.cncf.model.config.v1+json", **pusher.push_blob(repository, b'{"descriptor": {}}')}
+    config = {
+        "mediaType": "application/vnd.cncf.model.config.v1+json",
+        **pusher.push_blob(repository, b'{"descriptor": {}}'),
+    }
     manifest = {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
@@ -290,7 +310,9 @@ def test_modelpack_tar_layers_are_merged_with_raw_files(tmp_path: Path, oci_regi
         },
     ]
     config = {"mediaType": "application/vnd.cncf.model.config.v1+json", **pusher.push_blob(repository, b"{}")}
-    pusher.push_manifest(repository, "v1", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers})
+    pusher.push_manifest(
+        repository, "v1", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": layers}
+    )
     result = cli([oci_registry.uri(repository, ":v1"), str(tmp_path / "out")])
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == {
@@ -300,7 +322,9 @@ def test_modelpack_tar_layers_are_merged_with_raw_files(tmp_path: Path, oci_regi
     }
 
 
-def test_oras_artifact_pushed_with_oras(tmp_path: Path, oci_registry: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_oras_artifact_pushed_with_oras(
+    tmp_path: Path, oci_registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import oras.client
 
     source = tmp_path / "src"
@@ -322,7 +346,9 @@ def test_unsupported_layer_media_type_is_named(tmp_path: Path, oci_registry: Reg
     repository = repo()
     layer = {"mediaType": "application/x-unknown", **pusher.push_blob(repository, b"?")}
     config = {"mediaType": "application/vnd.oci.image.config.v1+json", **pusher.push_blob(repository, b"{}")}
-    pusher.push_manifest(repository, "v1", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]})
+    pusher.push_manifest(
+        repository, "v1", {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": [layer]}
+    )
     result = cli([oci_registry.uri(repository, ":v1"), str(tmp_path / "out")])
     assert result.returncode == 1
     assert "unsupported image layer media type 'application/x-unknown'" in result.stderr
@@ -358,10 +384,14 @@ def test_tampered_raw_blob_fails_and_publishes_nothing(tmp_path: Path, oci_regis
 def test_tampered_image_layer_fails_and_publishes_nothing(tmp_path: Path, oci_registry: Registry) -> None:
     repository = repo()
     raw = tar_bytes([("models/weights.bin", os.urandom(100_000))])
-    push_image(oci_registry.pusher(), repository, "v1", [(raw, "tar")] if False else [([("models/weights.bin", raw)], "tar")])
-    manifest = oci_registry.pusher().session.get(
-        f"http://{oci_registry.host}/v2/{repository}/manifests/v1", headers={"Accept": OCI_MANIFEST}
-    ).json()
+    push_image(
+        oci_registry.pusher(), repository, "v1", [(raw, "tar")] if False else [([("models/weights.bin", raw)], "tar")]
+    )
+    manifest = (
+        oci_registry.pusher()
+        .session.get(f"http://{oci_registry.host}/v2/{repository}/manifests/v1", headers={"Accept": OCI_MANIFEST})
+        .json()
+    )
     path = oci_registry.blob_file(manifest["layers"][0]["digest"])
     blob = bytearray(path.read_bytes())
     blob[5000] ^= 0xFF
@@ -391,7 +421,9 @@ def test_basic_auth_from_kserve_docker_config(tmp_path: Path, oci_registry_basic
     push_files(registry.pusher(), repository, "v1", {"model.bin": b"private"})
     uri = registry.uri(repository, ":v1")
     config = docker_config(tmp_path, registry.host, basic_entry())
-    ok = cli([uri, str(tmp_path / "ok")], {"KSERVE_OCI_DOCKER_CONFIG": str(config), "STORAGE_INITIALIZER_LOG_LEVEL": "DEBUG"})
+    ok = cli(
+        [uri, str(tmp_path / "ok")], {"KSERVE_OCI_DOCKER_CONFIG": str(config), "STORAGE_INITIALIZER_LOG_LEVEL": "DEBUG"}
+    )
     assert ok.returncode == 0, ok.stderr
     assert tree(tmp_path / "ok") == {"model.bin": b"private"}
     assert PASSWORD not in ok.stderr and basic_entry()["auth"] not in ok.stderr
@@ -413,7 +445,11 @@ def test_token_auth_with_docker_config_dir(tmp_path: Path, oci_registry_token: R
     push_files(registry.pusher(), repository, "v1", {"model.bin": data})
     uri = registry.uri(repository, ":v1")
     config = docker_config(tmp_path, f"http://{registry.host}", {"username": USER, "password": PASSWORD})
-    env = {"DOCKER_CONFIG": str(config.parent), "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1MiB", "STORAGE_INITIALIZER_PART_SIZE": "1MiB"}
+    env = {
+        "DOCKER_CONFIG": str(config.parent),
+        "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1MiB",
+        "STORAGE_INITIALIZER_PART_SIZE": "1MiB",
+    }
     ok = cli([uri, str(tmp_path / "ok")], env)
     assert ok.returncode == 0, ok.stderr
     assert tree(tmp_path / "ok") == {"model.bin": data}
@@ -468,7 +504,12 @@ def test_300_mib_blob_is_ranged_and_resumes_after_sigkill(
     with open(source, "rb") as handle:
         pusher.push_blob(repository, handle, digest)
     pusher.push_blob(repository, b"{}")
-    layer = {"mediaType": LAYER, "digest": digest, "size": 300 * MiB, "annotations": {"org.opencontainers.image.title": "big.bin"}}
+    layer = {
+        "mediaType": LAYER,
+        "digest": digest,
+        "size": 300 * MiB,
+        "annotations": {"org.opencontainers.image.title": "big.bin"},
+    }
     manifest = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": "application/vnd.test", "config": EMPTY}
     pusher.push_manifest(repository, "v1", {**manifest, "layers": [layer]})
 
@@ -478,7 +519,9 @@ def test_300_mib_blob_is_ranged_and_resumes_after_sigkill(
     uri = f"oci://127.0.0.1:{proxy.port}/{repository}:v1"
     dest = tmp_path / "out"
     env = clean_env({**INSECURE, "STORAGE_INITIALIZER_PART_SIZE": "16MiB", "STORAGE_INITIALIZER_STALL_TIMEOUT": "300"})
-    proc = subprocess.Popen([sys.executable, "-m", "storage_initializer", uri, str(dest)], env=env, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", uri, str(dest)], env=env, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 120
     while _partial_done(dest) < 8 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

@@ -137,7 +137,9 @@ def _credentials(entry: Mapping[str, Any], path: str, registry: str) -> Credenti
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="r",service="s"`` -> ("bearer", {"realm": "r", "service": "s"})."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3) for m in _PARAM_RE.finditer(rest)}
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3) for m in _PARAM_RE.finditer(rest)
+    }
     return scheme.lower(), params
 
 

@@ -21,7 +21,6 @@ from storage_initializer.errors import (
     TransientError,
 )
 from storage_initializer.redact import redact
-
 from storage_initializer_oci.auth import (
     ConfigLookup,
     TokenCache,
@@ -179,7 +178,9 @@ class RegistryClient:
             response = self._send("GET", realm, headers, params=query)
         with response:
             if response.status_code in (401, 403):
-                raise refused(self.registry, f"{what} (token service {redact(realm)})", self.config, response.status_code)
+                raise refused(
+                    self.registry, f"{what} (token service {redact(realm)})", self.config, response.status_code
+                )
             if response.status_code >= 500 or response.status_code == 429:
                 raise TransientError(f"token service {redact(realm)} answered HTTP {response.status_code}")
             if response.status_code != 200:

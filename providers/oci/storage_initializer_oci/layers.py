@@ -34,7 +34,6 @@ from typing import IO, Any
 
 from storage_initializer.engine.paths import safe_relpath
 from storage_initializer.errors import ArchiveError, IntegrityError, UnsafePathError
-
 from storage_initializer_oci.media import Layer
 
 log = logging.getLogger("storage_initializer.oci")

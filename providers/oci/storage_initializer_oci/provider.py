@@ -35,7 +35,6 @@ from storage_initializer.errors import (
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
-
 from storage_initializer_oci import auth, layers, media
 from storage_initializer_oci.client import RegistryClient, status_error
 from storage_initializer_oci.reference import Reference, parse
@@ -193,7 +192,8 @@ class OciProvider(Provider):
         response.close()
         if response.status_code == 404:
             raise ObjectChangedError(
-                f"{what} is no longer in the registry (HTTP 404)", hint="the manifest was deleted or replaced; run again"
+                f"{what} is no longer in the registry (HTTP 404)",
+                hint="the manifest was deleted or replaced; run again",
             )
         raise status_error(response.status_code, what, "", response.reason or "")
 
