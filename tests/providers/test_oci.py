@@ -231,6 +231,30 @@ def test_image_member_escaping_dest_is_refused(tmp_path: Path, oci_registry: Reg
     assert tree(tmp_path / "out") == {}
 
 
+def test_image_layer_stream_continues_after_a_cut_connection(
+    tmp_path: Path, oci_registry: Registry, fault_proxy_factory: Any
+) -> None:
+    repository = repo()
+    weights = os.urandom(4 * MiB)
+    descriptor = push_image(oci_registry.pusher(), repository, "v1", [([("models/w.bin", weights)], "gzip")])
+    manifest = (
+        oci_registry.pusher()
+        .session.get(
+            f"http://{oci_registry.host}/v2/{repository}/manifests/{descriptor['digest']}",
+            headers={"Accept": OCI_MANIFEST},
+        )
+        .json()
+    )
+    layer = manifest["layers"][0]
+    proxy = fault_proxy_factory(oci_registry.port)
+    proxy.add(ProxyFault("reset", times=2, after_bytes=MiB, match=f"blobs/{layer['digest']}"))
+    result = cli([f"oci://127.0.0.1:{proxy.port}/{repository}:v1", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"w.bin": weights}
+    assert result.stderr.count("retrying from byte") == 2
+    assert proxy.bytes_down < layer["size"] + 200_000  # continued where it broke, not started over
+
+
 def _push_multiplatform(registry: Registry, repository: str) -> None:
     pusher = registry.pusher()
     entries = []

@@ -35,7 +35,9 @@ from storage_initializer.errors import (
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
+from storage_initializer.settings import settings_from_env
 from storage_initializer_oci import auth, layers, media
+from storage_initializer_oci.blobstream import ResumingStream
 from storage_initializer_oci.client import RegistryClient, status_error
 from storage_initializer_oci.reference import Reference, parse
 
@@ -213,18 +215,34 @@ class OciProvider(Provider):
                 )
         return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
 
+    def _open_at(self, uri: str, layer: media.Layer, offset: int) -> IO[bytes]:
+        """The blob from ``offset`` to its end (a ranged GET after a break)."""
+        response = self._open_blob(uri, layer, {"Range": f"bytes={offset}-"} if offset else {})
+        if offset and (
+            response.status_code != 206 or not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+        ):
+            response.close()
+            raise TransientError(f"{redact(uri)}: blob {layer.digest} ignored a range request at byte {offset}")
+        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+
     def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
         if isinstance(obj.extra, media.Layer):
             return False  # a plain blob: the engine reads it in ranged parts
+        settings = settings_from_env(self.env)
 
         @contextlib.contextmanager
         def open_blob(layer: media.Layer) -> Iterator[IO[bytes]]:
-            response = self._open_blob(uri, layer, {})
-            with contextlib.closing(response):
-                yield HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[misc]
+            stream = ResumingStream(
+                lambda offset: self._open_at(uri, layer, offset),
+                layer.size,
+                layer.digest,
+                settings.retries,
+                settings.retry_backoff,
+            )
+            with contextlib.closing(stream):
+                yield stream  # type: ignore[misc]
 
-        ratio = float(self.env.get("STORAGE_INITIALIZER_MAX_EXTRACT_RATIO", "") or 1000)
-        files = layers.merge(path, list(obj.extra), open_blob, ratio)
+        files = layers.merge(path, list(obj.extra), open_blob, settings.max_extract_ratio)
         if files == 0 and any(layer.image for layer in obj.extra):
             raise NotFoundError(
                 f"{redact(uri)}: the image has no files under /models/",
