@@ -694,11 +694,16 @@ def _partial_done_from(stderr: str) -> str:
 
 # -- conformance ------------------------------------------------------------------------------------------------
 class OciStore(ConformanceStore):
-    """Each key is a repository holding an ORAS-style artifact of one file (its base name)."""
+    """A URI names an artifact, which is a directory of titled files.
+
+    Every key below the test's root is also published in the artifact of each of its
+    parent "directories" (repository ``ROOT/PREFIX``, tag ``latest``), with its path
+    relative to that prefix as its title; a key's own repository holds it alone, under
+    its base name (a URI naming one file).
+    """
 
     provider_class = OciProvider
-    supports_directories = False  # a URI names an artifact, not a directory of a store
-    supports_markers = False
+    supports_markers = False  # an artifact lists files, not directory markers
     # Blobs are content-addressed: a read pinned to a digest can only ever serve those
     # bytes (a moved tag is seen at the next listing), so there is no change to detect.
     supports_versions = False
@@ -707,6 +712,7 @@ class OciStore(ConformanceStore):
         super().__init__()
         self.registry = registry
         self.pusher = registry.pusher()
+        self.files: dict[str, bytes] = {}
 
     def env(self) -> Mapping[str, str]:
         return {"KSERVE_OCI_INSECURE_REGISTRY": "true"}
@@ -715,7 +721,17 @@ class OciStore(ConformanceStore):
         return self.registry.uri(f"{self.root_name}/{key}" if key else self.root_name)
 
     def put(self, key: str, data: bytes) -> None:
-        push_files(self.pusher, f"{self.root_name}/{key}", "latest", {key.rsplit("/", 1)[-1]: data})
+        self.files[key] = data
+        parts = key.split("/")
+        for depth in range(len(parts)):
+            prefix = "/".join(parts[:depth])
+            below = {
+                k[len(prefix) + 1 :] if prefix else k: v
+                for k, v in self.files.items()
+                if not prefix or k.startswith(prefix + "/")
+            }
+            push_files(self.pusher, f"{self.root_name}/{prefix}" if prefix else self.root_name, "latest", below)
+        push_files(self.pusher, f"{self.root_name}/{key}", "latest", {parts[-1]: data})
 
 
 class TestOciConformance(ProviderConformance):
