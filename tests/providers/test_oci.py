@@ -36,7 +36,7 @@ from storage_initializer.errors import UsageError
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import clean_env, run_cli, tree
 from tests.servers.fault_proxy import ProxyFault
-from tests.servers.registry import PASSWORD, USER, Pusher, Registry
+from tests.servers.registry import IDENTITY_TOKEN, PASSWORD, USER, Pusher, Registry
 
 MiB = 1024 * 1024
 INSECURE = {"KSERVE_OCI_INSECURE_REGISTRY": "true", "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
@@ -519,6 +519,31 @@ def test_token_auth_with_docker_config_dir(tmp_path: Path, oci_registry_token: R
     anonymous = cli([uri, str(tmp_path / "anon")], {"KSERVE_OCI_DOCKER_CONFIG": str(other.parent)})
     assert anonymous.returncode == 1
     assert f"docker config {other} has no auths entry for {registry.host}" in anonymous.stderr
+
+
+def test_identity_token_gets_an_oauth2_token(tmp_path: Path, oci_registry_token: Registry) -> None:
+    registry = oci_registry_token
+    repository = repo()
+    push_files(registry.pusher(), repository, "v1", {"model.bin": b"via oauth2"})
+    config = docker_config(tmp_path, registry.host, {"identitytoken": IDENTITY_TOKEN})
+    result = cli(
+        [registry.uri(repository, ":v1"), str(tmp_path / "out")],
+        {"KSERVE_OCI_DOCKER_CONFIG": str(config), "STORAGE_INITIALIZER_LOG_LEVEL": "DEBUG"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.bin": b"via oauth2"}
+    assert IDENTITY_TOKEN not in result.stderr
+    assert registry.token_server is not None
+    assert any(r["query"].get("grant_type") == ["refresh_token"] for r in registry.token_server.requests)
+
+
+def test_hostile_file_title_is_refused(tmp_path: Path, oci_registry: Registry) -> None:
+    repository = repo()
+    push_files(oci_registry.pusher(), repository, "v1", {"../escape.bin": b"x"})
+    result = cli([oci_registry.uri(repository, ":v1"), str(tmp_path / "out")])
+    assert result.returncode == 1
+    assert "escape.bin" in result.stderr
+    assert not (tmp_path / "escape.bin").exists()
 
 
 def test_tls_with_a_custom_ca(tmp_path: Path, oci_registry: Registry, fault_proxy_factory: Any) -> None:

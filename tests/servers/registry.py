@@ -36,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 USER, PASSWORD = "modeler", "s3cret-Passw0rd"
+IDENTITY_TOKEN = "refresh-token-of-modeler"  # what `docker login` stores as identitytoken for OAuth2 registries
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
 
 
@@ -98,6 +99,26 @@ class TokenServer:
                 else:
                     token = server.token(granted)
                     body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                # OAuth2 (distribution docs/spec/auth/oauth.md): grant_type=refresh_token.
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode())
+                server.requests.append({"query": form, "authorization": self.headers.get("Authorization")})
+                refresh = form.get("refresh_token", [""])[0]
+                if form.get("grant_type") != ["refresh_token"] or refresh != IDENTITY_TOKEN:
+                    body = b'{"error":"invalid_grant"}'
+                    self.send_response(400)
+                else:
+                    access = server.grant(
+                        f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}", form.get("scope", [])
+                    )
+                    body = json.dumps({"access_token": server.token(access or []), "expires_in": 300}).encode()
                     self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

@@ -49,6 +49,13 @@ DEFAULT_PLATFORM = "linux/amd64"
 _MAX_MANIFEST = 4 * 1024 * 1024
 
 
+def _clean_path(path: str) -> str:
+    """``./config.json`` and ``/config.json`` name ``config.json``; anything unsafe is left for the engine to refuse."""
+    while path.startswith("./"):
+        path = path[2:]
+    return path.strip("/")
+
+
 class OciProvider(Provider):
     """Modelcar images, CNCF ModelPack and ORAS artifacts from an OCI registry."""
 
@@ -176,7 +183,7 @@ class OciProvider(Provider):
                 algorithm, _, hexdigest = layer.digest.partition(":")
                 assert layer.path is not None
                 yield RemoteObject(
-                    key=layer.path.strip("/"),
+                    key=_clean_path(layer.path),
                     size=layer.size,
                     version=layer.digest,
                     checksums={algorithm: hexdigest},
