@@ -221,14 +221,23 @@ def test_image_with_nothing_under_models_is_an_error(tmp_path: Path, oci_registr
     assert tree(tmp_path / "out") == {}
 
 
-def test_image_member_escaping_dest_is_refused(tmp_path: Path, oci_registry: Registry) -> None:
+@pytest.mark.parametrize(
+    "hostile",
+    [
+        ("models/evil", ("symlink", "../../../etc/passwd")),
+        ("models/../../evil", b"x"),
+        ("models/evil", ("hardlink", "etc/passwd")),
+    ],
+)
+def test_image_member_escaping_dest_is_refused(tmp_path: Path, oci_registry: Registry, hostile: Entry) -> None:
     repository = repo()
-    layer = [("models/ok", b"x"), ("models/evil", ("symlink", "../../../etc/passwd"))]
+    layer = [("etc/passwd", b"root"), ("models/ok", b"x"), hostile]
     push_image(oci_registry.pusher(), repository, "latest", [(layer, "gzip")])
     result = cli([oci_registry.uri(repository), str(tmp_path / "out")])
     assert result.returncode == 1
     assert "evil" in result.stderr
     assert tree(tmp_path / "out") == {}
+    assert not (tmp_path / "evil").exists()
 
 
 def test_image_layer_stream_continues_after_a_cut_connection(

@@ -73,9 +73,10 @@ class _Digesting(io.RawIOBase):
 
 
 def _normalise(name: str) -> str:
+    """``./models/a/`` and ``/models/a`` are ``models/a``; ``..`` is kept, for the safety check to refuse."""
     while name.startswith("./"):
         name = name[2:]
-    return posixpath.normpath("/" + name).lstrip("/") if name.strip("/") else ""
+    return name.strip("/")
 
 
 class Merger:
