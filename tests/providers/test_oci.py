@@ -270,6 +270,39 @@ def test_image_layer_stream_continues_after_a_cut_connection(
     assert proxy.bytes_down < layer["size"] + 2 * MiB
 
 
+def test_docker_schema2_manifest_list(tmp_path: Path, oci_registry: Registry) -> None:
+    pusher = oci_registry.pusher()
+    repository = repo()
+    layer = gzip.compress(tar_bytes([("models/model.pt", b"torch"), ("usr/bin/python", b"elf")]))
+    descriptor = {
+        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+        **pusher.push_blob(repository, layer),
+    }
+    config = {
+        "mediaType": "application/vnd.docker.container.image.v1+json",
+        **pusher.push_blob(repository, b'{"os":"linux"}'),
+    }
+    manifest = pusher.push_manifest(
+        repository,
+        "docker-amd64",
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": config,
+            "layers": [descriptor],
+        },
+    )
+    listing = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.list.v2+json",
+        "manifests": [{**manifest, "platform": {"os": "linux", "architecture": "amd64"}}],
+    }
+    pusher.push_manifest(repository, "docker", listing)
+    result = cli([oci_registry.uri(repository, ":docker"), str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.pt": b"torch"}
+
+
 def _push_multiplatform(registry: Registry, repository: str) -> None:
     pusher = registry.pusher()
     entries = []
