@@ -97,6 +97,12 @@ PER_FORMAT: tuple[Bundle, ...] = (
         "  kubectl create secret generic hf-secret --from-literal=HF_TOKEN=<token>",
     ),
     Bundle(
+        "oci",
+        ("oci",),
+        note="Registry credentials: a docker config.json named by KSERVE_OCI_DOCKER_CONFIG (KServe mounts\n"
+        "its pull secret at /mnt/oci-fetch-auth/config.json); KSERVE_OCI_INSECURE_REGISTRY=true for plain HTTP.",
+    ),
+    Bundle(
         "model-registry",
         ("model_registry",),
         image=ALL,

@@ -49,6 +49,8 @@ SAMPLE_URIS = {
     "webhdfs://namenode:9870/models/iris": "hdfs",
     "hf://meta-llama/Llama-3.1-8B:main": "hf",
     "model-registry://iris/v1": "model-registry",
+    "oci://registry.example.com/models/iris:v1": "oci",
+    "oci+fetch://registry.example.com/models/iris:v1": "oci",
 }
 
 

@@ -1,0 +1,258 @@
+"""``oci://`` and ``oci+fetch://``: models stored in OCI registries.
+
+:meth:`OciProvider.list` reads the manifest once (a tag is resolved to its
+digest, logged, and every later read is pinned to it; an index is narrowed to
+one platform) and decides what lands in DEST:
+
+* raw files (ORAS artifacts, ModelPack ``.raw`` layers): each layer is one
+  object, read by the engine as parallel ranged ``GET``s of its blob and
+  verified against its digest like any other checksum;
+* tar layers (modelcar images, ModelPack tar layers): one object, the merged
+  tree as a plain tar, built by :meth:`OciProvider.download_to` while the
+  blobs stream (each verified against its digest) and extracted by the
+  engine with its safe archive rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import IO, Any
+
+from storage_initializer.errors import (
+    IntegrityError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    TransientError,
+    UsageError,
+)
+from storage_initializer.httpbody import HttpBody
+from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.redact import redact
+from storage_initializer.settings import settings_from_env
+from storage_initializer_oci import auth, layers, media
+from storage_initializer_oci.blobstream import ResumingStream
+from storage_initializer_oci.client import RegistryClient, status_error
+from storage_initializer_oci.reference import Reference, parse
+
+log = logging.getLogger("storage_initializer.oci")
+
+#: The name of the merged tree of tar layers; the engine extracts it and removes it.
+MERGED_NAME = "oci-layers.tar"
+DEFAULT_PLATFORM = "linux/amd64"
+_MAX_MANIFEST = 4 * 1024 * 1024
+
+
+def _clean_path(path: str) -> str:
+    """``./config.json`` and ``/config.json`` name ``config.json``; anything unsafe is left for the engine to refuse."""
+    while path.startswith("./"):
+        path = path[2:]
+    return path.strip("/")
+
+
+class OciProvider(Provider):
+    """Modelcar images, CNCF ModelPack and ORAS artifacts from an OCI registry."""
+
+    uri_formats = (UriFormat(prefix="oci://"), UriFormat(prefix="oci+fetch://"))
+    requires = ("requests", "zstandard")
+    description = "OCI registries: modelcar images, ModelPack and ORAS artifacts; every blob verified by digest"
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._clients: dict[tuple[str, str], RegistryClient] = {}
+        self._lock = threading.Lock()
+
+    # -- plumbing ---------------------------------------------------------------------
+    def validate(self, uri: str) -> None:
+        parse(uri)
+        platform = self._platform()
+        if platform.count("/") not in (1, 2) or not all(platform.split("/")):
+            raise UsageError(
+                f"STORAGE_INITIALIZER_OCI_PLATFORM={platform!r} is not os/arch[/variant]", hint="e.g. linux/arm64/v8"
+            )
+
+    def _platform(self) -> str:
+        return self.env.get("STORAGE_INITIALIZER_OCI_PLATFORM", "").strip() or DEFAULT_PLATFORM
+
+    def client(self, ref: Reference) -> RegistryClient:
+        key = (ref.registry, ref.repository)
+        with self._lock:
+            found = self._clients.get(key)
+            if found is None:
+                found = RegistryClient(
+                    ref.registry,
+                    ref.repository,
+                    self.env,
+                    auth.lookup(self.env, ref.registry),
+                    (self.context.connect_timeout, self.context.stall_timeout),
+                    self.context.concurrency,
+                )
+                self._clients[key] = found
+            return found
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                client.close()
+            self._clients.clear()
+
+    # -- manifests --------------------------------------------------------------------
+    def _manifest(self, uri: str, client: RegistryClient, reference: str) -> tuple[dict[str, Any], str, str]:
+        """GET a manifest; return (document, media type, digest), the digest checked when pinned."""
+        what = f"{redact(uri)}: manifest {reference}"
+        response = client.get(f"manifests/{reference}", {"Accept": media.ACCEPT}, what)
+        with response:
+            if response.status_code != 200:
+                raise self._manifest_error(uri, response, reference)
+            body = response.raw.read(_MAX_MANIFEST + 1, decode_content=True)
+            content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if len(body) > _MAX_MANIFEST:
+            raise StorageInitializerError(f"{what} is larger than {_MAX_MANIFEST} bytes; refusing it")
+        algorithm = reference.split(":", 1)[0] if ":" in reference else "sha256"
+        digest = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+        if ":" in reference and digest != reference:
+            raise IntegrityError(f"{what}: the registry served a manifest whose digest is {digest}")
+        try:
+            document = json.loads(body)
+        except ValueError:
+            raise StorageInitializerError(f"{what} is not JSON") from None
+        if not isinstance(document, dict):
+            raise StorageInitializerError(f"{what} is not a JSON object")
+        media_type = document.get("mediaType") or content_type
+        return document, str(media_type), digest
+
+    @staticmethod
+    def _manifest_error(uri: str, response: Any, reference: str) -> StorageInitializerError:
+        codes: list[str] = []
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            codes = [str(e.get("code")) for e in json.loads(response.raw.read(65536)).get("errors", [])]
+        if response.status_code == 404:
+            if "NAME_UNKNOWN" in codes:
+                return NotFoundError(f"{redact(uri)}: repository not found", hint="check the registry and repository")
+            return NotFoundError(
+                f"{redact(uri)}: no manifest {reference} in the repository (HTTP 404)",
+                hint="check the tag or digest, and the repository name",
+            )
+        return status_error(response.status_code, f"{redact(uri)}: manifest {reference}", "", response.reason or "")
+
+    def _resolve_manifest(self, uri: str, ref: Reference) -> tuple[dict[str, Any], str]:
+        client = self.client(ref)
+        document, media_type, digest = self._manifest(uri, client, ref.reference)
+        if ref.tag and not ref.digest:
+            log.info("%s: tag %s is %s", redact(uri), ref.tag, digest)
+        if media_type in media.INDEXES or "manifests" in document:
+            wanted = self._platform()
+            chosen = media.pick_platform(document, wanted)
+            if chosen is None:
+                present = ", ".join(media.platform_of(d) for d in document.get("manifests") or []) or "none"
+                raise NotFoundError(
+                    f"{redact(uri)}: the index has no manifest for platform {wanted} (present: {present})",
+                    hint="set STORAGE_INITIALIZER_OCI_PLATFORM=os/arch[/variant] to one of them",
+                )
+            log.info("%s: platform %s is %s", redact(uri), wanted, chosen.get("digest"))
+            document, media_type, digest = self._manifest(uri, client, str(chosen.get("digest")))
+        if media_type not in media.MANIFESTS and "layers" not in document:
+            raise StorageInitializerError(
+                f"{redact(uri)}: unsupported manifest media type {media_type!r}",
+                hint="expected an OCI image manifest or index, or a Docker schema 2 manifest or list",
+            )
+        return document, digest
+
+    # -- the provider contract -----------------------------------------------------------
+    def list(self, uri: str) -> Iterator[RemoteObject]:
+        ref = parse(uri)
+        document, digest = self._resolve_manifest(uri, ref)
+        try:
+            flavour, found = media.classify(document)
+        except ValueError as exc:
+            raise StorageInitializerError(
+                f"{redact(uri)}: {exc}",
+                hint="supported: image layers (tar, tar+gzip, tar+zstd), ModelPack layers, titled artifact layers",
+            ) from None
+        if not found:
+            raise NotFoundError(f"{redact(uri)}: the {flavour} {digest} has no layers")
+        log.info("%s: %s %s with %d layers", redact(uri), flavour, digest, len(found))
+        if all(layer.kind == "raw" for layer in found):
+            for layer in found:
+                algorithm, _, hexdigest = layer.digest.partition(":")
+                assert layer.path is not None
+                yield RemoteObject(
+                    key=_clean_path(layer.path),
+                    size=layer.size,
+                    version=layer.digest,
+                    checksums={algorithm: hexdigest},
+                    extra=layer,
+                )
+            return
+        yield RemoteObject(MERGED_NAME, None, version=digest, supports_ranges=False, extra=found)
+
+    def _open_blob(self, uri: str, layer: media.Layer, headers: dict[str, str]) -> Any:
+        client = self.client(parse(uri))
+        what = f"{redact(uri)}: blob {layer.digest}"
+        response = client.get(f"blobs/{layer.digest}", {"Accept-Encoding": "identity", **headers}, what)
+        if response.status_code in (200, 206):
+            return response
+        response.close()
+        if response.status_code == 404:
+            raise ObjectChangedError(
+                f"{what} is no longer in the registry (HTTP 404)",
+                hint="the manifest was deleted or replaced; run again",
+            )
+        raise status_error(response.status_code, what, "", response.reason or "")
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        layer = obj.extra
+        if not isinstance(layer, media.Layer):
+            raise StorageInitializerError(f"{redact(uri)}: {obj.key} is built from several layers; it has no ranges")
+        ranged = start > 0 or (end is not None and end != obj.size)
+        headers = {"Range": f"bytes={start}-" + ("" if end is None else str(end - 1))} if ranged else {}
+        response = self._open_blob(uri, layer, headers)
+        if ranged:
+            content_range = response.headers.get("Content-Range", "")
+            if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
+                response.close()
+                raise TransientError(
+                    f"{redact(uri)}: blob {layer.digest} ignored a range request (HTTP {response.status_code})"
+                )
+        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+
+    def _open_at(self, uri: str, layer: media.Layer, offset: int) -> IO[bytes]:
+        """The blob from ``offset`` to its end (a ranged GET after a break)."""
+        response = self._open_blob(uri, layer, {"Range": f"bytes={offset}-"} if offset else {})
+        if offset and (
+            response.status_code != 206 or not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+        ):
+            response.close()
+            raise TransientError(f"{redact(uri)}: blob {layer.digest} ignored a range request at byte {offset}")
+        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+
+    def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
+        if isinstance(obj.extra, media.Layer):
+            return False  # a plain blob: the engine reads it in ranged parts
+        settings = settings_from_env(self.env)
+
+        @contextlib.contextmanager
+        def open_blob(layer: media.Layer) -> Iterator[IO[bytes]]:
+            stream = ResumingStream(
+                lambda offset: self._open_at(uri, layer, offset),
+                layer.size,
+                layer.digest,
+                settings.retries,
+                settings.retry_backoff,
+            )
+            with contextlib.closing(stream):
+                yield stream  # type: ignore[misc]
+
+        files = layers.merge(path, list(obj.extra), open_blob, settings.max_extract_ratio)
+        if files == 0 and any(layer.image for layer in obj.extra):
+            raise NotFoundError(
+                f"{redact(uri)}: the image has no files under /models/",
+                hint="a modelcar image keeps the model in /models/",
+            )
+        return True
