@@ -275,6 +275,8 @@ class ModelScopeProvider(Provider):
             # The SDK sends both: newer endpoints read the header, older ones the cookie.
             sent["Authorization"] = f"Bearer {self.settings.token}"
             sent["Cookie"] = f"m_session_id={self.settings.token}"
+        no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
+        direct = bool(no_proxy) and requests.utils.should_bypass_proxies(url, no_proxy=no_proxy)
         try:
             return self._session().get(
                 url,
@@ -282,6 +284,7 @@ class ModelScopeProvider(Provider):
                 stream=True,
                 allow_redirects=False,
                 timeout=(self.settings.connect_timeout, read_timeout),
+                **({"proxies": {"http": "", "https": ""}} if direct else {}),
             )
         except requests.exceptions.SSLError as exc:
             raise StorageInitializerError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -382,3 +383,21 @@ def test_access_errors_are_typed(fake_modelscope_hub: FakeModelScopeHub) -> None
     assert [o.key for o in provider(env_for(hub, MODELSCOPE_API_TOKEN=hub.token)).list("modelscope://acme/typed")] == [
         "a.txt"
     ]
+
+
+def test_without_an_endpoint_the_site_holding_the_repo_is_used(fake_modelscope_hub: FakeModelScopeHub) -> None:
+    """As the SDK: modelscope.cn first, then www.modelscope.ai (here two fakes in their places)."""
+    hub = fake_modelscope_hub
+    hub.add_repo("acme/intl", {"a.txt": b"from the second site"})
+    first = FakeModelScopeHub().start()
+    try:
+        prov = provider({})
+        assert not prov.settings.configured
+        prov.settings = dataclasses.replace(prov.settings, endpoints=(first.url, hub.url))
+        (obj,) = prov.list("modelscope://acme/intl")
+        with prov.open_range("modelscope://acme/intl", obj, 0, None) as stream:
+            assert stream.read() == b"from the second site"
+        with pytest.raises(NotFoundError, match=f"not found on {first.url} or {hub.url}"):
+            list(prov.list("modelscope://acme/nowhere"))
+    finally:
+        first.stop()
