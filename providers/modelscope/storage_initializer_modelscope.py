@@ -195,7 +195,6 @@ class _FileRef:
     repo_id: str
     path: str
     revision: str  # the commit that last changed the file, else the revision asked for
-    lfs: bool | None
 
 
 class _Skip(io.RawIOBase):
@@ -237,8 +236,7 @@ class ModelScopeProvider(Provider):
         self._local = threading.local()
         self._sessions: list[Any] = []
         self._lock = threading.Lock()
-        self._locations: dict[_FileRef, str] = {}
-        self._endpoint_for: dict[str, str] = {}
+        self._locations: dict[_FileRef, str] = {}  # file -> its storage URL (LFS), shared by its parts
 
     # -- HTTP ----------------------------------------------------------------------
     def _session(self) -> Any:
@@ -249,11 +247,11 @@ class ModelScopeProvider(Provider):
 
             session = requests.Session()
             session.trust_env = False  # proxies and CAs come from self.env, not os.environ
-            session.proxies = {
-                scheme: value
-                for scheme in ("http", "https")
-                if (value := self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY"))
-            }
+            for scheme in ("http", "https"):
+                proxy = self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY")
+                if proxy:
+                    session.proxies[scheme] = proxy
+                    register_secret(urlsplit(proxy).password)
             bundle = self.env.get("REQUESTS_CA_BUNDLE") or self.env.get("SSL_CERT_FILE")
             if bundle:
                 session.verify = bundle
@@ -298,7 +296,12 @@ class ModelScopeProvider(Provider):
     def _api(self, url: str, params: Mapping[str, str]) -> tuple[int, Any]:
         """GET an ``/api/v1`` JSON answer: (status, parsed body or the response on an error)."""
         query = "&".join(f"{name}={quote_plus(value)}" for name, value in params.items())
-        response = self._get(f"{url}?{query}" if query else url, auth=True, read_timeout=self.settings.api_timeout)
+        response = self._get(
+            f"{url}?{query}" if query else url,
+            auth=True,
+            read_timeout=self.settings.api_timeout,
+            headers={"Accept-Encoding": "gzip"},  # a listing is JSON: compressed is fine (files are not)
+        )
         with response:
             try:
                 content = response.content
@@ -409,7 +412,6 @@ class ModelScopeProvider(Provider):
     def list(self, uri: str) -> Iterator[RemoteObject]:
         ms = parse_uri(uri)
         endpoint = self._choose_endpoint(uri, ms)
-        self._endpoint_for[ms.repo_id] = endpoint
         entries = self._tree(uri, endpoint, ms, ms.path)
         prefix = f"{ms.path}/" if ms.path else ""
         objects = []
@@ -474,7 +476,7 @@ class ModelScopeProvider(Provider):
             checksums={"sha256": sha256} if sha256 else {},
             # Regular git files come straight from the Hub, which ignores Range for them.
             supports_ranges=lfs is not False,
-            extra=_FileRef(endpoint, ms.repo_id, path, commit or ms.revision, lfs),
+            extra=_FileRef(endpoint, ms.repo_id, path, commit or ms.revision),
         )
 
     # -- reads -----------------------------------------------------------------------
