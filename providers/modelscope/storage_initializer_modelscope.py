@@ -30,6 +30,7 @@ SDK's variables: ``MODELSCOPE_API_TOKEN``, ``MODELSCOPE_ENDPOINT`` (or the older
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 import threading
@@ -310,8 +311,6 @@ class ModelScopeProvider(Provider):
             if response.status_code != 200:
                 return response.status_code, response
             try:
-                import json
-
                 return 200, json.loads(content)
             except ValueError:
                 raise TransientError(f"{redact(url)}: the Hub answered something that is not JSON") from None
@@ -394,7 +393,7 @@ class ModelScopeProvider(Provider):
             raise StorageInitializerError(
                 f"{redact(uri)}: the folder {root or '/'} holds {LISTING_LIMIT} or more entries, "
                 "more than the Hub can list",
-                hint="download a sub-folder (modelscope://OWNER/MODEL/PATH) or use allow patterns",
+                hint="download its sub-folders one by one (modelscope://OWNER/MODEL/PATH)",
             )
         found: dict[str, dict[str, Any]] = {}
         for entry in shallow:

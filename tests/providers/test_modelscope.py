@@ -401,3 +401,16 @@ def test_without_an_endpoint_the_site_holding_the_repo_is_used(fake_modelscope_h
             list(prov.list("modelscope://acme/nowhere"))
     finally:
         first.stop()
+
+
+def test_busy_and_cut_reads_are_retried(fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path) -> None:
+    hub = fake_modelscope_hub
+    weights = os.urandom(3 * MiB)
+    hub.add_repo("acme/flaky", {"w.safetensors": weights, "config.json": b"{}"})
+    hub.add_fault("status", "w.safetensors", status=503, where="storage")
+    hub.add_fault("cut", "w.safetensors", after_bytes=300_000, where="storage")
+    hub.add_fault("status", "config.json", status=429, where="hub")
+    done = run_cli(["modelscope://acme/flaky", str(tmp_path / "out")], env_for(hub, **FAST))
+    assert done.returncode == 0, done.stderr
+    assert files_under(tmp_path / "out") == {"w.safetensors": weights, "config.json": b"{}"}
+    assert "retrying" in done.stderr
