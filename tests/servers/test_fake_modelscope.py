@@ -155,3 +155,22 @@ def test_ranges_storage_honours_them_the_hub_does_not(fake_modelscope_hub: FakeM
     assert whole.status_code == 200 and whole.content == b"0123456789"  # a regular file: Range ignored
     hub.expire_storage_urls()
     assert requests.get(redirect.headers["Location"]).status_code == 403
+
+
+def test_sdk_parallel_ranged_download(
+    fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK's own ranged path (for big files) accepts the storage's 206 answers part by part."""
+    import modelscope_hub._download as sdk_download
+    from modelscope import snapshot_download
+
+    hub = fake_modelscope_hub
+    hub.add_repo("acme/parallel", {"w.safetensors": BIG})
+    # Read at import from MODELSCOPE_DOWNLOAD_PARALLEL_THRESHOLD_MB / _WORKERS / MODELSCOPE_DOWNLOAD_PART_SIZE_MB.
+    monkeypatch.setattr(sdk_download, "DOWNLOAD_PARALLEL_THRESHOLD", 1)
+    monkeypatch.setattr(sdk_download, "DOWNLOAD_PARALLELS", 4)
+    monkeypatch.setattr(sdk_download, "DOWNLOAD_PART_SIZE", 512 * 1024)
+    out = snapshot_download("acme/parallel", local_dir=str(tmp_path / "out"))
+    assert tree(Path(out)) == {"w.safetensors": BIG}
+    parts = [r for r in hub.body_requests("w.safetensors") if r.server == "storage"]
+    assert len(parts) == 5 and all(r.status == 206 and r.range for r in parts)
