@@ -103,6 +103,21 @@ PER_FORMAT: tuple[Bundle, ...] = (
         "its pull secret at /mnt/oci-fetch-auth/config.json); KSERVE_OCI_INSECURE_REGISTRY=true for plain HTTP.",
     ),
     Bundle(
+        "modelscope",
+        ("modelscope",),
+        env=(
+            {
+                "name": "MODELSCOPE_API_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {"name": "modelscope-secret", "key": "MODELSCOPE_API_TOKEN", "optional": True}
+                },
+            },
+        ),
+        note="MODELSCOPE_API_TOKEN (private repositories) comes from the Secret modelscope-secret, if present:\n"
+        "  kubectl create secret generic modelscope-secret --from-literal=MODELSCOPE_API_TOKEN=<token>\n"
+        "A private Hub: add MODELSCOPE_ENDPOINT (https://HOST) to env.",
+    ),
+    Bundle(
         "model-registry",
         ("model_registry",),
         image=ALL,

@@ -14,6 +14,7 @@ _SCRUB = (
     "AZ_",
     "GOOGLE_",
     "HF_",
+    "MODELSCOPE_",
     "STORAGE_",
     "S3_",
     "MODEL_REGISTRY_",

@@ -48,6 +48,7 @@ SAMPLE_URIS = {
     "hdfs://namenode:9000/models/iris": "hdfs",
     "webhdfs://namenode:9870/models/iris": "hdfs",
     "hf://meta-llama/Llama-3.1-8B:main": "hf",
+    "modelscope://Qwen/Qwen2.5-0.5B-Instruct": "modelscope",
     "model-registry://iris/v1": "model-registry",
     "oci://registry.example.com/models/iris:v1": "oci",
     "oci+fetch://registry.example.com/models/iris:v1": "oci",
@@ -248,6 +249,12 @@ def test_hf_token_comes_from_a_secret() -> None:
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf-secret", "key": "HF_TOKEN", "optional": False}},
     }
+
+
+def test_modelscope_token_comes_from_an_optional_secret() -> None:
+    (env,) = csc_set("per-format")["modelscope"]["spec"]["container"]["env"]
+    secret = {"name": "modelscope-secret", "key": "MODELSCOPE_API_TOKEN", "optional": True}
+    assert env == {"name": "MODELSCOPE_API_TOKEN", "valueFrom": {"secretKeyRef": secret}}
 
 
 def test_model_registry_container_is_configured() -> None:
