@@ -58,15 +58,19 @@ def run_cli(
     )
 
 
-def tree(root: object) -> dict[str, bytes]:
-    """Relative path -> bytes of every file under ``root``, without the engine's state dir."""
+def tree(root: object, *, after_failure: bool = False) -> dict[str, bytes]:
+    """Relative path -> bytes of every file under ``root``.
+
+    After a successful run DEST holds the model and nothing else, so state and temporary
+    files count; ``after_failure`` leaves out the resume state a failed run keeps.
+    """
     from pathlib import Path
 
     base = Path(str(root))
     return {
         p.relative_to(base).as_posix(): p.read_bytes()
         for p in sorted(base.rglob("*"))
-        if p.is_file() and not p.relative_to(base).as_posix().startswith(".storage-initializer")
+        if p.is_file() and not (after_failure and p.relative_to(base).parts[0] == ".storage-initializer")
     }
 
 

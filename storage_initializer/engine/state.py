@@ -1,4 +1,18 @@
-"""Resume state kept in ``DEST/.storage-initializer/`` (out of the model's way).
+"""Resume state: in ``DEST/.storage-initializer/`` while a run needs it, on the files after.
+
+After a successful run DEST holds exactly the model: it is the model
+server's repository (Triton loads every directory in it, TF Serving and
+MLServer scan it). So the state directory exists only while a run is in
+progress or after one failed (to resume), and is removed once every pair
+writing to DEST succeeded. What a later run needs to skip a file that is
+already complete travels with the file instead: an extended attribute
+``user.storage-initializer`` (source, size, version, checksums, mtime) set
+when it is published. The listing of an extracted archive is kept the same
+way on DEST itself. Where the filesystem has no user extended attributes,
+nothing is recorded after success and a rerun downloads again (correct,
+only slower); resume after a failure never depends on them.
+
+While the state directory exists:
 
 * ``manifest.jsonl``: one line per file published and verified, with the
   source it came from (the URI without query, fragment and userinfo), the
@@ -18,9 +32,11 @@ that outlives the node.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -71,6 +87,36 @@ def _identity_matches(entry: ManifestEntry, source: str, obj: RemoteObject) -> b
     return bool(shared) and all(obj.checksums[a].lower() == entry.checksums[a].lower() for a in shared)
 
 
+#: The extended attribute that records a published file's identity (and, on DEST, extracted archives).
+XATTR = "user.storage-initializer"
+XATTR_EXTRACTED = "user.storage-initializer.extracted"
+_NO_XATTRS = frozenset({errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENOSPC, errno.E2BIG})
+
+
+def _entry_from(raw: dict[str, Any]) -> ManifestEntry:
+    return ManifestEntry(
+        source=raw.get("source"),
+        size=int(raw["size"]),
+        version=raw.get("version"),
+        checksums=dict(raw.get("checksums") or {}),
+        mtime_ns=int(raw["mtime_ns"]),
+        extracted=bool(raw.get("extracted", False)),
+    )
+
+
+def _record(entry: ManifestEntry) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "source": entry.source,
+        "size": entry.size,
+        "version": entry.version,
+        "checksums": dict(entry.checksums),
+        "mtime_ns": entry.mtime_ns,
+    }
+    if entry.extracted:
+        record["extracted"] = True
+    return record
+
+
 class DestState:
     """Reads and writes the resume state of one DEST."""
 
@@ -84,6 +130,8 @@ class DestState:
         self._entries: dict[str, ManifestEntry] = {}
         self._manifest_fd: int | None = None
         self.previous_run_interrupted = False
+        self._xattrs = hasattr(os, "setxattr")
+        self._extracted: dict[str, ManifestEntry] = {}
         #: The files claimed so far by the pairs writing to this DEST.
         self.layout = LayoutChecker()
 
@@ -94,6 +142,7 @@ class DestState:
         with open(self._running_path, "w") as marker:
             marker.write(str(os.getpid()))
         self._load_manifest()
+        self._load_extracted()
         self._manifest_fd = os.open(self._manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def close(self, success: bool) -> None:
@@ -103,8 +152,47 @@ class DestState:
         if success:
             if self.previous_run_interrupted:
                 self.sweep_leftovers()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._running_path)
+            self._save_extracted()
+            # DEST holds the model and nothing else: what a rerun needs is on the files.
+            shutil.rmtree(self.dir, ignore_errors=True)
+        elif not self.previous_run_interrupted and not self._entries and not os.listdir(self.partial_dir):
+            shutil.rmtree(self.dir, ignore_errors=True)  # nothing to resume from: leave DEST as it was
+
+    # -- extended attributes -------------------------------------------------
+    def _get_xattr(self, path: str, name: str) -> dict[str, Any] | None:
+        if not self._xattrs:
+            return None
+        try:
+            raw = json.loads(os.getxattr(path, name, follow_symlinks=False))
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS and exc.errno not in (errno.EPERM, errno.EACCES):
+                self._xattrs = False
+            return None
+        except ValueError:
+            return None
+        return raw if isinstance(raw, dict) else None
+
+    def _set_xattr(self, path: str, name: str, value: dict[str, Any]) -> None:
+        if not self._xattrs:
+            return
+        try:
+            os.setxattr(path, name, json.dumps(value, separators=(",", ":")).encode(), follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._xattrs = False  # this filesystem keeps none: a rerun after success downloads again
+
+    def _load_extracted(self) -> None:
+        raw = self._get_xattr(self.root, XATTR_EXTRACTED) or {}
+        for path, record in raw.items():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                self._extracted[path] = _entry_from(record)
+
+    def _save_extracted(self) -> None:
+        extracted = {p: e for p, e in self._entries.items() if e.extracted} | {
+            p: e for p, e in self._extracted.items() if p not in self._entries
+        }
+        if extracted:
+            self._set_xattr(self.root, XATTR_EXTRACTED, {p: _record(e) for p, e in extracted.items()})
 
     def _load_manifest(self) -> None:
         try:
@@ -116,14 +204,7 @@ class DestState:
         for line in lines:
             try:
                 raw: dict[str, Any] = json.loads(line)
-                self._entries[raw["path"]] = ManifestEntry(
-                    source=raw.get("source"),
-                    size=int(raw["size"]),
-                    version=raw.get("version"),
-                    checksums=dict(raw.get("checksums") or {}),
-                    mtime_ns=int(raw["mtime_ns"]),
-                    extracted=bool(raw.get("extracted", False)),
-                )
+                self._entries[raw["path"]] = _entry_from(raw)
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line after a crash: ignore it
         if len(lines) > 2 * len(self._entries) + 100:
@@ -138,21 +219,15 @@ class DestState:
 
     @staticmethod
     def _line(path: str, entry: ManifestEntry) -> str:
-        record: dict[str, Any] = {
-            "path": path,
-            "source": entry.source,
-            "size": entry.size,
-            "version": entry.version,
-            "checksums": dict(entry.checksums),
-            "mtime_ns": entry.mtime_ns,
-        }
-        if entry.extracted:
-            record["extracted"] = True
-        return json.dumps(record, separators=(",", ":")) + "\n"
+        return json.dumps({"path": path, **_record(entry)}, separators=(",", ":")) + "\n"
 
     # -- completed files -----------------------------------------------------
     def is_complete(self, relpath: str, final_path: str, source: str, obj: RemoteObject) -> bool:
         entry = self._entries.get(relpath)
+        if entry is None:
+            raw = self._get_xattr(final_path, XATTR)
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = _entry_from(raw) if raw is not None else None
         if entry is None or entry.extracted or not _identity_matches(entry, source, obj):
             return False
         try:
@@ -162,7 +237,7 @@ class DestState:
         return st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
 
     def was_extracted(self, relpath: str, source: str, obj: RemoteObject) -> bool:
-        entry = self._entries.get(relpath)
+        entry = self._entries.get(relpath) or self._extracted.get(relpath)
         return entry is not None and entry.extracted and _identity_matches(entry, source, obj)
 
     def record_complete(
@@ -174,6 +249,8 @@ class DestState:
             st = os.stat(final_path)
             size, mtime_ns = st.st_size, st.st_mtime_ns
         entry = ManifestEntry(source, size, obj.version, dict(obj.checksums), mtime_ns, extracted)
+        if not extracted:
+            self._set_xattr(final_path, XATTR, _record(entry))
         # Written at once (one small O_APPEND write): a file published a moment
         # before a SIGKILL is then not downloaded again by the rerun.
         line = self._line(relpath, entry).encode("utf-8")
