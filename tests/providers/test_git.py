@@ -218,6 +218,23 @@ def test_resume_skips_files_already_complete(git_server: GitServer, tmp_path: Pa
     assert len(git_server.lfs.downloads) == downloads
 
 
+def test_repository_credentials_never_go_to_another_lfs_host(private_git_server: GitServer, tmp_path: Path) -> None:
+    """The batch answer sends downloads to another origin: only the action's own header goes there."""
+    weights = os.urandom(200_000)
+    private_git_server.commit("team/split", {"w.bin": weights}, lfs=("*.bin",))
+    with GitServer(tmp_path / "cdn") as cdn:
+        cdn.lfs = private_git_server.lfs  # the same objects and action token, on another port
+        private_git_server.lfs.href_base = cdn.url
+        private_git_server.lfs.expired_times = 1  # the first href answers 401: renewed by a new batch
+        result = run_cli([private_git_server.repo_url("team/split"), str(tmp_path / "out")], env=AUTH)
+        assert result.returncode == 0, result.stderr
+        assert tree(tmp_path / "out")["w.bin"] == weights
+        sent = [auth for _, path, auth in cdn.requests if path.startswith("/lfs/objects/")]
+        assert len(sent) == 2 and all(auth == f"RemoteAuth {cdn.lfs.token}" for auth in sent), sent
+    downloads = [b for b in private_git_server.lfs.batch_requests if b["operation"] == "download"]
+    assert len(downloads) == 2  # the listing's, and one renewal after the 401
+
+
 # -- errors ---------------------------------------------------------------------------------
 def test_unknown_ref_repo_and_commit_are_clear_errors(git_server: GitServer, tmp_path: Path) -> None:
     git_server.commit("org/model", {"a.txt": b"a"})

@@ -45,6 +45,10 @@ class LfsStore:
     batch_requests: list[dict[str, Any]] = field(default_factory=list)
     downloads: list[tuple[str, str | None]] = field(default_factory=list)  # (oid, Range header)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Where download/upload hrefs point (another server sharing this store); default: the git server.
+    href_base: str | None = None
+    #: Answer this many object downloads with 401 (an expired href), then serve normally.
+    expired_times: int = 0
 
     def add(self, data: bytes) -> str:
         oid = hashlib.sha256(data).hexdigest()
@@ -75,6 +79,11 @@ class LfsStore:
                 self.objects[oid] = body
             _send(handler, 200, b"", "text/plain")
         elif handler.command == "GET":
+            with self.lock:
+                expired, self.expired_times = self.expired_times > 0, max(0, self.expired_times - 1)
+            if expired:
+                _send(handler, 401, b"the link has expired", "text/plain")
+                return
             self._download(handler, oid)
         else:
             _send(handler, 405, b"", "text/plain")
@@ -102,7 +111,7 @@ class LfsStore:
         answers = []
         for oid, size in wanted:
             entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
-            href = f"{base_url}/lfs/objects/{oid}"
+            href = f"{self.href_base or base_url}/lfs/objects/{oid}"
             if operation == "download":
                 if oid in self.objects:
                     entry["actions"] = {"download": {"href": href, **action}}

@@ -80,6 +80,9 @@ class LfsClient:
         self.verify = verify
         self.context = context
         self._local = threading.local()
+        self._lock = threading.Lock()
+        self.actions: dict[str, Action] = {}
+        self.refname: str | None = None
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
@@ -116,13 +119,14 @@ class LfsClient:
             raise TransientError(f"cannot reach the LFS server {redact(url)}: {type(exc).__name__}") from None
 
     # -- the batch API --------------------------------------------------------------------
-    def batch(self, pointers: Iterable[Pointer], refname: str | None) -> dict[str, Action]:
-        """The download action of every pointer, by oid."""
+    def batch(self, pointers: Iterable[Pointer], refname: str | None) -> None:
+        """Ask for the download action of every pointer (kept in :attr:`actions`)."""
+        self.refname = refname
         wanted = list({p.oid: p for p in pointers}.values())
-        actions: dict[str, Action] = {}
         for start in range(0, len(wanted), BATCH_SIZE):
-            actions.update(self._batch(wanted[start : start + BATCH_SIZE], refname))
-        return actions
+            found = self._batch(wanted[start : start + BATCH_SIZE], refname)
+            with self._lock:
+                self.actions.update(found)
 
     def _batch(self, pointers: list[Pointer], refname: str | None) -> dict[str, Action]:
         body: dict[str, Any] = {
@@ -182,7 +186,20 @@ class LfsClient:
         return actions
 
     # -- reads ----------------------------------------------------------------------------
-    def open(self, action: Action, pointer: Pointer, path: str, start: int, end: int | None) -> HttpBody:
+    def open(self, pointer: Pointer, path: str, start: int, end: int | None) -> HttpBody:
+        """Bytes ``[start, end)`` of the object; an href refused with 401/403 (expired) is renewed once."""
+        with self._lock:
+            action = self.actions[pointer.oid]
+        try:
+            return self._open(action, pointer, path, start, end)
+        except AccessDeniedError:
+            with self._lock:
+                if self.actions[pointer.oid] is action:  # no other thread renewed it meanwhile
+                    self.actions.update(self._batch([pointer], self.refname))
+                action = self.actions[pointer.oid]
+            return self._open(action, pointer, path, start, end)
+
+    def _open(self, action: Action, pointer: Pointer, path: str, start: int, end: int | None) -> HttpBody:
         headers = {"Accept-Encoding": "identity", **action.headers}
         ranged = start > 0 or (end is not None and end != pointer.size)
         if ranged:

@@ -25,7 +25,7 @@ from typing import IO, Any
 from storage_initializer.errors import NotFoundError, StorageInitializerError
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
-from storage_initializer_git.lfs import Action, LfsClient, Pointer, lfs_verify, parse_pointer
+from storage_initializer_git.lfs import LfsClient, Pointer, lfs_verify, parse_pointer
 from storage_initializer_git.remote import Remote, Target, credentials
 from storage_initializer_git.uri import URI_REGEX, GitUri, parse_uri
 
@@ -46,7 +46,6 @@ class _Lfs:
 
     client: LfsClient
     pointer: Pointer
-    action: Action
     path: str
 
 
@@ -156,14 +155,14 @@ class GitProvider(Provider):
         client = LfsClient(git.repo_url, creds, lfs_verify(self.env), self.context)
         self._clients.append(client)
         log.info("%s: %d Git LFS files, asking the LFS server where they are", git.repo_url, len(pointers))
-        actions = client.batch((p for _, p in pointers), target.refname)
+        client.batch((p for _, p in pointers), target.refname)
         for path, pointer in pointers:
             yield RemoteObject(
                 key=path,
                 size=pointer.size,
                 version=pointer.oid,
                 checksums={"sha256": pointer.oid},
-                extra=_Lfs(client, pointer, actions[pointer.oid], path),
+                extra=_Lfs(client, pointer, path),
             )
 
     def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
@@ -171,7 +170,7 @@ class GitProvider(Provider):
         if isinstance(ref, _Lfs):
             if (end if end is not None else ref.pointer.size) == start:
                 return io.BytesIO(b"")
-            return ref.client.open(ref.action, ref.pointer, ref.path, start, end)  # type: ignore[return-value]
+            return ref.client.open(ref.pointer, ref.path, start, end)  # type: ignore[return-value]
         assert isinstance(ref, _Blob), "open_range needs an object listed by this provider"
         data = ref.snapshot.raw(ref.sha)
         return io.BytesIO(memoryview(data)[start:end])
