@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -233,6 +234,35 @@ def test_repository_credentials_never_go_to_another_lfs_host(private_git_server:
         assert len(sent) == 2 and all(auth == f"RemoteAuth {cdn.lfs.token}" for auth in sent), sent
     downloads = [b for b in private_git_server.lfs.batch_requests if b["operation"] == "download"]
     assert len(downloads) == 2  # the listing's, and one renewal after the 401
+
+
+def test_ordinary_files_held_in_memory_are_bounded(git_server: GitServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent reads of non-LFS files wait while the in-memory budget is used up."""
+    import storage_initializer_git.provider as module
+
+    monkeypatch.setattr(module, "BLOB_MEMORY_BUDGET", 150_000)
+    git_server.commit("org/mem", {"a.bin": os.urandom(100_000), "b.bin": os.urandom(100_000)})
+    uri = git_server.repo_url("org/mem")
+    provider = GitProvider(ProviderContext(env={}, stall_timeout=10))
+    try:
+        a, b = sorted(provider.list(uri), key=lambda o: o.key)
+        first = provider.open_range(uri, a, 0, None)
+        opened = threading.Event()
+
+        def second() -> None:
+            with provider.open_range(uri, b, 0, None) as stream:
+                opened.set()
+                assert len(stream.read()) == 100_000
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not opened.wait(0.5)  # a.bin holds 100 kB of the 150 kB budget
+        with first as stream:
+            assert len(stream.read()) == 100_000
+        thread.join(10)
+        assert opened.is_set()
+    finally:
+        provider.close()
 
 
 # -- errors ---------------------------------------------------------------------------------

@@ -31,6 +31,9 @@ from storage_initializer_git.uri import URI_REGEX, GitUri, parse_uri
 
 log = logging.getLogger("storage_initializer.git")
 
+#: Bytes of ordinary (non-LFS) files held in memory at once; large model files belong in LFS.
+BLOB_MEMORY_BUDGET = 256 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class _Blob:
@@ -49,6 +52,45 @@ class _Lfs:
     path: str
 
 
+class _MemoryBudget:
+    """Bounds the bytes of ordinary files held in memory at once by concurrent reads.
+
+    dulwich inflates a blob whole; without a bound, 16 workers each holding a
+    large non-LFS file could exceed the init container's memory limit. A blob
+    larger than the budget is still served, alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, size: int) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + size <= self.limit)
+            self.used += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.used -= size
+            self._cond.notify_all()
+
+
+class _BlobStream(io.BytesIO):
+    """A blob's bytes, returning its share of the memory budget when closed."""
+
+    def __init__(self, data: bytes | memoryview, budget: _MemoryBudget, reserved: int) -> None:
+        super().__init__(data)
+        self._budget: _MemoryBudget | None = budget
+        self._reserved = reserved
+
+    def close(self) -> None:
+        budget, self._budget = self._budget, None
+        if budget is not None:
+            budget.release(self._reserved)
+        super().close()
+
+
 class _Snapshot:
     """The fetched commit: a bare repository in a temporary directory, read under a lock."""
 
@@ -56,6 +98,7 @@ class _Snapshot:
         self.repo = repo
         self.workdir = workdir
         self.lock = threading.Lock()
+        self.budget = _MemoryBudget(BLOB_MEMORY_BUDGET)
 
     def raw(self, sha: bytes) -> bytes:
         with self.lock:
@@ -172,8 +215,15 @@ class GitProvider(Provider):
                 return io.BytesIO(b"")
             return ref.client.open(ref.pointer, ref.path, start, end)  # type: ignore[return-value]
         assert isinstance(ref, _Blob), "open_range needs an object listed by this provider"
-        data = ref.snapshot.raw(ref.sha)
-        return io.BytesIO(memoryview(data)[start:end])
+        size = obj.size or 0
+        budget = ref.snapshot.budget
+        budget.acquire(size)
+        try:
+            data = ref.snapshot.raw(ref.sha)
+            return _BlobStream(memoryview(data)[start:end], budget, size)
+        except BaseException:
+            budget.release(size)
+            raise
 
     def close(self) -> None:
         for client in self._clients:
