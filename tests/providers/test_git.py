@@ -136,6 +136,24 @@ def test_only_the_one_commit_is_fetched(git_server: GitServer, tmp_path: Path) -
     assert sum(git_server.upload_pack_bytes) - before < 100_000  # the 2 MiB blob of the first commit never came
 
 
+def test_protocol_v2_and_a_v0_only_server(tmp_path: Path) -> None:
+    for v2 in (True, False):
+        with GitServer(tmp_path / f"v2-{v2}", protocol_v2=v2) as server:
+            old = server.commit("org/m", {"a.txt": b"old", "big.bin": os.urandom(500_000)})
+            server.commit("org/m", {"a.txt": b"new", "big.bin": None})
+            for suffix, expected in (("", {"a.txt": b"new"}), (f"@{old}", None)):
+                dest = tmp_path / f"out-{v2}-{bool(suffix)}"
+                before = sum(server.upload_pack_bytes)
+                result = run_cli([server.repo_url("org/m") + suffix, str(dest)])
+                assert result.returncode == 0, result.stderr
+                if expected is not None:
+                    assert tree(dest) == expected
+                    assert sum(server.upload_pack_bytes) - before < 50_000  # one commit, not the history
+                else:
+                    assert tree(dest)["a.txt"] == b"old" and len(tree(dest)["big.bin"]) == 500_000
+            assert ("version=2" in server.protocols) is True  # dulwich asks for v2 either way
+
+
 def test_lfs_files_are_resolved_and_verified(git_server: GitServer, tmp_path: Path) -> None:
     weights = os.urandom(3 * 1024 * 1024 + 17)
     git_server.commit(
@@ -206,6 +224,34 @@ def test_symlinks_and_submodules_are_skipped_with_a_warning(git_server: GitServe
     assert result.returncode == 0, result.stderr
     assert everything_under(tmp_path / "out") == {"real.txt"}
     assert "skipping symlink link.txt" in result.stderr and "skipping submodule vendor/lib" in result.stderr
+
+
+def test_a_crafted_tree_cannot_write_a_git_directory_or_escape_dest(git_server: GitServer, tmp_path: Path) -> None:
+    """A hostile server's tree (made with git mktree; git itself refuses to check these out)."""
+    git_server.commit("org/hostile", {"seed.txt": b"s"})
+    work = git_server.work_tree("org/hostile")
+
+    def mktree(entries: str) -> str:
+        proc = subprocess.run(
+            ["git", "mktree"],
+            cwd=work,
+            input=entries,
+            capture_output=True,
+            text=True,
+            check=True,
+            env=git_env(git_server.home),
+        )
+        return proc.stdout.strip()
+
+    blob = git_server.git(work, "hash-object", "-w", "seed.txt")
+    inner = mktree(f"100644 blob {blob}\tconfig\n")
+    root = mktree(f"040000 tree {inner}\t.git\n040000 tree {inner}\tsub\n100644 blob {blob}\tok.txt\n")
+    commit = git_server.git(work, "commit-tree", root, "-m", "hostile")
+    git_server.git(work, "push", "--quiet", "origin", f"{commit}:refs/heads/hostile")
+    result = run_cli([git_server.repo_url("org/hostile") + "@hostile", str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert everything_under(tmp_path / "out") == {"ok.txt", "sub", "sub/config"}
+    assert "skipping .git/config" in result.stderr
 
 
 def test_resume_skips_files_already_complete(git_server: GitServer, tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         with owner.lock:
             owner.requests.append((self.command, self.path, self.headers.get("Authorization")))
+            owner.protocols.append(self.headers.get("Git-Protocol"))
         lfs_object = owner.lfs.handles(path) and not owner.lfs.is_batch(path)
         user = self._user()
         if owner.users and user is None and not lfs_object:
@@ -139,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         }
         if user:
             env["REMOTE_USER"] = user
-        if self.headers.get("Git-Protocol"):
+        if self.headers.get("Git-Protocol") and owner.protocol_v2:
             env["GIT_PROTOCOL"] = self.headers["Git-Protocol"]
         if self.headers.get("Content-Encoding"):
             env["HTTP_CONTENT_ENCODING"] = self.headers["Content-Encoding"]
@@ -175,7 +176,7 @@ class _Server(ThreadingHTTPServer):
 class GitServer:
     """``git http-backend`` over HTTP on 127.0.0.1, with an LFS server on the same origin."""
 
-    def __init__(self, base: Path, users: Mapping[str, str] | None = None) -> None:
+    def __init__(self, base: Path, users: Mapping[str, str] | None = None, protocol_v2: bool = True) -> None:
         self.base = base
         self.root = base / "repos"
         self.root.mkdir(parents=True)
@@ -183,9 +184,11 @@ class GitServer:
         self.home.mkdir()
         self.git(self.home, "lfs", "install", "--skip-repo")  # the lfs filters for every clone of this HOME
         self.users = dict(users or {})
+        self.protocol_v2 = protocol_v2  # False: ignore Git-Protocol, as a server that speaks only v0
         self.lfs = LfsStore()
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str, str | None]] = []
+        self.protocols: list[str | None] = []  # the Git-Protocol header of each request
         self.upload_pack_bytes: list[int] = []
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self

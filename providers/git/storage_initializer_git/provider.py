@@ -151,6 +151,9 @@ class GitProvider(Provider):
         ordinary: list[RemoteObject] = []
         pointers: list[tuple[str, Pointer]] = []
         for path, mode, sha in snapshot.files(commit.tree):
+            if any(part.lower() == ".git" for part in path.split("/")):
+                log.warning("%s: skipping %s (git itself refuses paths inside .git)", redact(uri), path)
+                continue
             if stat.S_ISLNK(mode):
                 log.warning("%s: skipping symlink %s (links are not created in DEST)", redact(uri), path)
                 continue
