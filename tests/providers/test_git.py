@@ -351,6 +351,16 @@ def test_credentials_are_required_used_and_never_shown(
         assert result.returncode == 0, result.stderr
         assert PASSWORD not in result.stdout + result.stderr
 
+    # A password in the URL works too, and is masked.
+    in_url = run_cli(["-v", private_git_server.repo_url("team/private", "alice", PASSWORD), str(tmp_path / "url")])
+    assert in_url.returncode == 0, in_url.stderr
+    assert PASSWORD not in in_url.stdout + in_url.stderr
+
+    unwritable = run_cli([url, str(tmp_path / "nowhere")], env={**AUTH, "TMPDIR": str(tmp_path / "no-such-dir")})
+    assert unwritable.returncode == 1
+    assert "cannot create a temporary directory" in error_line(unwritable.stderr)
+    assert "set TMPDIR" in error_line(unwritable.stderr)
+
     missing = run_cli([url, str(tmp_path / "missing")])
     assert missing.returncode == 1
     assert "requires credentials (HTTP 401)" in error_line(missing.stderr)

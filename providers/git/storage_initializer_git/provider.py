@@ -26,7 +26,7 @@ from storage_initializer.errors import NotFoundError, StorageInitializerError
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
 from storage_initializer_git.lfs import LfsClient, Pointer, lfs_verify, parse_pointer
-from storage_initializer_git.remote import Remote, Target, credentials
+from storage_initializer_git.remote import TMPDIR_HINT, Remote, Target, credentials
 from storage_initializer_git.uri import URI_REGEX, GitUri, parse_uri
 
 log = logging.getLogger("storage_initializer.git")
@@ -185,7 +185,14 @@ class GitProvider(Provider):
             yield from self._lfs_objects(git, creds, target, pointers)
 
     def _fetch(self, remote: Remote, target: Target) -> _Snapshot:
-        workdir = tempfile.mkdtemp(prefix="storage-initializer-git-", dir=self.env.get("TMPDIR") or None)
+        where = self.env.get("TMPDIR") or None
+        try:
+            workdir = tempfile.mkdtemp(prefix="storage-initializer-git-", dir=where)
+        except OSError as exc:
+            raise StorageInitializerError(
+                f"cannot create a temporary directory in {where or tempfile.gettempdir()}: {exc.strerror or exc}",
+                hint=TMPDIR_HINT,
+            ) from None
         try:
             repo = remote.fetch(target, workdir)
         except BaseException:

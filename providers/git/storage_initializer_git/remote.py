@@ -9,6 +9,7 @@ initializer uses it too.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 from collections.abc import Mapping
@@ -30,6 +31,11 @@ log = logging.getLogger("storage_initializer.git")
 
 #: Username sent with a token when none is given (accepted by GitHub, GitLab, Gitea, Azure DevOps, Hugging Face).
 TOKEN_USERNAME = "oauth2"
+TMPDIR_HINT = (
+    "the pack of ordinary (non-LFS) files is kept under TMPDIR during the download: "
+    "set TMPDIR to a writable directory with room for it (an emptyDir volume)"
+)
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
 CREDENTIAL_HINT = "set GIT_USERNAME and GIT_PASSWORD (or GIT_TOKEN) to credentials that can read the repository"
 
 
@@ -124,6 +130,11 @@ class Remote:
         if isinstance(exc, NotGitRepository):
             hint = "check the URL" + ("" if self.creds.present else "; a private repository may need credentials")
             return NotFoundError(f"{repo}: repository not found (HTTP 404)", hint=hint)
+        if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+            return StorageInitializerError(
+                f"{repo}: cannot store the fetched commit in the temporary directory ({exc.strerror or exc})",
+                hint=TMPDIR_HINT,
+            )
         cause = exc.__cause__
         names = {cls.__name__ for cls in type(cause).__mro__} if cause is not None else set()
         if "SSLError" in names:
