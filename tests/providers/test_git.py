@@ -204,13 +204,24 @@ def test_a_tampered_lfs_object_fails_and_publishes_nothing(git_server: GitServer
     assert "w.bin" not in tree(dest)
 
 
-def test_a_missing_lfs_object_is_a_clear_error(git_server: GitServer, tmp_path: Path) -> None:
-    weights = os.urandom(1000)
-    git_server.commit("org/lost", {"w.bin": weights}, lfs=("*.bin",))
-    del git_server.lfs.objects[hashlib.sha256(weights).hexdigest()]
-    result = run_cli([git_server.repo_url("org/lost"), str(tmp_path / "out")])
+def test_a_missing_lfs_object_is_a_clear_error_unless_ignored(git_server: GitServer, tmp_path: Path) -> None:
+    lost, kept = os.urandom(1000), os.urandom(2000)
+    git_server.commit("org/lost", {"lost.bin": lost, "kept.bin": kept, "a.txt": b"a"}, lfs=("*.bin",))
+    del git_server.lfs.objects[hashlib.sha256(lost).hexdigest()]
+    url = git_server.repo_url("org/lost")
+    result = run_cli([url, str(tmp_path / "out")])
     assert result.returncode == 1
-    assert "Object does not exist" in error_line(result.stderr)
+    line = error_line(result.stderr)
+    assert "lost.bin" in line and "Object does not exist, code 404" in line, line
+    assert "lost.bin" not in tree(tmp_path / "out")
+    # Actions are asked for when a file is read: a file the patterns leave out costs nothing.
+    ignored = run_cli([url, str(tmp_path / "ignored")], env={"STORAGE_IGNORE_PATTERNS": "lost.bin"})
+    assert ignored.returncode == 0, ignored.stderr
+    assert tree(tmp_path / "ignored") == {
+        ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+        "kept.bin": kept,
+        "a.txt": b"a",
+    }
 
 
 def test_symlinks_and_submodules_are_skipped_with_a_warning(git_server: GitServer, tmp_path: Path) -> None:

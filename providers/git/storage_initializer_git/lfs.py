@@ -1,8 +1,9 @@
 """Git LFS: pointer files, the batch API (``download``, ``basic`` transfer) and ranged reads.
 
 A pointer (``version https://git-lfs.github.com/spec/v1``, ``oid sha256:…``,
-``size …``) stands in the tree for the real file. One batch request per 100
-pointers (``POST <repo>.git/info/lfs/objects/batch``) returns, per object, a
+``size …``) stands in the tree for the real file. When an object is first
+read, one batch request for it and up to 99 more
+(``POST <repo>.git/info/lfs/objects/batch``) returns, per object, a
 ``download`` action: an ``href`` and the headers to send with it. Reads are
 ranged ``GET``s on the href. The repository's credentials go to the batch
 endpoint (the repository's own origin) and to an href only on that same
@@ -82,7 +83,10 @@ class LfsClient:
         self._local = threading.local()
         self._lock = threading.Lock()
         self.actions: dict[str, Action] = {}
+        self.errors: dict[str, StorageInitializerError] = {}
         self.refname: str | None = None
+        self._pending: list[Pointer] = []
+        self._cursor = 0
 
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
@@ -119,16 +123,46 @@ class LfsClient:
             raise TransientError(f"cannot reach the LFS server {redact(url)}: {type(exc).__name__}") from None
 
     # -- the batch API --------------------------------------------------------------------
-    def batch(self, pointers: Iterable[Pointer], refname: str | None) -> None:
-        """Ask for the download action of every pointer (kept in :attr:`actions`)."""
-        self.refname = refname
-        wanted = list({p.oid: p for p in pointers}.values())
-        for start in range(0, len(wanted), BATCH_SIZE):
-            found = self._batch(wanted[start : start + BATCH_SIZE], refname)
-            with self._lock:
-                self.actions.update(found)
+    def register(self, pointers: Iterable[Pointer], refname: str | None) -> None:
+        """The objects the listing found; their download actions are asked for when first read.
 
-    def _batch(self, pointers: list[Pointer], refname: str | None) -> dict[str, Action]:
+        Lazily, so that files the engine skips (allow/ignore patterns, already
+        complete) cost nothing and an error about one of them never fails the others.
+        """
+        self.refname = refname
+        self._pending = list({p.oid: p for p in pointers}.values())
+        self._cursor = 0
+
+    def _action(self, pointer: Pointer, path: str) -> Action:
+        """The object's download action: one batch request for it and up to 99 not yet asked for."""
+        with self._lock:
+            if pointer.oid not in self.actions and pointer.oid not in self.errors:
+                group = [pointer]
+                while len(group) < BATCH_SIZE and self._cursor < len(self._pending):
+                    other = self._pending[self._cursor]
+                    self._cursor += 1
+                    if other.oid != pointer.oid and other.oid not in self.actions and other.oid not in self.errors:
+                        group.append(other)
+                self._ask(group)
+            return self._known(pointer, path)
+
+    def _ask(self, group: list[Pointer]) -> None:
+        actions, errors = self._batch(group, self.refname)
+        self.actions.update(actions)
+        self.errors.update(errors)
+        for oid in actions:
+            self.errors.pop(oid, None)
+
+    def _known(self, pointer: Pointer, path: str) -> Action:
+        error = self.errors.get(pointer.oid)
+        if error is not None:
+            raise type(error)(f"{path}: {error.message}", hint=error.hint)
+        return self.actions[pointer.oid]
+
+    def _batch(
+        self, pointers: list[Pointer], refname: str | None
+    ) -> tuple[dict[str, Action], dict[str, StorageInitializerError]]:
+        """One batch request: the download action, or the error, of each object."""
         body: dict[str, Any] = {
             "operation": "download",
             "transfers": ["basic"],
@@ -164,39 +198,42 @@ class LfsClient:
         if transfer != "basic":
             raise StorageInitializerError(f"{where} chose the {transfer!r} transfer; only 'basic' is supported")
         actions: dict[str, Action] = {}
+        errors: dict[str, StorageInitializerError] = {}
         for entry in objects:
             oid = str(entry.get("oid", ""))
             error = entry.get("error")
+            download = (entry.get("actions") or {}).get("download")
             if error:
                 code = error.get("code")
                 text = f"LFS object {oid} ({error.get('message', 'error')}, code {code}) on {where}"
                 if code in (404, 410):
-                    raise NotFoundError(text, hint="the object was never pushed to the LFS server, or was removed")
-                raise StorageInitializerError(text)
-            download = (entry.get("actions") or {}).get("download")
-            if not download or not download.get("href"):
-                raise StorageInitializerError(f"{where} gave no download action for LFS object {oid}")
-            action_headers = {str(k): str(v) for k, v in (download.get("header") or {}).items()}
-            for value in action_headers.values():
-                register_secret(value.split(" ", 1)[-1] if " " in value else value)
-            actions[oid] = Action(str(download["href"]), action_headers)
-        missing = [p.oid for p in pointers if p.oid not in actions]
-        if missing:
-            raise StorageInitializerError(f"{where} did not answer for LFS object {missing[0]}")
-        return actions
+                    hint = "the object was never pushed to the LFS server, or was removed"
+                    errors[oid] = NotFoundError(text, hint=hint)
+                else:
+                    errors[oid] = StorageInitializerError(text)
+            elif not download or not download.get("href"):
+                errors[oid] = StorageInitializerError(f"{where} gave no download action for LFS object {oid}")
+            else:
+                action_headers = {str(k): str(v) for k, v in (download.get("header") or {}).items()}
+                for value in action_headers.values():
+                    register_secret(value.split(" ", 1)[-1] if " " in value else value)
+                actions[oid] = Action(str(download["href"]), action_headers)
+        for pointer in pointers:
+            if pointer.oid not in actions and pointer.oid not in errors:
+                errors[pointer.oid] = StorageInitializerError(f"{where} did not answer for LFS object {pointer.oid}")
+        return actions, errors
 
     # -- reads ----------------------------------------------------------------------------
     def open(self, pointer: Pointer, path: str, start: int, end: int | None) -> HttpBody:
         """Bytes ``[start, end)`` of the object; an href refused with 401/403 (expired) is renewed once."""
-        with self._lock:
-            action = self.actions[pointer.oid]
+        action = self._action(pointer, path)
         try:
             return self._open(action, pointer, path, start, end)
         except AccessDeniedError:
             with self._lock:
-                if self.actions[pointer.oid] is action:  # no other thread renewed it meanwhile
-                    self.actions.update(self._batch([pointer], self.refname))
-                action = self.actions[pointer.oid]
+                if self.actions.get(pointer.oid) is action:  # no other thread renewed it meanwhile
+                    self._ask([pointer])
+                action = self._known(pointer, path)
             return self._open(action, pointer, path, start, end)
 
     def _open(self, action: Action, pointer: Pointer, path: str, start: int, end: int | None) -> HttpBody:

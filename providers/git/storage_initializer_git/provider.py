@@ -207,8 +207,8 @@ class GitProvider(Provider):
     ) -> Iterator[RemoteObject]:
         client = LfsClient(git.repo_url, creds, lfs_verify(self.env), self.context)
         self._clients.append(client)
-        log.info("%s: %d Git LFS files, asking the LFS server where they are", git.repo_url, len(pointers))
-        client.batch((p for _, p in pointers), target.refname)
+        log.info("%s: %d Git LFS files", git.repo_url, len(pointers))
+        client.register((p for _, p in pointers), target.refname)
         for path, pointer in pointers:
             yield RemoteObject(
                 key=path,
