@@ -125,6 +125,18 @@ def test_default_branch_branch_tag_and_commit(
         assert git_temp_dirs(Path(tmpdir_env["TMPDIR"])) == []
 
 
+def test_a_redirect_to_the_new_name_is_followed(git_server: GitServer, tmp_path: Path) -> None:
+    weights = os.urandom(10_000)
+    git_server.commit("org/model", {"a.txt": b"a", "w.bin": weights}, lfs=("*.bin",))
+    result = run_cli([git_server.repo_url("moved/org/model"), str(tmp_path / "out")])
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {
+        ".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n",
+        "a.txt": b"a",
+        "w.bin": weights,
+    }
+
+
 def test_only_the_one_commit_is_fetched(git_server: GitServer, tmp_path: Path) -> None:
     big = os.urandom(2 * 1024 * 1024)  # incompressible, in the history only
     git_server.commit("org/history", {"old.bin": big, "keep.txt": b"k"})

@@ -101,6 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
         with owner.lock:
             owner.requests.append((self.command, self.path, self.headers.get("Authorization")))
             owner.protocols.append(self.headers.get("Git-Protocol"))
+        if path.startswith("/moved/"):  # a renamed repository, as forges answer for the old name
+            self.send_response(301)
+            self.send_header("Location", self.path.removeprefix("/moved"))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         lfs_object = owner.lfs.handles(path) and not owner.lfs.is_batch(path)
         user = self._user()
         if owner.users and user is None and not lfs_object:

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 from storage_initializer.errors import (
     AccessDeniedError,
@@ -172,7 +172,15 @@ class LfsClient:
         if refname and refname.startswith("refs/"):
             body["ref"] = {"name": refname}
         headers = {"Accept": MEDIA_TYPE, "Content-Type": MEDIA_TYPE}
-        response = self._request("POST", self.batch_url, json=body, headers=headers, auth=self._auth())
+        url = self.batch_url
+        for _ in range(5):  # a renamed repository redirects: POST again there (credentials: same origin only)
+            auth = self._auth() if self._same_origin(url) else None
+            response = self._request("POST", url, json=body, headers=headers, auth=auth, allow_redirects=False)
+            location = response.headers.get("Location")
+            if response.status_code not in (301, 302, 303, 307, 308) or not location:
+                break
+            response.close()
+            url = urljoin(url, location)
         with response:
             status = response.status_code
             where = f"the LFS server of {self.repo_url}"

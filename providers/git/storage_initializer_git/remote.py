@@ -74,7 +74,9 @@ def _pool_manager(url: str, env: Mapping[str, str], context: ProviderContext) ->
     import urllib3
 
     timeout = urllib3.Timeout(connect=context.connect_timeout, read=context.stall_timeout)
-    kwargs: dict[str, Any] = {"timeout": timeout, "retries": False, "headers": {"User-Agent": "storage-initializer"}}
+    # No retries here (the engine retries transient errors), but redirects are followed (renamed repositories).
+    retries = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5)
+    kwargs: dict[str, Any] = {"timeout": timeout, "retries": retries, "headers": {"User-Agent": "storage-initializer"}}
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO"):
         if env.get(name):
             kwargs["ca_certs"] = env[name]
