@@ -244,4 +244,7 @@ class Remote:
         if target.commit.encode() not in repo.object_store:
             repo.close()
             raise NotFoundError(f"{self.uri.repo_url}: the server did not send commit {target.commit}")
+        packs = os.path.join(workdir, "objects", "pack")
+        size = sum(os.path.getsize(os.path.join(packs, n)) for n in os.listdir(packs) if n.endswith(".pack"))
+        log.info("%s: fetched commit %s alone (depth 1): %d bytes of pack", self.uri.repo_url, target.commit, size)
         return repo
