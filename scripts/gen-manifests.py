@@ -79,9 +79,10 @@ PER_FORMAT: tuple[Bundle, ...] = (
     Bundle("gcs", ("gcs",)),
     Bundle(
         "azure-https",
-        ("azure", "http"),
-        note="https:// (the http provider) also matches Azure URLs, so one container serves both:\n"
-        "Azure URLs go to the Azure providers (more specific), every other http(s) URL to http.",
+        ("azure", "git", "http"),
+        note="https:// (the http provider) also matches Azure and git URLs, so one container serves\n"
+        "them all: Azure URLs go to the Azure providers, https://HOST/PATH.git[@REF] to git (more\n"
+        "specific), every other http(s) URL to http.",
     ),
     Bundle("hdfs", ("hdfs",)),
     Bundle(

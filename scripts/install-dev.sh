@@ -3,6 +3,16 @@
 # and everything the tests need. Idempotent; used by scripts/test.sh and CI.
 set -eu
 cd "$(dirname "$0")/.."
+# Debian packages the tests drive: git (git http-backend, the real git server of the git
+# provider's tests) and git-lfs (the real client that proves the LFS test server faithful).
+missing=""
+command -v git >/dev/null 2>&1 || missing="$missing git"
+command -v git-lfs >/dev/null 2>&1 || missing="$missing git-lfs"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    # shellcheck disable=SC2086 # word splitting of the package list is intended
+    apt-get install -y --no-install-recommends $missing >/dev/null 2>&1 \
+        || { apt-get update >/dev/null && apt-get install -y --no-install-recommends $missing >/dev/null; }
+fi
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv

@@ -45,6 +45,8 @@ SAMPLE_URIS = {
     "https://account.file.core.windows.net/share/models/iris": "azure-file",
     "https://example.com/models/iris/model.joblib": "http",
     "http://10.0.0.5:8080/model.onnx": "http",
+    "https://github.com/org/model.git": "git",
+    "https://user@gitlab.example.com/group/model.git@v1.0": "git",
     "hdfs://namenode:9000/models/iris": "hdfs",
     "webhdfs://namenode:9870/models/iris": "hdfs",
     "hf://meta-llama/Llama-3.1-8B:main": "hf",
