@@ -278,6 +278,22 @@ def test_503_and_resets_are_retried(azurite: Azurite, fault_proxy_factory: Any, 
     assert len(proxy.injected) == 3 and result.stderr.count("retrying") == 3
 
 
+def test_retry_after_is_honoured(azurite: Azurite, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 on the listing and on a read: neither is asked again sooner."""
+    container = azurite.create_container()
+    azurite.upload_tree(container, {"ra/a.bin": b"a" * 300_000})
+    proxy = fault_proxy_factory(azurite.port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="comp=list"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="a.bin"))
+    conn = f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};BlobEndpoint={proxy.url}/{ACCOUNT_NAME}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": conn, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([uri(container, "ra"), str(tmp_path)], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("comp=list") >= 1.95 and proxy.retry_gap("a.bin") >= 1.95
+
+
 # -- listing streams ------------------------------------------------------------------------------
 
 
