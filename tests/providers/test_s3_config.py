@@ -32,7 +32,7 @@ from storage_initializer.errors import (
 )
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact
-from tests.cli import run_cli
+from tests.cli import run_cli, tree
 from tests.providers.s3_tools import FakeSts, RecordingProxy, StallingServer, unanswered_port
 from tests.providers.test_s3 import fetch, files_under, shared_bucket, unique
 from tests.servers.fault_proxy import FaultProxy, ProxyFault
@@ -486,6 +486,21 @@ def test_max_attempts_retries_listing_requests(seaweedfs: SeaweedFS, model: str)
         with pytest.raises(TransientError, match="SlowDown"):
             keys_of({**env, "S3_MAX_ATTEMPTS": "1"}, model)
         assert len(proxy.requests) == 1
+
+
+def test_retry_after_is_honoured(seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 on a listing page and on a read: neither is asked again sooner."""
+    bucket, root = shared_bucket(seaweedfs), unique()
+    seaweedfs.put_many(bucket, {f"{root}/m/a.bin": b"a" * 300_000})
+    proxy: FaultProxy = fault_proxy_factory(urlsplit(seaweedfs.endpoint_url).port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="list-type=2"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match=f"{root}/m/a.bin HTTP"))
+    env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([f"s3://{bucket}/{root}/m", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("list-type=2") >= 1.95 and proxy.retry_gap(f"{root}/m/a.bin HTTP") >= 1.95
 
 
 def test_region_redirect_is_followed(seaweedfs: SeaweedFS, model: str) -> None:
