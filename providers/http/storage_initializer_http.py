@@ -67,7 +67,9 @@ def _session_class() -> Any:
     if _SESSION_CLASS is None:
         import requests
 
-        class Session(requests.Session):
+        base: Any = requests.Session  # its stubs leave rebuild_auth / should_strip_auth untyped
+
+        class Session(base):  # type: ignore[misc]
             #: Lower-case names of the headers configured for the requested URL's host (set per request).
             host_headers: frozenset[str] = frozenset()
 
