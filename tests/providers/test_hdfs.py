@@ -274,6 +274,17 @@ def test_tls_ca_beats_requests_ca_bundle_and_skip_verify(make_fake_webhdfs: Make
     assert isinstance(_fetch("hdfs:///models/iris", tmp_path / "d", skip).error, ConfigError)
 
 
+def test_ssl_cert_file_is_honoured_through_the_cli(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    """Without TLS_CA, the shared CA rule applies: SSL_CERT_FILE names the CA (it used to be ignored)."""
+    fake = make_fake_webhdfs(tls=True)
+    _seed(fake)
+    assert fake.ca_path is not None
+    env = {**_secrets(tmp_path / "secret", HDFS_NAMENODE=fake.url), "SSL_CERT_FILE": str(fake.ca_path)}
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == EXPECTED
+
+
 def test_tls_client_certificate(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
     fake = make_fake_webhdfs(tls=True, require_client_cert=True)
     fake.put("/m/model.bin", MODEL)

@@ -203,3 +203,19 @@ def test_retry_after_is_capped_by_the_retry_budget(
     result = run_cli([f"{proxy.url}/rb/model.bin", str(tmp_path / "out")], env)
     assert result.returncode == 1 and "gave up after 2 retries" in result.stderr
     assert len(proxy.injected) == 3 and time.monotonic() - started >= 2
+
+
+@pytest.mark.parametrize(("status", "retried"), [(501, False), (505, False), (502, True), (425, True)])
+def test_one_transient_status_rule(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Any, status: int, retried: bool
+) -> None:
+    """501 and 505 are permanent (a server does not start implementing a method by being asked
+    again); 425, 429, 408 and the other 5xx are retried. Every HTTP-based provider uses this rule."""
+    http_server.add("/st/model.bin", b"s")
+    proxy = fault_proxy_factory(http_server.port)
+    proxy.add(ProxyFault("status", status=status, match="model.bin"))
+    result = run_cli([f"{proxy.url}/st/model.bin", str(tmp_path / "out")], _retry_after_env())
+    assert (result.returncode == 0) is retried, result.stderr
+    assert ("retrying" in result.stderr) is retried
+    if not retried:
+        assert f"HTTP {status}" in result.stderr
