@@ -393,6 +393,8 @@ def test_tls_verification_settings(
         "S3_VERIFY_SSL=0": {"S3_VERIFY_SSL": "0"},
         "storage spec verify_ssl": {"STORAGE_CONFIG": json.dumps({"type": "s3", "verify_ssl": "0"})},
         "S3_VERIFY_SSL=false ignores a bad bundle": {"S3_VERIFY_SSL": "false", "AWS_CA_BUNDLE": "/no/such.pem"},
+        "SSL_CERT_FILE (the shared CA rule)": {"SSL_CERT_FILE": str(ca_file)},
+        "AWS_CA_BUNDLE beats REQUESTS_CA_BUNDLE": {"AWS_CA_BUNDLE": str(ca_file), "REQUESTS_CA_BUNDLE": "/no/such"},
     }
     for name, extra in working.items():
         dest = tmp_path / name.replace(" ", "_")

@@ -123,7 +123,9 @@ def _check_url(url: str, name: str) -> str:
 def _verify(env: Mapping[str, str]) -> bool | str:
     """KServe's ``_get_s3_client_kwargs``: S3_VERIFY_SSL=0/false turns verification off;
     otherwise ``AWS_CA_BUNDLE``, else ``$CA_BUNDLE_VOLUME_MOUNT_POINT/cabundle.crt`` when
-    ``CA_BUNDLE_CONFIGMAP_NAME`` is set; a named bundle that does not exist is an error."""
+    ``CA_BUNDLE_CONFIGMAP_NAME`` is set; a named bundle that does not exist is an error.
+    Without either, the shared rule of every provider: ``REQUESTS_CA_BUNDLE``,
+    ``SSL_CERT_FILE``, ``CURL_CA_BUNDLE``, else botocore's default bundle."""
     if not env_bool(env, "S3_VERIFY_SSL", True):
         return False
     bundle = env_str(env, "AWS_CA_BUNDLE")
@@ -133,7 +135,7 @@ def _verify(env: Mapping[str, str]) -> bool | str:
         bundle = os.path.join(mount, CA_BUNDLE_FILE)
         source = "CA_BUNDLE_CONFIGMAP_NAME (CA_BUNDLE_VOLUME_MOUNT_POINT)"
     if not bundle:
-        return True
+        return kit.ca_bundle(env)
     if not os.path.isfile(bundle):
         raise ConfigError(
             f"CA bundle {bundle} named by {source} does not exist",
