@@ -161,13 +161,10 @@ def _port_of(host: str) -> str | None:
     return match.group(1) if match and not host.endswith("]") else None
 
 
-_get = env_str
-
-
 def settings_from_env(env: Mapping[str, str]) -> RegistrySettings:
     """Read and validate ``MODEL_REGISTRY_*`` (and the shared proxy/CA/retry) variables."""
-    raw_base = _get(env, "MODEL_REGISTRY_BASE_URL") or DEFAULT_BASE_URL
-    scheme_env = _get(env, "MODEL_REGISTRY_SCHEME")
+    raw_base = env_str(env, "MODEL_REGISTRY_BASE_URL") or DEFAULT_BASE_URL
+    scheme_env = env_str(env, "MODEL_REGISTRY_SCHEME")
     if "://" in raw_base:
         parts = urlsplit(raw_base)
         scheme, host, path = parts.scheme.lower(), parts.netloc, parts.path.rstrip("/")
@@ -191,11 +188,11 @@ def settings_from_env(env: Mapping[str, str]) -> RegistrySettings:
         base_host=host,
         base_path=path,
         scheme=scheme,
-        service_name=_get(env, "MODEL_REGISTRY_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
-        cluster_domain=_get(env, "MODEL_REGISTRY_CLUSTER_DOMAIN") or DEFAULT_CLUSTER_DOMAIN,
+        service_name=env_str(env, "MODEL_REGISTRY_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
+        cluster_domain=env_str(env, "MODEL_REGISTRY_CLUSTER_DOMAIN") or DEFAULT_CLUSTER_DOMAIN,
         token=_read_token(env),
         verify=_verify_setting(env),
-        storage_config_dir=_get(env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR,
+        storage_config_dir=env_str(env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR,
         retries=env_int(env, "STORAGE_INITIALIZER_RETRIES", 5, minimum=0),
         retry_backoff=env_number(env, "STORAGE_INITIALIZER_RETRY_BACKOFF", 0.5, minimum=0),
     )
@@ -203,9 +200,9 @@ def settings_from_env(env: Mapping[str, str]) -> RegistrySettings:
 
 def _read_token(env: Mapping[str, str]) -> str | None:
     """``MODEL_REGISTRY_TOKEN``, else the content of ``MODEL_REGISTRY_TOKEN_FILE``."""
-    token = _get(env, "MODEL_REGISTRY_TOKEN")
+    token = env_str(env, "MODEL_REGISTRY_TOKEN")
     if token is None:
-        path = _get(env, "MODEL_REGISTRY_TOKEN_FILE")
+        path = env_str(env, "MODEL_REGISTRY_TOKEN_FILE")
         if path is None:
             return None
         try:
@@ -226,15 +223,15 @@ def _verify_setting(env: Mapping[str, str]) -> bool | str:
     if not env_bool(env, "MODEL_REGISTRY_VERIFY_SSL", True):
         log.warning("TLS certificate verification is disabled for the model registry")
         return False
-    bundle = _get(env, "MODEL_REGISTRY_CA_BUNDLE")
+    bundle = env_str(env, "MODEL_REGISTRY_CA_BUNDLE")
     if bundle is not None and not Path(bundle).is_file():
         raise ConfigError(f"MODEL_REGISTRY_CA_BUNDLE={bundle!r} is not a file")
     verify = kit.ca_bundle(env, bundle)
     if verify is not True:
         return verify
     # KServe's cluster-wide CA bundle, mounted into storage initializers.
-    if _get(env, "CA_BUNDLE_CONFIGMAP_NAME"):
-        mounted = Path(_get(env, "CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs") / "cabundle.crt"
+    if env_str(env, "CA_BUNDLE_CONFIGMAP_NAME"):
+        mounted = Path(env_str(env, "CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs") / "cabundle.crt"
         if mounted.is_file():
             return str(mounted)
     return True
@@ -651,7 +648,7 @@ class ModelRegistryProvider(Provider):
             value = (params.get(param) or [""])[0]
             if not value:
                 continue
-            if _get(self.env, variable):
+            if env_str(self.env, variable):
                 log.info("keeping %s from the environment (the artifact's uri says %s)", variable, value)
             else:
                 env[variable] = value
@@ -706,7 +703,7 @@ class ModelRegistryProvider(Provider):
         return Resolution(resolved, {"STORAGE_CONFIG": raw})
 
     def _storage_config_dir(self) -> str:
-        return _get(self.env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR
+        return env_str(self.env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR
 
     def _storage_config(self, key: str) -> tuple[str, str] | None:
         """The JSON text of storage key ``key`` and where it came from, or ``None``."""
@@ -721,7 +718,7 @@ class ModelRegistryProvider(Provider):
             else:
                 load_storage_spec({"STORAGE_CONFIG": text})  # validates the JSON, registers secrets
                 return text, str(candidate)
-        raw = _get(self.env, "STORAGE_CONFIG")
+        raw = env_str(self.env, "STORAGE_CONFIG")
         if raw is not None:
             log.info("using STORAGE_CONFIG for storage key %r", key)
             return raw, "STORAGE_CONFIG"
