@@ -19,8 +19,11 @@ that region and the request repeated, as botocore's region redirector does.
 
 Listing and HEAD requests are retried here on transient failures
 (``S3_MAX_ATTEMPTS`` attempts in all, as botocore's standard retry mode
-counts them). Object GETs are not: the engine retries those, resuming where
-a part stopped.
+counts them), waiting at least a ``Retry-After`` and ending the wait on
+SIGTERM. They stay here, under the engine's own listing retries, because a
+failed page retried alone keeps the pages already listed, where the engine
+would list again from the start. Object GETs are not retried here: the
+engine retries those, resuming where a part stopped.
 """
 
 from __future__ import annotations
