@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 echo "== ruff"
 ruff check storage_initializer providers tests examples scripts bench
 ruff format --check storage_initializer providers tests examples scripts bench
-echo "== mypy --strict (core)"
-mypy storage_initializer
+echo "== mypy --strict (core, providers, examples)"
+# shellcheck disable=SC2046 # one argument per provider module or package
+mypy storage_initializer $(find providers examples -maxdepth 2 -name 'storage_initializer_*' ! -name '*.egg-info' | sort)
 echo "== pytest"
 python -m pytest "$@"

@@ -80,9 +80,24 @@ class AccessDeniedError(StorageInitializerError):
 
 
 class TransientError(StorageInitializerError):
-    """A failure that may pass: connection reset, timeout, stall, 5xx, 429, short body."""
+    """A failure that may pass: connection reset, timeout, stall, 5xx, 429, short body.
+
+    ``retry_after`` is how long the server asked to wait before asking again
+    (an HTTP ``Retry-After``, in seconds): the engine waits at least that long.
+    """
 
     retryable_default = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        retryable: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, retryable=retryable)
+        self.retry_after = retry_after
 
 
 class ObjectChangedError(StorageInitializerError):

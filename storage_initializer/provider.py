@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -148,13 +149,16 @@ class ProviderContext:
     byte and ``connect_timeout`` how long a connection may take: a provider
     must pass both to its client so that no read can hang. ``concurrency`` is
     the number of worker threads that may call :meth:`Provider.open_range` at
-    once (size connection pools to it).
+    once (size connection pools to it). ``cancelled`` is set when the run is
+    stopped (SIGTERM): a provider waiting between its own retries waits on it
+    (see :func:`storage_initializer.http.sleep`).
     """
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     stall_timeout: float = 60.0
     connect_timeout: float = 15.0
     concurrency: int = 8
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 class Provider(ABC):

@@ -78,6 +78,7 @@ class Runner:
             stall_timeout=self.settings.stall_timeout,
             connect_timeout=self.settings.connect_timeout,
             concurrency=self.settings.concurrency,
+            cancelled=self.engine.cancelled,
         )
         return entry.cls(context)
 

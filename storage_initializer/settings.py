@@ -8,53 +8,23 @@ starts, with the variable's name in the message.
 
 from __future__ import annotations
 
-import json
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from storage_initializer.config import parse_bool, parse_list, parse_number, parse_size
 from storage_initializer.errors import ConfigError
 
 ENV_PREFIX = "STORAGE_INITIALIZER_"
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024 * GiB}
+# Re-exported: these were first defined here.
+__all__ = ["ENV_PREFIX", "GiB", "MiB", "Settings", "parse_patterns", "parse_size", "settings_from_env"]
 
-
-def parse_size(text: str, name: str) -> int:
-    """Parse ``64M``, ``1GiB``, ``8388608`` (binary units) into bytes."""
-    match = _SIZE_RE.match(text)
-    if not match:
-        raise ConfigError(f"{name}={text!r} is not a size", hint="use bytes or a unit, e.g. 64M or 1GiB")
-    number, unit, _ = match.groups()
-    return int(float(number) * _UNITS[unit.lower()])
-
-
-def parse_patterns(text: str | None) -> tuple[str, ...]:
-    """Parse KServe's pattern variables: a JSON list (or string), else a comma list."""
-    if text is None or not text.strip():
-        return ()
-    text = text.strip()
-    try:
-        parsed: Any = json.loads(text)
-    except ValueError:
-        return tuple(p.strip() for p in text.split(",") if p.strip())
-    items = parsed if isinstance(parsed, list) else [parsed]
-    return tuple(str(p).strip() for p in items if str(p).strip())
-
-
-def _bool(text: str, name: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name}={text!r} is not a boolean", hint="use true or false")
+#: KServe's pattern variables (a JSON list or a comma list).
+parse_patterns = parse_list
 
 
 @dataclass(frozen=True)
@@ -104,15 +74,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         raw = get(name)
         if raw is None:
             return default
-        try:
-            value = cast(raw)
-        except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
-        if not math.isfinite(value):  # nan and inf pass every comparison below
-            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a finite number")
-        if value < minimum:
-            raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} must be at least {minimum}")
-        return value
+        return cast(parse_number(raw, ENV_PREFIX + name, minimum=minimum, integer=cast is int))
 
     def size(name: str) -> int | None:
         raw = get(name)
@@ -139,14 +101,14 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         connect_timeout=number("CONNECT_TIMEOUT", defaults.connect_timeout, 0.1),
         allow_patterns=parse_patterns(env.get("STORAGE_ALLOW_PATTERNS")),
         ignore_patterns=parse_patterns(env.get("STORAGE_IGNORE_PATTERNS")),
-        verify_checksums=_bool(get("VERIFY_CHECKSUMS") or "true", ENV_PREFIX + "VERIFY_CHECKSUMS"),
-        fsync=_bool(get("FSYNC") or "false", ENV_PREFIX + "FSYNC"),
+        verify_checksums=parse_bool(get("VERIFY_CHECKSUMS") or "true", ENV_PREFIX + "VERIFY_CHECKSUMS"),
+        fsync=parse_bool(get("FSYNC") or "false", ENV_PREFIX + "FSYNC"),
         heartbeat_seconds=number("HEARTBEAT", defaults.heartbeat_seconds, 0.1),
-        extract_archives=_bool(get("EXTRACT_ARCHIVES") or "true", ENV_PREFIX + "EXTRACT_ARCHIVES"),
+        extract_archives=parse_bool(get("EXTRACT_ARCHIVES") or "true", ENV_PREFIX + "EXTRACT_ARCHIVES"),
         max_extract_ratio=number("MAX_EXTRACT_RATIO", defaults.max_extract_ratio, 1),
         provider=get("PROVIDER"),
         log_level=level,
-        progress_bar=None if bar is None or bar.strip().lower() == "auto" else _bool(bar, ENV_PREFIX + "PROGRESS"),
+        progress_bar=None if bar is None or bar.strip().lower() == "auto" else parse_bool(bar, ENV_PREFIX + "PROGRESS"),
         termination_log=get("TERMINATION_LOG") or defaults.termination_log,
         env=env,
     )

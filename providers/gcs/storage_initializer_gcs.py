@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from typing import IO, Any, ClassVar
 from urllib.parse import quote
 
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool, env_int, env_number, env_str
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -79,7 +81,6 @@ DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
 # Bucket names: 3-63 characters (up to 222 with dots), lowercase letters,
 # digits, '-', '_' and '.', starting and ending with a letter or digit.
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
-_TRUE = ("1", "true", "yes", "on")
 _LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
 # Values inside a credentials file that are secrets.
 _SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token")
@@ -132,23 +133,10 @@ def _with_scheme(value: str) -> str:
     return value if "://" in value else f"http://{value}"
 
 
-def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={raw!r} must be at least {minimum:g}")
-    return value
-
-
 def settings_from_env(env: Mapping[str, str]) -> GcsSettings:
     """Read the provider's configuration; no network, no file access."""
-    emulator_host = env.get("STORAGE_EMULATOR_HOST", "").strip()
-    override = env.get("API_ENDPOINT_OVERRIDE", "").strip()
+    emulator_host = env_str(env, "STORAGE_EMULATOR_HOST")
+    override = env_str(env, "API_ENDPOINT_OVERRIDE")
     if emulator_host:
         endpoint = _with_scheme(emulator_host)
     elif override:
@@ -156,18 +144,18 @@ def settings_from_env(env: Mapping[str, str]) -> GcsSettings:
     else:
         endpoint = DEFAULT_ENDPOINT
     # Where google.auth._cloud_sdk looks for gcloud's file, but from this environment.
-    config_dir = env.get("CLOUDSDK_CONFIG", "").strip()
+    config_dir = env_str(env, "CLOUDSDK_CONFIG")
     if not config_dir and env.get("HOME"):
         config_dir = os.path.join(env["HOME"], ".config", "gcloud")
     return GcsSettings(
         endpoint=endpoint,
         emulator=bool(emulator_host),
-        credentials_file=env.get("GOOGLE_APPLICATION_CREDENTIALS", "").strip() or None,
+        credentials_file=env_str(env, "GOOGLE_APPLICATION_CREDENTIALS"),
         adc_file=os.path.join(config_dir, "application_default_credentials.json") if config_dir else None,
-        check_metadata=env.get("NO_GCE_CHECK", "").strip().lower() not in _TRUE,
-        metadata_host=(env.get("GCE_METADATA_IP") or env.get("GCE_METADATA_HOST") or DEFAULT_METADATA_IP).strip(),
-        metadata_timeout=_number(env, "GCE_METADATA_TIMEOUT", 3.0, 0.1),
-        metadata_attempts=int(_number(env, "GCE_METADATA_DETECT_RETRIES", 3, 1)),
+        check_metadata=not env_bool(env, "NO_GCE_CHECK", False),
+        metadata_host=env_str(env, "GCE_METADATA_IP") or env_str(env, "GCE_METADATA_HOST") or DEFAULT_METADATA_IP,
+        metadata_timeout=env_number(env, "GCE_METADATA_TIMEOUT", 3.0, minimum=0.1),
+        metadata_attempts=env_int(env, "GCE_METADATA_DETECT_RETRIES", 3, minimum=1),
     )
 
 
@@ -374,17 +362,17 @@ class GcsProvider(Provider):
         session = getattr(self._local, "session", None)
         if session is None:
             from google.auth.transport.requests import AuthorizedSession
-            from requests.adapters import HTTPAdapter
 
             creds = self.credentials()
             # A 401 makes google-auth refresh and retry; anonymous credentials cannot refresh.
             refresh_on = () if creds.anonymous else (401,)
-            session = AuthorizedSession(  # type: ignore[no-untyped-call]
-                creds.credentials, refresh_status_codes=refresh_on
+            session = kit.new_session(
+                self.env,
+                pool_size=2,
+                base=AuthorizedSession,
+                args=(creds.credentials,),
+                kwargs={"refresh_status_codes": refresh_on},
             )
-            adapter = HTTPAdapter(pool_connections=2, pool_maxsize=2, max_retries=0)
-            session.mount("https://", adapter)
-            session.mount("http://", adapter)
             self._local.session = session
             with self._lock:
                 self._sessions.append(session)
@@ -461,8 +449,9 @@ class GcsProvider(Provider):
             else:
                 hint = f"grant roles/storage.objectViewer on the bucket to the identity of {creds.source}"
             return AccessDeniedError(f"{what}: access denied (HTTP {status}: {text})", hint=hint)
-        if status in (408, 429) or status >= 500:
-            return TransientError(f"{what}: GCS answered HTTP {status}: {text}")
+        if kit.is_transient_status(status):
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            return kit.transient_error(f"{what}: GCS answered HTTP {status}: {text}", headers)
         if status == 400 and "requester pays" in text.lower():
             # The URI is fine (not a usage error): the bucket bills its readers.
             bucket = what.removeprefix(PREFIX).split("/", 1)[0]
@@ -553,7 +542,7 @@ class GcsProvider(Provider):
         headers = {"Accept-Encoding": "gzip" if ref.gzip else "identity"}
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
-            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+            headers["Range"] = kit.range_header(start, end)
         shown = redact(uri)
         with self._calls(shown):
             response = self.session().get(
@@ -588,9 +577,7 @@ class GcsProvider(Provider):
                 hint="run again to download the current version",
             )
         if ranged:
-            content_range = response.headers.get("Content-Range", "")
-            if status != 206 or not content_range.startswith(f"bytes {start}-"):
-                raise TransientError(f"{shown}: asked for bytes from {start}, got HTTP {status} {content_range!r}")
+            kit.check_partial(status, response.headers, start, shown)
 
     def close(self) -> None:
         with self._lock:

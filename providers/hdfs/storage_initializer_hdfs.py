@@ -29,7 +29,6 @@ import base64
 import binascii
 import contextlib
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -44,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 from urllib.parse import parse_qsl, urlsplit
 
+from storage_initializer import http as kit
+from storage_initializer.config import parse_bool, parse_number
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -172,9 +173,8 @@ def parse_config(values: Mapping[str, str], source: str) -> HdfsConfig:
     namenodes = tuple(
         _namenode_url(item.strip(), source) for item in (get("HDFS_NAMENODE") or "").split(";") if item.strip()
     )
-    skip = (get("TLS_SKIP_VERIFY") or "false").lower()
-    if skip not in ("true", "false"):
-        raise ConfigError(f"TLS_SKIP_VERIFY in {source} is {skip!r}", hint="use true or false")
+    # KServe compares with "true": "yes" there means false, so only true/false are accepted.
+    skip = parse_bool(get("TLS_SKIP_VERIFY") or "false", f"TLS_SKIP_VERIFY in {source}", true_false_only=True)
     headers: dict[str, str] = {}
     if get("HEADERS"):
         try:
@@ -186,12 +186,10 @@ def parse_config(values: Mapping[str, str], source: str) -> HdfsConfig:
         headers = {str(k): str(v) for k, v in parsed.items()}
         for value in headers.values():
             register_secret(value)
+    raw_threads = get("N_THREADS")
     n_threads = None
-    if get("N_THREADS"):
-        raw = get("N_THREADS") or ""
-        if not raw.isdigit() or int(raw) < 1:
-            raise ConfigError(f"N_THREADS in {source} is {raw!r}", hint="use a positive whole number")
-        n_threads = int(raw)
+    if raw_threads is not None:
+        n_threads = int(parse_number(raw_threads, f"N_THREADS in {source}", minimum=1, integer=True))
     if get("TLS_KEY") and not get("TLS_CERT"):
         raise ConfigError(f"TLS_KEY in {source} has no TLS_CERT", hint="a client key needs its certificate")
     return HdfsConfig(
@@ -201,7 +199,7 @@ def parse_config(values: Mapping[str, str], source: str) -> HdfsConfig:
         tls_cert=get("TLS_CERT"),
         tls_key=get("TLS_KEY"),
         tls_ca=get("TLS_CA"),
-        tls_skip_verify=skip == "true",
+        tls_skip_verify=skip,
         headers=headers,
         n_threads=n_threads,
         kerberos_principal=get("KERBEROS_PRINCIPAL"),
@@ -223,26 +221,6 @@ def _namenode_url(value: str, source: str) -> str:
             hint="use http(s)://HOST:PORT (the namenode's HTTP port, 9870 by default); ';' separates an HA pair",
         )
     return url.rstrip("/")
-
-
-def _bypasses_proxy(host: str, no_proxy: str) -> bool:
-    """``NO_PROXY`` matching (names, ``.domain`` suffixes, ``*``, IPs and CIDRs) without touching os.environ."""
-    for entry in (e.strip().lower() for e in no_proxy.split(",")):
-        if not entry:
-            continue
-        if entry == "*":
-            return True
-        name = entry.split(":")[0] if entry.count(":") == 1 else entry
-        try:
-            if ipaddress.ip_address(host) in ipaddress.ip_network(name, strict=False):
-                return True
-            continue
-        except ValueError:
-            pass
-        name = name.lstrip(".")
-        if host.lower() == name or host.lower().endswith("." + name):
-            return True
-    return False
 
 
 def _scrub(text: str) -> str:
@@ -443,51 +421,22 @@ class HdfsProvider(Provider):
         return KerberosClient(url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session)
 
     def _session(self, config: HdfsConfig) -> Any:
-        import requests
-        from requests.adapters import HTTPAdapter
-
         env = self.env
         if config.tls_skip_verify:
             import urllib3
 
             log.warning("TLS_SKIP_VERIFY is true: the namenode's and datanodes' certificates are not checked")
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # said once above, not per request
-        verify: bool | str = (
-            False
-            if config.tls_skip_verify
-            else config.tls_ca or env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE") or True
-        )
-
-        class Session(requests.Session):
-            """Settings from the provider's env, never os.environ; TLS_CA beats REQUESTS_CA_BUNDLE.
-
-            (A plain Session lets REQUESTS_CA_BUNDLE override its own ``verify``: KServe's TLS_CA is
-            silently ignored wherever that variable is set.)
-            """
-
-            def merge_environment_settings(
-                self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
-            ) -> Any:
-                target = url.decode() if isinstance(url, bytes) else url or ""
-                return {
-                    "proxies": {**_proxies_for(target, env), **(proxies or {})},
-                    "stream": self.stream if stream is None else stream,
-                    "verify": self.verify if verify is None else verify,
-                    "cert": self.cert if cert is None else cert,
-                }
-
-        session = Session()
-        session.trust_env = False
-        session.verify = verify
+        # TLS_CA beats REQUESTS_CA_BUNDLE / SSL_CERT_FILE (the kit's session keeps its own verify:
+        # a plain requests.Session lets REQUESTS_CA_BUNDLE override it); proxies from env per URL.
+        verify = False if config.tls_skip_verify else kit.ca_bundle(env, config.tls_ca)
+        size = max(4, self.context.concurrency) + 2  # workers, plus the listing beside them
+        session = kit.new_session(env, pool_size=size, verify=verify)
         if config.tls_cert:
             session.cert = (config.tls_cert, config.tls_key) if config.tls_key else config.tls_cert
         # The engine reads raw bytes: a compressing gateway (Knox, nginx) must not gzip them.
         session.headers["Accept-Encoding"] = "identity"
         session.headers.update(config.headers)
-        size = max(4, self.context.concurrency) + 2  # workers, plus the listing beside them
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=size, max_retries=0)
-        session.mount("http://", adapter)
-        session.mount("https://", adapter)
         return session
 
     # -- requests and errors ---------------------------------------------------------
@@ -540,9 +489,9 @@ class HdfsProvider(Provider):
                 f"access to {shown} was refused ({detail})",
                 hint="check the HDFS permissions, USER_PROXY and the cluster's hadoop.proxyuser rules",
             )
-        if exception in _TRANSIENT_EXCEPTIONS or status in (403, 408, 429) or status >= 500:
+        if exception in _TRANSIENT_EXCEPTIONS or status == 403 or kit.is_transient_status(status):
             # WebHDFS answers every other IOException (missing blocks, busy datanodes) with 403.
-            return TransientError(f"{shown}: {detail}")
+            return kit.transient_error(f"{shown}: {detail}", response.headers)
         if exception == "IllegalArgumentException" and '"doas"' in message:
             return ConfigError(f"the cluster refused USER_PROXY for {shown} ({detail})", hint="check USER_PROXY")
         if exception == "InvalidPathException":
@@ -662,18 +611,3 @@ class HdfsProvider(Provider):
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
-
-
-def _proxies_for(url: str, env: Mapping[str, str]) -> dict[str, str]:
-    """The proxies ``HTTP(S)_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` in the provider's env pick for ``url``."""
-    host = urlsplit(url).hostname or ""
-    no_proxy = env.get("no_proxy") or env.get("NO_PROXY") or ""
-    if no_proxy and _bypasses_proxy(host, no_proxy):
-        return {}
-    proxies = {}
-    for scheme in ("http", "https", "all"):
-        value = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
-        if value:
-            proxies[scheme] = value
-            register_secret(urlsplit(value).password)
-    return proxies

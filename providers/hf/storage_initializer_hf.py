@@ -33,6 +33,8 @@ from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 from storage_initializer import __version__
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool, env_seconds
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -52,7 +54,6 @@ DEFAULT_ENDPOINT = "https://huggingface.co"
 DEFAULT_REVISION = "main"
 GRAMMAR = "hf://[datasets/]OWNER/REPO[/PATH][:REVISION] or hf://[datasets/]REPO[:REVISION]"
 _NAME = re.compile(r"^[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9_])?$")
-_TRUE = ("1", "true", "yes", "on")
 
 
 # -- the URI -----------------------------------------------------------------------
@@ -110,19 +111,6 @@ class HfSettings:
     connect_timeout: float
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
-    return value
-
-
 def _token(env: Mapping[str, str]) -> str | None:
     """HF_TOKEN, then HUGGING_FACE_HUB_TOKEN, then the token file (as huggingface_hub)."""
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"):
@@ -152,9 +140,9 @@ def load_settings(env: Mapping[str, str], context: ProviderContext) -> HfSetting
     return HfSettings(
         endpoint=endpoint,
         token=token,
-        offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
-        api_timeout=_seconds(env, "HF_HUB_ETAG_TIMEOUT", context.stall_timeout),
-        read_timeout=_seconds(env, "HF_HUB_DOWNLOAD_TIMEOUT", context.stall_timeout),
+        offline=env_bool(env, "HF_HUB_OFFLINE", False),
+        api_timeout=env_seconds(env, "HF_HUB_ETAG_TIMEOUT", context.stall_timeout),
+        read_timeout=env_seconds(env, "HF_HUB_DOWNLOAD_TIMEOUT", context.stall_timeout),
         connect_timeout=context.connect_timeout,
     )
 
@@ -210,8 +198,9 @@ def map_error(exc: BaseException, uri: str, hf: HfUri, settings: HfSettings) -> 
         if status in (401, 403):
             hint = "check HF_TOKEN" if settings.token else "set HF_TOKEN"
             return AccessDeniedError(f"{shown}: the Hub refused access ({detail})", hint=hint)
-        if status is not None and (status in (408, 429) or status >= 500):
-            return TransientError(f"{shown}: the Hub answered {detail}")
+        if status is not None and kit.is_transient_status(status):
+            headers = getattr(getattr(exc, "response", None), "headers", None)
+            return kit.transient_error(f"{shown}: the Hub answered {detail}", headers)
         return StorageInitializerError(f"{shown}: the Hub answered {detail}")
     names = {cls.__name__ for cls in type(exc).__mro__}
     if "TransportError" in names or isinstance(exc, OSError):
@@ -474,7 +463,7 @@ class HfProvider(Provider):
     def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> _Body:
         from huggingface_hub import get_session, hf_raise_for_status
 
-        wanted = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        wanted = kit.range_header(start, end)
         for attempt in (1, 2):
             url = self._location(ref, refresh=attempt == 2)
             on_hub = urlsplit(url)[:2] == urlsplit(self.settings.endpoint)[:2]  # same scheme and host:port
@@ -511,12 +500,7 @@ class HfProvider(Provider):
         if response.status_code == 200 and start:
             raise TransientError(f"{ref.path}: the server ignored the Range header")
         if response.status_code == 206:
-            content_range = headers.get("Content-Range", "")
-            total = content_range.rsplit("/", 1)[-1]
-            if not content_range.startswith(f"bytes {start}-"):
-                raise TransientError(f"{ref.path}: asked for bytes from {start}, got {content_range!r}")
-            if obj.size is not None and total.isdigit() and int(total) != obj.size:
-                raise ObjectChangedError(f"{ref.path}: now {total} bytes, listed {obj.size}")
+            kit.check_partial(206, headers, start, ref.path, size=obj.size)
         etag = headers.get("ETag", "")
         if ref.lfs_sha256 is None and etag and etag.removeprefix("W/").strip('"') != obj.version:
             raise ObjectChangedError(f"{ref.path}: the Hub serves git object {etag}, listed {obj.version}")

@@ -29,10 +29,10 @@ from contextlib import AbstractContextManager
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool
 from storage_initializer.errors import (
-    AccessDeniedError,
     ConfigError,
-    NotFoundError,
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
@@ -47,29 +47,17 @@ log = logging.getLogger("storage_initializer.http")
 _HEADERS_SUFFIX = "-headers"
 
 
-def error_for_status(status: int, url: str, reason: str = "") -> StorageInitializerError:
-    """The error a failed HTTP status stands for (shared with providers built on HTTP)."""
-    shown = redact(url)
-    if status == 404 or status == 410:
-        return NotFoundError(f"{shown} not found (HTTP {status})", hint="check the URL")
-    if status in (401, 403):
-        return AccessDeniedError(
-            f"{shown} refused access (HTTP {status} {reason})".rstrip(),
-            hint="check the credentials or the <hostname>-headers variable",
-        )
-    if status == 412:
-        return ObjectChangedError(f"{shown} changed during the download (HTTP 412)")
-    if status == 429 or status >= 500 or status == 408:
-        return TransientError(f"{shown} answered HTTP {status} {reason}".rstrip())
-    return StorageInitializerError(f"{shown} answered HTTP {status} {reason}".rstrip())
-
-
-def _parse_total(content_range: str | None) -> int | None:
-    # "bytes 0-0/12345" -> 12345 ("*" when unknown)
-    if not content_range or "/" not in content_range:
-        return None
-    total = content_range.rsplit("/", 1)[1].strip()
-    return int(total) if total.isdigit() else None
+def error_for_status(
+    status: int, url: str, reason: str = "", headers: Mapping[str, str] | None = None
+) -> StorageInitializerError:
+    """The error a failed HTTP status stands for."""
+    return kit.error_for_status(
+        status,
+        redact(url),
+        reason=reason,
+        headers=headers,
+        access_hint="check the credentials or the <hostname>-headers variable",
+    )
 
 
 _SESSION_CLASS: Any = None
@@ -81,7 +69,9 @@ def _session_class() -> Any:
     if _SESSION_CLASS is None:
         import requests
 
-        class Session(requests.Session):
+        base: Any = requests.Session  # its stubs leave rebuild_auth / should_strip_auth untyped
+
+        class Session(base):  # type: ignore[misc]
             #: Lower-case names of the headers configured for the requested URL's host (set per request).
             host_headers: frozenset[str] = frozenset()
 
@@ -111,14 +101,10 @@ class HttpProvider(Provider):
 
     # -- configuration ---------------------------------------------------------
     def _ca_bundle(self) -> bool | str:
-        setting = self.env.get("STORAGE_INITIALIZER_HTTP_VERIFY_SSL", "true").strip().lower()
-        if setting in ("0", "false", "no", "off"):
+        if not env_bool(self.env, "STORAGE_INITIALIZER_HTTP_VERIFY_SSL", True):
             log.warning("TLS certificate verification is disabled for http(s) downloads")
             return False
-        for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
-            if self.env.get(name):
-                return self.env[name]
-        return True
+        return kit.ca_bundle(self.env)
 
     def headers_for(self, url: str) -> dict[str, str]:
         """Extra request headers from the ``<hostname>-headers`` variable."""
@@ -136,36 +122,13 @@ class HttpProvider(Provider):
             register_secret(str(value))
         return {str(k): str(v) for k, v in headers.items()}
 
-    def _proxies(self) -> dict[str, str]:
-        proxies = {}
-        for scheme in ("http", "https", "all"):
-            value = self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY")
-            if value:
-                proxies[scheme] = value
-                register_secret(urlsplit(value).password)
-        return proxies
-
     def session(self) -> Any:
-        """One ``requests.Session`` per thread, with a pool for the worker count."""
+        """One ``requests.Session`` per thread (proxies, CA and pool from the kit)."""
         session = getattr(self._local, "session", None)
         if session is None:
-            from requests.adapters import HTTPAdapter
-
-            session = _session_class()()
-            session.trust_env = False  # configuration comes from self.env, not os.environ
-            session.verify = self._verify
-            session.proxies = self._proxies()
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = kit.new_session(self.env, pool_size=4, verify=self._verify, base=_session_class())
             self._local.session = session
         return session
-
-    def _no_proxy(self, url: str) -> bool:
-        from requests.utils import should_bypass_proxies
-
-        no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
-        return bool(no_proxy) and bool(should_bypass_proxies(url, no_proxy=no_proxy))
 
     def get(self, url: str, headers: Mapping[str, str]) -> Any:
         """A streamed GET with the provider's timeouts, headers and proxies."""
@@ -176,16 +139,12 @@ class HttpProvider(Provider):
         session = self.session()
         ours = {name.lower() for name in ("Accept-Encoding", *headers)}  # kept: the request needs them
         session.host_headers = frozenset(name.lower() for name in custom) - ours
-        kwargs: dict[str, Any] = {}
-        if self._no_proxy(url):
-            kwargs["proxies"] = {"http": "", "https": "", "all": ""}
         try:
             return session.get(
                 url,
                 headers=all_headers,
                 stream=True,
                 timeout=(self.context.connect_timeout, self.context.stall_timeout),
-                **kwargs,
             )
         except requests.exceptions.SSLError as exc:
             raise StorageInitializerError(
@@ -216,7 +175,7 @@ class HttpProvider(Provider):
         return unquote(urlsplit(uri).path.rsplit("/", 1)[-1])
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
-        response = self.get(uri, {"Range": "bytes=0-0"})
+        response = self.get(uri, {"Range": kit.range_header(0, 1)})
         if response.status_code == 416:
             # No byte 0 to send: an empty file (nginx and S3 answer so, with "bytes */0").
             # Ask again without a range for its validators and length.
@@ -224,12 +183,12 @@ class HttpProvider(Provider):
             response = self.get(uri, {})
         with response:
             if response.status_code not in (200, 206):
-                raise error_for_status(response.status_code, uri, response.reason or "")
+                raise error_for_status(response.status_code, uri, response.reason or "", response.headers)
             headers = response.headers
             etag = headers.get("ETag")
             version = etag or headers.get("Last-Modified")
             if response.status_code == 206:
-                size = _parse_total(headers.get("Content-Range"))
+                size = kit.content_range_total(headers.get("Content-Range"))
                 ranges = size is not None
             else:
                 length = headers.get("Content-Length")
@@ -250,14 +209,14 @@ class HttpProvider(Provider):
         headers: dict[str, str] = {}
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
-            headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+            headers["Range"] = kit.range_header(start, end)
         etag = obj.extra.get("etag") if isinstance(obj.extra, dict) else None
         if etag and not etag.startswith("W/"):
             headers["If-Match"] = etag
         return headers, ranged
 
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
-        if self._proxies() and not self._no_proxy(uri):
+        if kit.proxies_for(uri, self.env):
             return None  # requests speaks to the proxy
         headers, ranged = self._range_headers(obj, start, end)
         all_headers = {**self.headers_for(uri), **headers}
@@ -310,14 +269,9 @@ class HttpProvider(Provider):
         if status == 416:
             raise ObjectChangedError(f"{redact(uri)} is shorter than when listed (HTTP 416)")
         if status not in (200, 206):
-            raise error_for_status(status, uri, reason)
-        if ranged and status != 206:
-            # Transient: behind a load balancer another backend may honour it.
-            raise TransientError(f"{redact(uri)} ignored a Range request it had accepted before (HTTP {status})")
+            raise error_for_status(status, uri, reason, headers)
         if ranged:
-            content_range = headers.get("Content-Range", "")
-            if not content_range.startswith(f"bytes {start}-"):
-                raise TransientError(f"{redact(uri)} answered range {content_range!r} for a request at {start}")
+            kit.check_partial(status, headers, start, redact(uri))
         extra = obj.extra if isinstance(obj.extra, dict) else {}
         for header, listed in (("ETag", extra.get("etag")), ("Last-Modified", extra.get("last_modified"))):
             now = headers.get(header)

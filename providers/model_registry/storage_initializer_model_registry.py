@@ -32,13 +32,14 @@ from __future__ import annotations
 import logging
 import random
 import re
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool, env_int, env_number, env_str
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -77,7 +78,6 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST_RE = re.compile(rf"^(?:\[[0-9A-Fa-f:.]+\]|{_LABEL}(?:\.{_LABEL})*)(?::[0-9]{{1,5}})?$")
 _NAMESPACE_RE = re.compile(r"^[a-zA-Z0-9_-]+$")  # upstream's check
 _SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-_FALSE = ("0", "false", "no", "off")
 
 
 # -- the URI grammar -------------------------------------------------------------
@@ -142,8 +142,6 @@ class RegistrySettings:
     cluster_domain: str = DEFAULT_CLUSTER_DOMAIN
     token: str | None = field(default=None, repr=False)
     verify: bool | str = True
-    proxies: Mapping[str, str] = field(default_factory=dict, repr=False)
-    no_proxy: str | None = None
     storage_config_dir: str = DEFAULT_STORAGE_CONFIG_DIR
     retries: int = 5
     retry_backoff: float = 0.5
@@ -163,15 +161,10 @@ def _port_of(host: str) -> str | None:
     return match.group(1) if match and not host.endswith("]") else None
 
 
-def _get(env: Mapping[str, str], name: str) -> str | None:
-    value = env.get(name)
-    return value.strip() if value and value.strip() else None
-
-
 def settings_from_env(env: Mapping[str, str]) -> RegistrySettings:
     """Read and validate ``MODEL_REGISTRY_*`` (and the shared proxy/CA/retry) variables."""
-    raw_base = _get(env, "MODEL_REGISTRY_BASE_URL") or DEFAULT_BASE_URL
-    scheme_env = _get(env, "MODEL_REGISTRY_SCHEME")
+    raw_base = env_str(env, "MODEL_REGISTRY_BASE_URL") or DEFAULT_BASE_URL
+    scheme_env = env_str(env, "MODEL_REGISTRY_SCHEME")
     if "://" in raw_base:
         parts = urlsplit(raw_base)
         scheme, host, path = parts.scheme.lower(), parts.netloc, parts.path.rstrip("/")
@@ -191,46 +184,25 @@ def settings_from_env(env: Mapping[str, str]) -> RegistrySettings:
             f"MODEL_REGISTRY_BASE_URL={raw_base!r} is not HOST[:PORT]", hint="e.g. model-registry-service:8080"
         )
 
-    proxies: dict[str, str] = {}
-    for proxy_scheme in ("http", "https", "all"):
-        value = env.get(f"{proxy_scheme}_proxy") or env.get(f"{proxy_scheme.upper()}_PROXY")
-        if value:
-            proxies[proxy_scheme] = value
-            register_secret(urlsplit(value).password)
-
-    def number(name: str, default: float, cast: type) -> Any:
-        raw = _get(env, name)
-        if raw is None:
-            return default
-        try:
-            value = cast(raw)
-        except ValueError:
-            raise ConfigError(f"{name}={raw!r} is not a number") from None
-        if value < 0:
-            raise ConfigError(f"{name}={raw!r} must not be negative")
-        return value
-
     return RegistrySettings(
         base_host=host,
         base_path=path,
         scheme=scheme,
-        service_name=_get(env, "MODEL_REGISTRY_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
-        cluster_domain=_get(env, "MODEL_REGISTRY_CLUSTER_DOMAIN") or DEFAULT_CLUSTER_DOMAIN,
+        service_name=env_str(env, "MODEL_REGISTRY_SERVICE_NAME") or DEFAULT_SERVICE_NAME,
+        cluster_domain=env_str(env, "MODEL_REGISTRY_CLUSTER_DOMAIN") or DEFAULT_CLUSTER_DOMAIN,
         token=_read_token(env),
         verify=_verify_setting(env),
-        proxies=proxies,
-        no_proxy=env.get("no_proxy") or env.get("NO_PROXY"),
-        storage_config_dir=_get(env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR,
-        retries=number("STORAGE_INITIALIZER_RETRIES", 5, int),
-        retry_backoff=number("STORAGE_INITIALIZER_RETRY_BACKOFF", 0.5, float),
+        storage_config_dir=env_str(env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR,
+        retries=env_int(env, "STORAGE_INITIALIZER_RETRIES", 5, minimum=0),
+        retry_backoff=env_number(env, "STORAGE_INITIALIZER_RETRY_BACKOFF", 0.5, minimum=0),
     )
 
 
 def _read_token(env: Mapping[str, str]) -> str | None:
     """``MODEL_REGISTRY_TOKEN``, else the content of ``MODEL_REGISTRY_TOKEN_FILE``."""
-    token = _get(env, "MODEL_REGISTRY_TOKEN")
+    token = env_str(env, "MODEL_REGISTRY_TOKEN")
     if token is None:
-        path = _get(env, "MODEL_REGISTRY_TOKEN_FILE")
+        path = env_str(env, "MODEL_REGISTRY_TOKEN_FILE")
         if path is None:
             return None
         try:
@@ -248,20 +220,18 @@ def _read_token(env: Mapping[str, str]) -> str | None:
 
 def _verify_setting(env: Mapping[str, str]) -> bool | str:
     """TLS verification: off, a CA bundle file, or the system trust store."""
-    if (_get(env, "MODEL_REGISTRY_VERIFY_SSL") or "true").lower() in _FALSE:
+    if not env_bool(env, "MODEL_REGISTRY_VERIFY_SSL", True):
         log.warning("TLS certificate verification is disabled for the model registry")
         return False
-    bundle = _get(env, "MODEL_REGISTRY_CA_BUNDLE")
-    if bundle is not None:
-        if not Path(bundle).is_file():
-            raise ConfigError(f"MODEL_REGISTRY_CA_BUNDLE={bundle!r} is not a file")
-        return bundle
-    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
-        if _get(env, name):
-            return env[name].strip()
+    bundle = env_str(env, "MODEL_REGISTRY_CA_BUNDLE")
+    if bundle is not None and not Path(bundle).is_file():
+        raise ConfigError(f"MODEL_REGISTRY_CA_BUNDLE={bundle!r} is not a file")
+    verify = kit.ca_bundle(env, bundle)
+    if verify is not True:
+        return verify
     # KServe's cluster-wide CA bundle, mounted into storage initializers.
-    if _get(env, "CA_BUNDLE_CONFIGMAP_NAME"):
-        mounted = Path(_get(env, "CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs") / "cabundle.crt"
+    if env_str(env, "CA_BUNDLE_CONFIGMAP_NAME"):
+        mounted = Path(env_str(env, "CA_BUNDLE_VOLUME_MOUNT_POINT") or "/etc/ssl/custom-certs") / "cabundle.crt"
         if mounted.is_file():
             return str(mounted)
     return True
@@ -289,14 +259,8 @@ class _RegistryClient:
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        kwargs: dict[str, Any] = {}
-        if self.settings.no_proxy:
-            from requests.utils import should_bypass_proxies
-
-            if should_bypass_proxies(url, no_proxy=self.settings.no_proxy):
-                kwargs["proxies"] = {"http": "", "https": "", "all": ""}
         try:
-            return self.session.get(url, params=params, headers=headers, timeout=timeout, **kwargs)
+            return self.session.get(url, params=params, headers=headers, timeout=timeout)
         except requests.exceptions.SSLError as exc:
             raise StorageInitializerError(
                 f"TLS verification failed for the model registry at {redact(self.base_url)}: {exc}",
@@ -323,8 +287,9 @@ class _RegistryClient:
                 if not exc.retryable or attempt >= self.settings.retries:
                     raise
                 delay = self.settings.retry_backoff * (2**attempt) * random.uniform(0.5, 1.0)
+                delay = max(delay, getattr(exc, "retry_after", None) or 0.0)
                 log.warning("model registry: %s; retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+                kit.sleep(delay, self.context.cancelled)  # a SIGTERM ends the wait
                 attempt += 1
 
     def _decode(self, response: Any, url: str) -> Any:
@@ -355,8 +320,10 @@ class _RegistryClient:
                 if not self.settings.token
                 else "the token in MODEL_REGISTRY_TOKEN / MODEL_REGISTRY_TOKEN_FILE was not accepted",
             )
-        if status in (408, 429) or status >= 500:
-            raise TransientError(f"the model registry answered HTTP {status} for {where}{detail}")
+        if kit.is_transient_status(status):
+            raise kit.transient_error(
+                f"the model registry answered HTTP {status} for {where}{detail}", response.headers
+            )
         if status == 404:
             raise StorageInitializerError(
                 f"{where} does not exist (HTTP 404, not a registry answer)",
@@ -446,13 +413,8 @@ class ModelRegistryProvider(Provider):
 
     def _http(self, settings: RegistrySettings) -> Any:
         if self._session is None:
-            import requests
-
-            session = requests.Session()
-            session.trust_env = False  # configuration comes from self.env, not os.environ
-            session.verify = settings.verify
-            session.proxies = dict(settings.proxies)
-            self._session = session
+            # Proxies (with NO_PROXY) and CA from self.env by the kit's one rule.
+            self._session = kit.new_session(self.env, pool_size=2, verify=settings.verify)
         return self._session
 
     def close(self) -> None:
@@ -686,7 +648,7 @@ class ModelRegistryProvider(Provider):
             value = (params.get(param) or [""])[0]
             if not value:
                 continue
-            if _get(self.env, variable):
+            if env_str(self.env, variable):
                 log.info("keeping %s from the environment (the artifact's uri says %s)", variable, value)
             else:
                 env[variable] = value
@@ -741,7 +703,7 @@ class ModelRegistryProvider(Provider):
         return Resolution(resolved, {"STORAGE_CONFIG": raw})
 
     def _storage_config_dir(self) -> str:
-        return _get(self.env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR
+        return env_str(self.env, "MODEL_REGISTRY_STORAGE_CONFIG_DIR") or DEFAULT_STORAGE_CONFIG_DIR
 
     def _storage_config(self, key: str) -> tuple[str, str] | None:
         """The JSON text of storage key ``key`` and where it came from, or ``None``."""
@@ -756,7 +718,7 @@ class ModelRegistryProvider(Provider):
             else:
                 load_storage_spec({"STORAGE_CONFIG": text})  # validates the JSON, registers secrets
                 return text, str(candidate)
-        raw = _get(self.env, "STORAGE_CONFIG")
+        raw = env_str(self.env, "STORAGE_CONFIG")
         if raw is not None:
             log.info("using STORAGE_CONFIG for storage key %r", key)
             return raw, "STORAGE_CONFIG"

@@ -522,6 +522,8 @@ class PairTransfer:
                 error.message = f"{error.message} (gave up after {self.settings.retries} retries)"
             raise error
         delay = min(self.settings.retry_backoff * 2 ** (attempt - 1), 30.0) * random.uniform(0.5, 1.0)
+        # The server's Retry-After (already capped at 60 s by storage_initializer.http) is a floor.
+        delay = max(delay, min(getattr(error, "retry_after", None) or 0.0, 60.0))
         self.progress.add_retry()
         log.warning(
             "retrying %s of %s after: %s (retry %d/%d in %.1fs)",

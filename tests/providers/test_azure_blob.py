@@ -278,6 +278,35 @@ def test_503_and_resets_are_retried(azurite: Azurite, fault_proxy_factory: Any, 
     assert len(proxy.injected) == 3 and result.stderr.count("retrying") == 3
 
 
+def test_lower_case_no_proxy_wins(azurite: Azurite, tmp_path: Path) -> None:
+    """``no_proxy`` beats ``NO_PROXY`` here as for every provider (Azure read ``NO_PROXY`` first)."""
+    container = azurite.create_container()
+    azurite.upload_tree(container, {"np/a.bin": b"a"})
+    dead_proxy = {**azurite.env(), "HTTP_PROXY": "http://127.0.0.1:9", "STORAGE_INITIALIZER_RETRIES": "0"}
+    exempt = {**dead_proxy, "no_proxy": "127.0.0.1", "NO_PROXY": "x.example"}
+    direct = run_cli([uri(container, "np"), str(tmp_path / "a")], exempt)
+    assert direct.returncode == 0, direct.stderr
+    assert tree(tmp_path / "a") == {"a.bin": b"a"}
+    proxied = {**dead_proxy, "no_proxy": "x.example", "NO_PROXY": "127.0.0.1"}
+    assert run_cli([uri(container, "np"), str(tmp_path / "b")], proxied).returncode == 1  # through the dead proxy
+
+
+def test_retry_after_is_honoured(azurite: Azurite, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 on the listing and on a read: neither is asked again sooner."""
+    container = azurite.create_container()
+    azurite.upload_tree(container, {"ra/a.bin": b"a" * 300_000})
+    proxy = fault_proxy_factory(azurite.port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="comp=list"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="a.bin"))
+    conn = f"AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};BlobEndpoint={proxy.url}/{ACCOUNT_NAME}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": conn, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([uri(container, "ra"), str(tmp_path)], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("comp=list") >= 1.95 and proxy.retry_gap("a.bin") >= 1.95
+
+
 # -- listing streams ------------------------------------------------------------------------------
 
 

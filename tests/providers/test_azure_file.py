@@ -214,6 +214,22 @@ def test_503_on_listing_and_read_is_retried(
     assert len(proxy.injected) == 2 and result.stderr.count("retrying") == 2
 
 
+def test_retry_after_is_honoured(fake_azure_files: FakeAzureFiles, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 on the listing and on a read: neither is asked again sooner."""
+    share = fake_azure_files.create_share()
+    fake_azure_files.put(share, "ra/a.bin", b"a" * 300_000)
+    proxy = fault_proxy_factory(fake_azure_files.port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="comp=list"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="a.bin"))
+    conn = f"AccountName={DEFAULT_ACCOUNT};AccountKey={fake_azure_files.key};FileEndpoint={proxy.url}/{DEFAULT_ACCOUNT}"
+    env = {"AZURE_STORAGE_CONNECTION_STRING": conn, **QUICK, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([uri(share, "ra"), str(tmp_path)], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path) == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("comp=list") >= 1.95 and proxy.retry_gap("a.bin") >= 1.95
+
+
 def test_listing_is_streamed(fake_azure_files: FakeAzureFiles) -> None:
     share = fake_azure_files.create_share()
     for i in range(12_000):

@@ -397,6 +397,22 @@ def test_503_and_resets_are_retried(
     assert len(proxy.injected) == 4 and result.stderr.count("retrying") == 4
 
 
+def test_retry_after_is_honoured(
+    gcs_server: FakeGcsServer, gcs_bucket: str, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A 503 with Retry-After: 2 on the listing and on a read: neither is asked again sooner."""
+    gcs_server.upload_tree(gcs_bucket, {"ra/a.bin": b"a" * 300_000})
+    proxy = fault_proxy_factory(gcs_server.port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="/o?"))
+    proxy.add(ProxyFault("status", status=429, retry_after="2", match="a.bin"))
+    env = isolated_env(tmp_path, STORAGE_EMULATOR_HOST=proxy.url, STORAGE_INITIALIZER_RETRY_BACKOFF="0.05")
+    result = run_cli([f"gs://{gcs_bucket}/ra", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("/o?") >= 1.95 and proxy.retry_gap("a.bin") >= 1.95
+
+
 def test_unreachable_endpoint_is_reported_not_hung(tmp_path: Path) -> None:
     env = isolated_env(tmp_path, STORAGE_EMULATOR_HOST=f"127.0.0.1:{closed_port()}")
     started = time.monotonic()

@@ -8,6 +8,7 @@ import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from storage_initializer_hdfs import DEFAULT_SECRET_DIR, HdfsProvider, load_config
@@ -29,6 +30,7 @@ from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli
 from tests.servers.fake_webhdfs import FakeWebHDFS
+from tests.servers.fault_proxy import ProxyFault
 
 MakeFake = Callable[..., FakeWebHDFS]
 MODEL = bytes(range(251)) * 400  # 100400 bytes
@@ -272,6 +274,17 @@ def test_tls_ca_beats_requests_ca_bundle_and_skip_verify(make_fake_webhdfs: Make
     assert isinstance(_fetch("hdfs:///models/iris", tmp_path / "d", skip).error, ConfigError)
 
 
+def test_ssl_cert_file_is_honoured_through_the_cli(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+    """Without TLS_CA, the shared CA rule applies: SSL_CERT_FILE names the CA (it used to be ignored)."""
+    fake = make_fake_webhdfs(tls=True)
+    _seed(fake)
+    assert fake.ca_path is not None
+    env = {**_secrets(tmp_path / "secret", HDFS_NAMENODE=fake.url), "SSL_CERT_FILE": str(fake.ca_path)}
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == EXPECTED
+
+
 def test_tls_client_certificate(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
     fake = make_fake_webhdfs(tls=True, require_client_cert=True)
     fake.put("/m/model.bin", MODEL)
@@ -393,6 +406,23 @@ def test_transient_namenode_errors_are_retried(fake_webhdfs: FakeWebHDFS, tmp_pa
     fake_webhdfs.fail(403, "RetriableException", "Namenode is in startup mode", op="OPEN", times=2)
     fake_webhdfs.fail(503, "IOException", "busy", java_class="java.io.IOException", node="datanode")
     assert _ok("hdfs:///models/iris", tmp_path / "out", env) == EXPECTED
+
+
+def test_retry_after_is_honoured(fake_webhdfs: FakeWebHDFS, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 from the namenode on the listing and on an OPEN: not asked again sooner."""
+    _seed(fake_webhdfs)
+    proxy = fault_proxy_factory(int(fake_webhdfs.url.rsplit(":", 1)[1]))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="op=LISTSTATUS"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="model.joblib?offset=0"))
+    env = {
+        **_secrets(tmp_path / "secret", HDFS_NAMENODE=proxy.url),
+        "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05",
+    }
+    done = run_cli(["hdfs:///models/iris", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert _files(tmp_path / "out") == EXPECTED
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("op=LISTSTATUS") >= 1.95 and proxy.retry_gap("model.joblib?offset=0") >= 1.95
 
 
 def test_a_file_replaced_mid_download_is_detected(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:

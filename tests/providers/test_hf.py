@@ -198,6 +198,21 @@ def test_a_path_naming_a_file_whatever_the_tree_api_answers(
     assert files_under(tmp_path / "out") == {"model.bin": b"w" * 100}
 
 
+@pytest.mark.parametrize(("where", "name"), [("cdn", "model.safetensors"), ("hub", "config.json")])
+def test_retry_after_is_honoured(fake_hf_hub: FakeHFHub, tmp_path: Path, where: str, name: str) -> None:
+    """429 + Retry-After: 2 on a read (an LFS file from the CDN, a small one from the Hub): not asked again sooner."""
+    hub = fake_hf_hub
+    hub.add_repo("acme/ra", {"model.safetensors": b"s" * 300_000, "config.json": b"{}"})
+    hub.add_fault("status", name, status=429, where=where, retry_after="2")  # type: ignore[arg-type]
+    env = env_for(hub, tmp_path, STORAGE_INITIALIZER_RETRY_BACKOFF="0.05")
+    done = run_cli(["hf://acme/ra", str(tmp_path / "out")], env)
+    assert done.returncode == 0, done.stderr
+    assert files_under(tmp_path / "out") == {"model.safetensors": b"s" * 300_000, "config.json": b"{}"}
+    reads = [r for r in hub.requests if r.filename == name and r.method == "GET"]
+    refused = next(i for i, r in enumerate(reads) if r.status == 429)
+    assert reads[refused + 1].time - reads[refused].time >= 1.95
+
+
 def test_50_mib_lfs_file_parallel_ranges_verified_and_resumed(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
     hub = fake_hf_hub
     big = os.urandom(50 * MiB)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import email.utils
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trustme
 
 from tests.cli import run_cli, tree
+from tests.servers.fault_proxy import ProxyFault
 from tests.servers.forward_proxy import ForwardProxy
 from tests.servers.http_server import HttpFileServer
 
@@ -150,3 +154,68 @@ def test_headers_stay_with_their_host_across_redirects(
         assert all(sent.get("X-Api-Key") == "k-123456" for _, _, sent in http_server.requests)
     finally:
         cdn.stop()
+
+
+# -- Retry-After ---------------------------------------------------------------------------------
+def _retry_after_env() -> dict[str, str]:
+    # Without Retry-After the engine would retry within 0.05 s.
+    return {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05", "STORAGE_INITIALIZER_RETRIES": "3"}
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_is_honoured(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Any, status: int
+) -> None:
+    http_server.add("/ra/model.bin", b"m" * 300_000)
+    proxy = fault_proxy_factory(http_server.port)
+    # The data read (not the size probe) is answered "come back in 2 s".
+    proxy.add(ProxyFault("status", status=status, retry_after="2", match="model.bin", unless="bytes=0-0"))
+    result = run_cli([f"{proxy.url}/ra/model.bin", str(tmp_path / "out")], _retry_after_env())
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.bin": b"m" * 300_000}
+    assert proxy.injected and "retrying" in result.stderr
+    assert proxy.retry_gap("model.bin") >= 1.95
+
+
+def test_retry_after_http_date_is_honoured(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Any
+) -> None:
+    http_server.add("/rd/model.bin", b"d" * 300_000)
+    proxy = fault_proxy_factory(http_server.port)
+    date = email.utils.formatdate(time.time() + 4, usegmt=True)  # whole seconds: at most 4 s from now
+    not_before = time.monotonic() + (email.utils.parsedate_to_datetime(date).timestamp() - time.time())
+    proxy.add(ProxyFault("status", status=503, retry_after=date, match="model.bin", unless="bytes=0-0"))
+    result = run_cli([f"{proxy.url}/rd/model.bin", str(tmp_path / "out")], _retry_after_env())
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"model.bin": b"d" * 300_000}
+    assert proxy.injected and proxy.retried_at("model.bin") >= not_before - 0.05
+
+
+def test_retry_after_is_capped_by_the_retry_budget(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Any
+) -> None:
+    """An always-busy server with Retry-After: 1 fails after the configured retries, each waited for."""
+    http_server.add("/rb/model.bin", b"b")
+    proxy = fault_proxy_factory(http_server.port)
+    proxy.add(ProxyFault("status", times=-1, status=429, retry_after="1", match="model.bin", unless="bytes=0-0"))
+    env = {**_retry_after_env(), "STORAGE_INITIALIZER_RETRIES": "2"}
+    started = time.monotonic()
+    result = run_cli([f"{proxy.url}/rb/model.bin", str(tmp_path / "out")], env)
+    assert result.returncode == 1 and "gave up after 2 retries" in result.stderr
+    assert len(proxy.injected) == 3 and time.monotonic() - started >= 2
+
+
+@pytest.mark.parametrize(("status", "retried"), [(501, False), (505, False), (502, True), (425, True)])
+def test_one_transient_status_rule(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Any, status: int, retried: bool
+) -> None:
+    """501 and 505 are permanent (a server does not start implementing a method by being asked
+    again); 425, 429, 408 and the other 5xx are retried. Every HTTP-based provider uses this rule."""
+    http_server.add("/st/model.bin", b"s")
+    proxy = fault_proxy_factory(http_server.port)
+    proxy.add(ProxyFault("status", status=status, match="model.bin"))
+    result = run_cli([f"{proxy.url}/st/model.bin", str(tmp_path / "out")], _retry_after_env())
+    assert (result.returncode == 0) is retried, result.stderr
+    assert ("retrying" in result.stderr) is retried
+    if not retried:
+        assert f"HTTP {status}" in result.stderr

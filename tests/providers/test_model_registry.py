@@ -13,7 +13,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+import signal
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -34,7 +38,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.provider import ProviderContext, Resolution
-from tests.cli import run_cli
+from tests.cli import clean_env, run_cli
 from tests.servers.fake_model_registry import FakeModelRegistry
 from tests.servers.http_server import HttpFileServer
 
@@ -425,6 +429,43 @@ def test_transient_errors_are_retried_then_reported(registry: FakeModelRegistry)
     registry.add_fault(503, path_contains="/registered_model", times=1)
     with pytest.raises(TransientError, match="HTTP 503"):
         resolve("model-registry://iris", env_for(registry, STORAGE_INITIALIZER_RETRIES="0"))
+
+
+def test_retry_after_is_honoured_through_the_cli(
+    fake_model_registry: FakeModelRegistry, http_server: HttpFileServer, tmp_path: Path
+) -> None:
+    """503 + Retry-After: 2 from the registry: asked again 2 s later, then the artifact is downloaded."""
+    url = http_server.add("/ra/model.bin", b"weights")
+    fake_model_registry.add_model("ra", versions=[{"name": "v1", "artifacts": [{"uri": url}]}])
+    fake_model_registry.add_fault(503, path_contains="/registered_model", headers={"Retry-After": "2"})
+    env = {**fake_model_registry.env(), **FAST, "NO_PROXY": "127.0.0.1"}
+    result = run_cli(["model-registry://ra/v1", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "model.bin").read_bytes() == b"weights"
+    assert "retrying in 2.0s" in result.stderr
+    times = [r.time for r in fake_model_registry.requests if "/registered_model" in r.path]
+    assert times[1] - times[0] >= 1.95
+
+
+def test_sigterm_ends_a_retry_wait(fake_model_registry: FakeModelRegistry, tmp_path: Path) -> None:
+    """A registry answering 503 + Retry-After: 60: SIGTERM ends the wait at once (exit 143)."""
+    fake_model_registry.add_model("busy", versions=[{"name": "v1", "artifacts": [{"uri": "s3://b/m"}]}])
+    fake_model_registry.add_fault(503, path_contains="/registered_model", times=99, headers={"Retry-After": "60"})
+    env = clean_env({**fake_model_registry.env(), "NO_PROXY": "127.0.0.1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", "model-registry://busy/v1", str(tmp_path / "out")],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "retrying in" in line:
+            break
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == 143
+    assert time.monotonic() - started < 3  # not the 60 s wait, nor the 5 s hard-exit grace
 
 
 def test_base_url_forms_and_non_registry_host(registry: FakeModelRegistry) -> None:

@@ -12,7 +12,10 @@ the endpoint botocore resolves.
 from __future__ import annotations
 
 import json
+import signal
 import ssl
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -32,7 +35,7 @@ from storage_initializer.errors import (
 )
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact
-from tests.cli import run_cli
+from tests.cli import clean_env, run_cli, tree
 from tests.providers.s3_tools import FakeSts, RecordingProxy, StallingServer, unanswered_port
 from tests.providers.test_s3 import fetch, files_under, shared_bucket, unique
 from tests.servers.fault_proxy import FaultProxy, ProxyFault
@@ -393,6 +396,8 @@ def test_tls_verification_settings(
         "S3_VERIFY_SSL=0": {"S3_VERIFY_SSL": "0"},
         "storage spec verify_ssl": {"STORAGE_CONFIG": json.dumps({"type": "s3", "verify_ssl": "0"})},
         "S3_VERIFY_SSL=false ignores a bad bundle": {"S3_VERIFY_SSL": "false", "AWS_CA_BUNDLE": "/no/such.pem"},
+        "SSL_CERT_FILE (the shared CA rule)": {"SSL_CERT_FILE": str(ca_file)},
+        "AWS_CA_BUNDLE beats REQUESTS_CA_BUNDLE": {"AWS_CA_BUNDLE": str(ca_file), "REQUESTS_CA_BUNDLE": "/no/such"},
     }
     for name, extra in working.items():
         dest = tmp_path / name.replace(" ", "_")
@@ -486,6 +491,43 @@ def test_max_attempts_retries_listing_requests(seaweedfs: SeaweedFS, model: str)
         with pytest.raises(TransientError, match="SlowDown"):
             keys_of({**env, "S3_MAX_ATTEMPTS": "1"}, model)
         assert len(proxy.requests) == 1
+
+
+def test_retry_after_is_honoured(seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """503 + Retry-After: 2 on a listing page and on a read: neither is asked again sooner."""
+    bucket, root = shared_bucket(seaweedfs), unique()
+    seaweedfs.put_many(bucket, {f"{root}/m/a.bin": b"a" * 300_000})
+    proxy: FaultProxy = fault_proxy_factory(urlsplit(seaweedfs.endpoint_url).port)
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match="list-type=2"))
+    proxy.add(ProxyFault("status", status=503, retry_after="2", match=f"{root}/m/a.bin HTTP"))
+    env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([f"s3://{bucket}/{root}/m", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == {"a.bin": b"a" * 300_000}
+    assert len(proxy.injected) == 2
+    assert proxy.retry_gap("list-type=2") >= 1.95 and proxy.retry_gap(f"{root}/m/a.bin HTTP") >= 1.95
+
+
+def test_sigterm_ends_a_listing_retry_wait(seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path) -> None:
+    """A listing answered 503 + Retry-After: 60 waits in the provider; SIGTERM ends that wait at once."""
+    bucket, root = shared_bucket(seaweedfs), unique()
+    seaweedfs.put_many(bucket, {f"{root}/m/a.bin": b"a"})
+    proxy: FaultProxy = fault_proxy_factory(urlsplit(seaweedfs.endpoint_url).port)
+    proxy.add(ProxyFault("status", times=-1, status=503, retry_after="60", match="list-type=2"))
+    env = clean_env({**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url})
+    command = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/{root}/m", str(tmp_path / "out")]
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not proxy.injected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proxy.injected, "the listing never reached the proxy"
+    time.sleep(0.3)  # now inside the 60 s wait
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 143, stderr
+    assert time.monotonic() - started < 3  # not the 60 s wait, nor the 5 s hard-exit grace
+    assert len(proxy.injected) == 1
 
 
 def test_region_redirect_is_followed(seaweedfs: SeaweedFS, model: str) -> None:

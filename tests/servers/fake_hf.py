@@ -154,6 +154,7 @@ class Fault:
     seconds: float = 30.0
     times: int = 1
     where: Literal["cdn", "hub", "any"] = "any"
+    retry_after: str | None = None  # the Retry-After header of a ``status`` answer
     methods: tuple[str, ...] = ("GET",)
     hits: int = 0
 
@@ -170,6 +171,7 @@ class RequestRecord:
     body_bytes: int  # bytes of the body actually sent
     repo_id: str | None = None
     filename: str | None = None  # path of the file in the repo, when the request served one
+    time: float = field(default_factory=time.monotonic)  # when it was answered
 
 
 class _HubError(Exception):
@@ -563,7 +565,10 @@ class _Handler(BaseHTTPRequestHandler):
         rng = _parse_range(self.headers.get("Range"), size)
         fault = None if rng == "unsatisfiable" else self.hub._take_fault(self.server_kind, self.command, filename)
         if fault is not None and fault.kind == "status":
-            self._reply(fault.status, {"Content-Type": "text/plain"}, b"", filename=filename, repo_id=repo_id)
+            headers = {"Content-Type": "text/plain"}
+            if fault.retry_after is not None:
+                headers["Retry-After"] = fault.retry_after
+            self._reply(fault.status, headers, b"", filename=filename, repo_id=repo_id)
             return
         if rng == "unsatisfiable":
             headers["Content-Range"] = f"bytes */{size}"

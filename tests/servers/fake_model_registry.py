@@ -51,6 +51,7 @@ import re
 import ssl
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,7 @@ class RecordedRequest:
     query: Mapping[str, list[str]]
     headers: Mapping[str, str]
     status: int = 0
+    time: float = field(default_factory=time.monotonic)  # when the answer was sent
 
     def param(self, name: str) -> str | None:
         values = self.query.get(name)

@@ -997,6 +997,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def start_response(self, status: int, headers: Mapping[str, str], reason: str | None = None) -> None:
         self.send_response(status, reason)
+        headers = dict(headers)
+        if self.headers.get("Connection", "").lower() == "close":  # as Jetty: a close asked for is announced
+            headers.setdefault("Connection", "close")
         for name, value in headers.items():
             self.send_header(name, value)
         if headers.get("Connection", "").lower() == "close":

@@ -45,6 +45,7 @@ class ProxyFault:
     rate: int = 1_000_000
     match: str | None = None
     unless: str | None = None  # spare requests whose head contains this (case-insensitive)
+    retry_after: str = "0"  # the Retry-After header of a ``status`` answer ("" for none)
 
 
 class FaultProxy:
@@ -55,6 +56,8 @@ class FaultProxy:
         self.connections = 0
         self.bytes_down = 0  # server -> client, as relayed
         self.injected: list[str] = []
+        self.requests: list[tuple[float, str]] = []  # (monotonic time, first request line) per connection
+        self.injected_at: list[tuple[float, str]] = []  # (monotonic time, first request line) per fault
         self._tls: ssl.SSLContext | None = None
         if tls is not None:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -134,6 +137,7 @@ class FaultProxy:
         first_line = head.split("\r\n", 1)[0]
         with self.lock:
             self.connections += 1
+            self.requests.append((time.monotonic(), first_line))
             for fault in self.faults:
                 if fault.times == 0 or (fault.match and fault.match not in first_line):
                     continue
@@ -144,12 +148,26 @@ class FaultProxy:
                 return fault
         return None
 
+    def retry_gap(self, match: str) -> float:
+        """Seconds between the first fault injected on a request containing ``match``
+        and the next request containing it (how long the client waited to retry)."""
+        with self.lock:
+            injected = next(t for t, line in self.injected_at if match in line)
+        return self.retried_at(match) - injected
+
+    def retried_at(self, match: str) -> float:
+        """When (``time.monotonic()``) the request after that first fault on ``match`` arrived."""
+        with self.lock:
+            injected = next(t for t, line in self.injected_at if match in line)
+            return min(t for t, line in self.requests if t > injected and match in line)
+
     def _claim_locked(self, fault: ProxyFault, what: str) -> bool:
         if fault.times == 0:
             return False
         if fault.times > 0:
             fault.times -= 1
         self.injected.append(f"{fault.kind}: {what}")
+        self.injected_at.append((time.monotonic(), what))
         return True
 
     def _claim(self, fault: ProxyFault) -> bool:
@@ -172,9 +190,10 @@ class FaultProxy:
             fault = self._take_fault(head.decode("latin-1"))
             if fault is not None and fault.kind == "status":
                 body = b"injected by the fault proxy"
+                retry_after = f"Retry-After: {fault.retry_after}\r\n" if fault.retry_after else ""
                 client.sendall(
                     f"HTTP/1.1 {fault.status} Injected\r\nContent-Length: {len(body)}\r\n"
-                    f"Retry-After: 0\r\nConnection: close\r\nContent-Type: text/plain\r\n\r\n".encode()
+                    f"{retry_after}Connection: close\r\nContent-Type: text/plain\r\n\r\n".encode()
                     + body
                 )
                 client.close()

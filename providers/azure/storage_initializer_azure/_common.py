@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
+from storage_initializer import http as kit
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -26,7 +27,7 @@ from storage_initializer.errors import (
     classify,
 )
 from storage_initializer.provider import ProviderContext
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import redact
 
 from ._config import Access
 
@@ -51,34 +52,16 @@ def quoted(etag: str) -> str:
     return etag if etag.startswith('"') or etag.startswith("W/") else f'"{etag}"'
 
 
-def make_transport(context: ProviderContext, env: Mapping[str, str], endpoint: str) -> Any:
+def make_transport(context: ProviderContext, env: Mapping[str, str]) -> Any:
     """A ``RequestsTransport`` with the engine's timeouts, a pool per worker, no hidden retries.
 
     Proxies and the CA bundle come from the provider's environment (not
     ``os.environ``), like the http provider.
     """
-    import requests
     from azure.core.pipeline.transport import RequestsTransport
-    from requests.adapters import HTTPAdapter
-    from requests.utils import should_bypass_proxies
 
-    session = requests.Session()
-    session.trust_env = False
-    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=context.concurrency + 2, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    no_proxy = env.get("NO_PROXY") or env.get("no_proxy")
-    if not (no_proxy and should_bypass_proxies(endpoint, no_proxy=no_proxy)):
-        for scheme in ("http", "https"):
-            proxy = env.get(f"{scheme.upper()}_PROXY") or env.get(f"{scheme}_proxy")
-            if proxy:
-                session.proxies[scheme] = proxy
-                register_secret(proxy)
-    verify: bool | str = True
-    for name in ("REQUESTS_CA_BUNDLE", "SSL_CERT_FILE", "CURL_CA_BUNDLE"):
-        if env.get(name):
-            verify = env[name]
-            break
+    session = kit.new_session(env, pool_size=context.concurrency + 2)
+    verify = session.verify
     return RequestsTransport(
         session=session,
         session_owner=True,
@@ -92,7 +75,7 @@ def make_transport(context: ProviderContext, env: Mapping[str, str], endpoint: s
 def client_options(context: ProviderContext, env: Mapping[str, str], access: Access) -> dict[str, Any]:
     """Keyword arguments every SDK client gets: our transport, no SDK retries."""
     return {
-        "transport": make_transport(context, env, access.endpoint),
+        "transport": make_transport(context, env),
         "retry_total": 0,
         "retry_connect": 0,
         "retry_read": 0,
@@ -130,7 +113,8 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
     response = getattr(exc, "response", None)
     status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
     if isinstance(exc, HttpResponseError) and status:
-        return _status_error(int(status), error_code(exc), what, access, container_kind)
+        headers = getattr(response, "headers", None)
+        return _status_error(int(status), error_code(exc), what, access, container_kind, headers)
     if isinstance(exc, ClientAuthenticationError):  # azure-identity: no token
         return AccessDeniedError(
             f"{what}: could not get an Azure AD token ({message})",
@@ -157,7 +141,12 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
 
 
 def _status_error(
-    status: int, code: str | None, what: str, access: Access, container_kind: str
+    status: int,
+    code: str | None,
+    what: str,
+    access: Access,
+    container_kind: str,
+    headers: Mapping[str, str] | None = None,
 ) -> StorageInitializerError:
     shown = f"{status} {code}" if code else str(status)
     if status == 404:
@@ -187,8 +176,8 @@ def _status_error(
         )
     if status in (412, 416) or code == "ConditionNotMet":
         return ObjectChangedError(f"{what} changed during the download ({shown})", hint="run again")
-    if status in (408, 429, 500, 502, 503, 504) or code in _TRANSIENT_CODES:
-        return TransientError(f"{what}: the storage service answered {shown}")
+    if kit.is_transient_status(status) or code in _TRANSIENT_CODES:
+        return kit.transient_error(f"{what}: the storage service answered {shown}", headers)
     if code == "BlobArchived":
         return StorageInitializerError(
             f"{what}: the blob is in the Archive tier ({shown})", hint="rehydrate it to the Hot or Cool tier first"

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from storage_initializer.config import env_str
 from storage_initializer.errors import ConfigError, UsageError
 from storage_initializer.redact import redact, register_secret
 
@@ -331,7 +332,7 @@ def choose_access(target: AzureUri, env: Mapping[str, str]) -> Access:
     env = azure_env(env)
     endpoint = target.account_url
     conn: ConnectionString | None = None
-    raw = env.get("AZURE_STORAGE_CONNECTION_STRING", "").strip()
+    raw = env_str(env, "AZURE_STORAGE_CONNECTION_STRING")
     if raw:
         parsed = parse_connection_string(raw)
         if parsed.account_for(target.service) == target.account:
@@ -344,7 +345,7 @@ def choose_access(target: AzureUri, env: Mapping[str, str]) -> Access:
         return Access(endpoint, account, "account key in AZURE_STORAGE_CONNECTION_STRING", key=_check_key(conn.key))
     if conn is not None and conn.sas:
         return Access(endpoint, account, "SAS in AZURE_STORAGE_CONNECTION_STRING", sas=conn.sas)
-    key = env.get("AZURE_STORAGE_ACCESS_KEY", "").strip()
+    key = env_str(env, "AZURE_STORAGE_ACCESS_KEY") or ""
     register_secret(key)
     # KServe: Blob tries Azure AD (AZURE_CLIENT_ID) before the key; Files only ever uses the key.
     token = choose_token(env) if target.service == "blob" or not key else None

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
-from storage_initializer.errors import NotFoundError, TransientError
+from storage_initializer import http as kit
+from storage_initializer.errors import NotFoundError
 from storage_initializer.provider import RemoteObject, UriFormat
 
 from ._base import AzureProvider
@@ -130,7 +131,7 @@ class AzureBlobProvider(AzureProvider):
         what = f"{target.shown} ({name})" if name != target.path else target.shown
         blob = container.get_blob_client(name)
         headers = {"If-Match": quoted(obj.version)} if obj.version else {}
-        byte_range = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        byte_range = kit.range_header(start, end)
 
         def call() -> tuple[Any, Iterator[bytes]]:
             # The generated operation the SDK's downloader uses, streamed (see _common).
@@ -143,8 +144,9 @@ class AzureBlobProvider(AzureProvider):
 
         response, body = self.guarded(what, access, call)
         http = response.http_response
-        content_range = http.headers.get("Content-Range", "")
-        if http.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
+        try:
+            kit.check_partial(http.status_code, http.headers, start, what)
+        except BaseException:
             http.close()
-            raise TransientError(f"{what}: asked for {byte_range}, got HTTP {http.status_code} {content_range!r}")
+            raise
         return ChunkStream(body, http.close, what)  # type: ignore[return-value]

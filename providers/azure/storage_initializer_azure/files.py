@@ -24,11 +24,11 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
+from storage_initializer import http as kit
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     ObjectChangedError,
-    TransientError,
     UnsafePathError,
 )
 from storage_initializer.provider import RemoteObject, UriFormat
@@ -131,7 +131,7 @@ class AzureFileProvider(AzureProvider):
         path = obj.extra if isinstance(obj.extra, str) else obj.key
         what = f"{target.shown} ({path})" if path != target.path else target.shown
         file_client = share.get_file_client(path)
-        byte_range = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        byte_range = kit.range_header(start, end)
 
         def call() -> tuple[Any, Iterator[bytes]]:
             # The generated operation the SDK's downloader uses, streamed (see _common).
@@ -146,14 +146,15 @@ class AzureFileProvider(AzureProvider):
         response, body = self.guarded(what, access, call)
         http = response.http_response
         etag = http.headers.get("ETag")
-        content_range = http.headers.get("Content-Range", "")
         if not same_etag(obj.version, etag):
             http.close()
             raise ObjectChangedError(
                 f"{what} changed during the download (ETag {obj.version} when listed, now {etag})",
                 hint="run again to download the new version",
             )
-        if http.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
+        try:
+            kit.check_partial(http.status_code, http.headers, start, what)
+        except BaseException:
             http.close()
-            raise TransientError(f"{what}: asked for {byte_range}, got HTTP {http.status_code} {content_range!r}")
+            raise
         return ChunkStream(body, http.close, what)  # type: ignore[return-value]

@@ -9,11 +9,12 @@ same on a private copy of the environment: nothing is written back.
 from __future__ import annotations
 
 import os
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool, env_int, env_seconds, env_str
 from storage_initializer.errors import ConfigError
 from storage_initializer.redact import register_secret
 from storage_initializer.storage_spec import spec_of_type
@@ -33,9 +34,6 @@ _SPEC_TO_ENV = (
     ("verify_ssl", "S3_VERIFY_SSL"),
     ("anonymous", "awsAnonymousCredential"),
 )
-
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -86,60 +84,25 @@ def effective_env(env: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
-def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """A boolean variable; empty counts as unset (KServe: ``if os.getenv(...)``), so an empty
-    ``S3_VERIFY_SSL`` keeps verification on."""
-    raw = env.get(name)
-    if raw is None or not raw.strip():
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigError(f"{name}={raw!r} is not a boolean", hint="use true or false")
-
-
-def _seconds(env: Mapping[str, str], name: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
-    return value
-
-
-def _attempts(env: Mapping[str, str]) -> int:
-    raw = env.get("S3_MAX_ATTEMPTS", "").strip()
-    if not raw:
-        return 3
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"S3_MAX_ATTEMPTS={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigError(f"S3_MAX_ATTEMPTS={raw!r} must be at least 1")
-    return value
+def _optional_seconds(env: Mapping[str, str], name: str) -> float | None:
+    """Seconds, or ``None`` (the engine's own timeout) when unset."""
+    return env_seconds(env, name, 0.0) or None
 
 
 def _endpoint(env: Mapping[str, str]) -> str | None:
     """``AWS_ENDPOINT_URL`` (KServe passes it to boto3 explicitly), else botocore's
     ``AWS_ENDPOINT_URL_S3``, else the legacy ``S3_ENDPOINT`` (+ ``S3_USE_HTTPS``)."""
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        value = env.get(name, "").strip()
+        value = env_str(env, name)
         if value:
             return _check_url(value, name)
-    legacy = env.get("S3_ENDPOINT", "").strip()
+    legacy = env_str(env, "S3_ENDPOINT")
     if not legacy:
         return None
     if "://" in legacy:
         return _check_url(legacy, "S3_ENDPOINT")
     # KServe's webhook: "https://" + S3_ENDPOINT unless S3_USE_HTTPS is "0".
-    scheme = "http" if env.get("S3_USE_HTTPS", "").strip().lower() in ("0", "false") else "https"
+    scheme = "https" if env_bool(env, "S3_USE_HTTPS", True) else "http"
     return _check_url(f"{scheme}://{legacy}", "S3_ENDPOINT")
 
 
@@ -160,17 +123,19 @@ def _check_url(url: str, name: str) -> str:
 def _verify(env: Mapping[str, str]) -> bool | str:
     """KServe's ``_get_s3_client_kwargs``: S3_VERIFY_SSL=0/false turns verification off;
     otherwise ``AWS_CA_BUNDLE``, else ``$CA_BUNDLE_VOLUME_MOUNT_POINT/cabundle.crt`` when
-    ``CA_BUNDLE_CONFIGMAP_NAME`` is set; a named bundle that does not exist is an error."""
-    if not _flag(env, "S3_VERIFY_SSL", default=True):
+    ``CA_BUNDLE_CONFIGMAP_NAME`` is set; a named bundle that does not exist is an error.
+    Without either, the shared rule of every provider: ``REQUESTS_CA_BUNDLE``,
+    ``SSL_CERT_FILE``, ``CURL_CA_BUNDLE``, else botocore's default bundle."""
+    if not env_bool(env, "S3_VERIFY_SSL", True):
         return False
-    bundle = env.get("AWS_CA_BUNDLE", "").strip()
+    bundle = env_str(env, "AWS_CA_BUNDLE")
     source = "AWS_CA_BUNDLE"
-    if not bundle and env.get("CA_BUNDLE_CONFIGMAP_NAME", "").strip():
-        mount = env.get("CA_BUNDLE_VOLUME_MOUNT_POINT", "").strip() or DEFAULT_CA_BUNDLE_MOUNT
+    if not bundle and env_str(env, "CA_BUNDLE_CONFIGMAP_NAME"):
+        mount = env_str(env, "CA_BUNDLE_VOLUME_MOUNT_POINT") or DEFAULT_CA_BUNDLE_MOUNT
         bundle = os.path.join(mount, CA_BUNDLE_FILE)
         source = "CA_BUNDLE_CONFIGMAP_NAME (CA_BUNDLE_VOLUME_MOUNT_POINT)"
     if not bundle:
-        return True
+        return kit.ca_bundle(env)
     if not os.path.isfile(bundle):
         raise ConfigError(
             f"CA bundle {bundle} named by {source} does not exist",
@@ -180,35 +145,20 @@ def _verify(env: Mapping[str, str]) -> bool | str:
 
 
 def _proxies(env: Mapping[str, str]) -> dict[str, str]:
-    """``HTTP(S)_PROXY`` / ``NO_PROXY`` from ``env`` (boto3 reads them from ``os.environ``)."""
-    proxies: dict[str, str] = {}
-    for scheme in ("http", "https"):
-        value = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY")
-        if value:
-            proxies[scheme] = value
-            try:
-                from urllib.parse import urlsplit
-
-                register_secret(urlsplit(value).password)
-            except ValueError:
-                pass
-    no_proxy = env.get("no_proxy") or env.get("NO_PROXY")
+    """The proxy variables from ``env`` (boto3 reads them from ``os.environ``), ``NO_PROXY`` as ``"no"``."""
+    proxies = kit.proxies(env)
+    no_proxy = kit.no_proxy(env)
     if no_proxy:
         proxies["no"] = no_proxy
     return proxies
 
 
 def proxy_for(proxies: Mapping[str, str], url: str) -> str | None:
-    """The proxy ``url`` goes through, honouring ``NO_PROXY``."""
+    """The proxy ``url`` goes through, honouring ``NO_PROXY`` (the kit's one rule)."""
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    proxy = proxies.get(parts.scheme)
-    if not proxy:
-        return None
-    host = parts.netloc.rsplit("@", 1)[-1]
-    bypass = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009 - not in typeshed
-    if "no" in proxies and bypass(host, dict(proxies)):
+    proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all")
+    if not proxy or kit.bypasses_proxy(url, {"no_proxy": proxies.get("no", "")}):
         return None
     return proxy
 
@@ -218,8 +168,7 @@ def s3_settings(env: Mapping[str, str]) -> S3Settings:
     env = effective_env(env)
 
     def get(name: str) -> str | None:
-        value = env.get(name, "").strip()
-        return value or None
+        return env_str(env, name)
 
     secret = get("AWS_SECRET_ACCESS_KEY")
     token = get("AWS_SESSION_TOKEN") or get("AWS_SECURITY_TOKEN")
@@ -227,7 +176,7 @@ def s3_settings(env: Mapping[str, str]) -> S3Settings:
     register_secret(token)
     endpoint = _endpoint(env)
     region = get("AWS_DEFAULT_REGION") or get("AWS_REGION")
-    virtual = _flag(env, "S3_USER_VIRTUAL_BUCKET")
+    virtual = env_bool(env, "S3_USER_VIRTUAL_BUCKET", False)
     # KServe: the legacy global endpoint with another region only works virtual-hosted.
     if endpoint == "https://s3.amazonaws.com" and region not in (None, "us-east-1"):
         virtual = True
@@ -244,13 +193,13 @@ def s3_settings(env: Mapping[str, str]) -> S3Settings:
         role_arn=get("AWS_ROLE_ARN"),
         role_session_name=get("AWS_ROLE_SESSION_NAME"),
         sts_endpoint_url=get("AWS_ENDPOINT_URL_STS"),
-        anonymous=_flag(env, "awsAnonymousCredential"),
+        anonymous=env_bool(env, "awsAnonymousCredential", False),
         addressing_style="virtual" if virtual else "auto",
-        accelerate=_flag(env, "S3_USE_ACCELERATE"),
+        accelerate=env_bool(env, "S3_USE_ACCELERATE", False),
         verify=_verify(env),
-        connect_timeout=_seconds(env, "S3_CONNECT_TIMEOUT"),
-        read_timeout=_seconds(env, "S3_READ_TIMEOUT"),
-        max_attempts=_attempts(env),
+        connect_timeout=_optional_seconds(env, "S3_CONNECT_TIMEOUT"),
+        read_timeout=_optional_seconds(env, "S3_READ_TIMEOUT"),
+        max_attempts=env_int(env, "S3_MAX_ATTEMPTS", 3, minimum=1),
         proxies=_proxies(env),
         default_bucket=get("_STORAGE_SPEC_BUCKET"),
     )

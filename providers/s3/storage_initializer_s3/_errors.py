@@ -7,14 +7,15 @@ of the direct GETs, so both paths say the same thing for the same failure.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
+from storage_initializer import http as kit
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
     NotFoundError,
     ObjectChangedError,
     StorageInitializerError,
-    TransientError,
 )
 from storage_initializer.redact import redact
 
@@ -70,8 +71,12 @@ def error_for(
     key: str | None,
     endpoint: str,
     region: str | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> StorageInitializerError:
-    """The error an S3 answer stands for. ``key`` is ``None`` for bucket-level requests."""
+    """The error an S3 answer stands for. ``key`` is ``None`` for bucket-level requests.
+
+    ``headers`` (the answer's) carry a ``Retry-After`` a transient error keeps.
+    """
     shown = redact(uri)
     detail = f"{code or f'HTTP {status}'}" + (f": {message}" if message else "")
     where = f"bucket {bucket!r} at {redact(endpoint)}"
@@ -115,6 +120,6 @@ def error_for(
             f"{shown}: {where} denied access ({detail})",
             hint="the identity needs s3:ListBucket on the bucket and s3:GetObject on the objects; " + CREDENTIALS_HINT,
         )
-    if code in _TRANSIENT_CODES or status in (408, 429) or status >= 500:
-        return TransientError(f"{shown}: {where} answered {status} ({detail})")
+    if code in _TRANSIENT_CODES or kit.is_transient_status(status):
+        return kit.transient_error(f"{shown}: {where} answered {status} ({detail})", headers)
     return StorageInitializerError(f"{shown}: {where} answered HTTP {status} ({detail})")

@@ -375,6 +375,7 @@ class S3Provider(Provider):
             connect_timeout=self.connect_timeout,
             read_timeout=self.read_timeout,
             endpoint=self.endpoint,
+            cancelled=self.context.cancelled,
         )
 
     # -- the provider contract -------------------------------------------------------

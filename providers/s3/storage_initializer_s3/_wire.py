@@ -19,8 +19,11 @@ that region and the request repeated, as botocore's region redirector does.
 
 Listing and HEAD requests are retried here on transient failures
 (``S3_MAX_ATTEMPTS`` attempts in all, as botocore's standard retry mode
-counts them). Object GETs are not: the engine retries those, resuming where
-a part stopped.
+counts them), waiting at least a ``Retry-After`` and ending the wait on
+SIGTERM. They stay here, under the engine's own listing retries, because a
+failed page retried alone keeps the pages already listed, where the engine
+would list again from the start. Object GETs are not retried here: the
+engine retries those, resuming where a part stopped.
 """
 
 from __future__ import annotations
@@ -28,13 +31,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_plus, urlsplit
 
+from storage_initializer import http as kit
 from storage_initializer.errors import StorageInitializerError, TransientError
 from storage_initializer.redact import redact
 
@@ -109,8 +112,10 @@ class S3Wire:
         connect_timeout: float,
         read_timeout: float,
         endpoint: str,
+        cancelled: threading.Event | None = None,
     ) -> None:
         self.settings = settings
+        self._cancelled = cancelled
         self._credentials = credentials
         self._locate = locate
         self._concurrency = max(1, concurrency)
@@ -281,6 +286,7 @@ class S3Wire:
             key=key,
             endpoint=self.endpoint,
             region=region or response.headers.get("x-amz-bucket-region"),
+            headers=response.headers,
         )
 
     def call(
@@ -317,8 +323,9 @@ class S3Wire:
                 if not error.retryable or attempt >= attempts:
                     raise
                 delay = min(0.25 * 2 ** (attempt - 1), 5.0) * random.uniform(0.5, 1.0)
+                delay = max(delay, getattr(error, "retry_after", None) or 0.0)
                 log.debug("retrying %s %s in %.2fs after: %s", method, redact(uri), delay, error)
-                time.sleep(delay)
+                kit.sleep(delay, self._cancelled)  # a SIGTERM ends the wait
 
     @staticmethod
     def _redirect_region(response: Any, target: Target) -> str | None:
