@@ -94,7 +94,7 @@ class PairIntegrity:
         self.fetch = fetch
         self.stage: Stage | None = None
         settings = run.settings
-        self.listing = Listing(settings.allow_patterns, settings.ignore_patterns) if run.options.active else None
+        self.listing = Listing(settings.allow_patterns, settings.ignore_patterns, keep=run.options.active)
         self._entries: list[FileEntry] = []
         self._verification_failed = False
 
@@ -108,8 +108,8 @@ class PairIntegrity:
         log.info("staging %s in %s until it is verified", self.shown, self.stage.root)
         return self.stage.root
 
-    def observe(self, objects: Iterable[RemoteObject]) -> Iterable[RemoteObject] | Iterator[RemoteObject]:
-        return objects if self.listing is None else self.listing.observe(objects)
+    def observe(self, objects: Iterable[RemoteObject]) -> Iterator[RemoteObject]:
+        return self.listing.observe(objects)
 
     def resolved(self, source: str, chain: Sequence[str], provider: str) -> None:
         self.record.source = redact(source)
@@ -126,9 +126,9 @@ class PairIntegrity:
 
     def downloaded(self) -> None:
         """After the transfer, before extraction: collect the files; check the digest pin."""
-        if self.listing is not None:
-            self._entries = self.listing.entries(self.run.settings.verify_checksums)
-            self.record.files = self._entries
+        self._entries = self.listing.entries(self.run.settings.verify_checksums)
+        self.record.files = self._entries
+        self.record.file_count, self.record.bytes = self.listing.totals()
         if self.checks.digest is None or self.stage is None:
             return
         try:

@@ -43,19 +43,32 @@ class FileEntry:
 
 
 class Listing:
-    """Records the objects a provider lists, as they stream to the engine."""
+    """Records the objects a provider lists, as they stream to the engine.
 
-    def __init__(self, allow: Sequence[str], ignore: Sequence[str]) -> None:
+    With ``keep=False`` (no record, no check asked for) only each file's size
+    is kept, for the summary: memory stays small for a listing of 100k objects.
+    """
+
+    def __init__(self, allow: Sequence[str], ignore: Sequence[str], keep: bool = True) -> None:
         self._filter = PathFilter(tuple(allow), tuple(ignore))
+        self._keep = keep
         self._lock = threading.Lock()
         self._objects: dict[str, tuple[RemoteObject, dict[str, str]]] = {}
+        self._sizes: dict[str, int] = {}
 
     def observe(self, objects: Iterable[RemoteObject]) -> Iterator[RemoteObject]:
         for obj in objects:
             if not obj.is_dir_marker and not is_own_artifact(obj.key) and self._filter.keep(obj.key):
                 with self._lock:
-                    self._objects[obj.key] = (obj, {k: v.lower() for k, v in obj.checksums.items()})
+                    self._sizes[obj.key] = obj.size or 0
+                    if self._keep:
+                        self._objects[obj.key] = (obj, {k: v.lower() for k, v in obj.checksums.items()})
             yield obj
+
+    def totals(self) -> tuple[int, int]:
+        """(files, bytes) listed and kept."""
+        with self._lock:
+            return len(self._sizes), sum(self._sizes.values())
 
     def entries(self, verify_checksums: bool) -> list[FileEntry]:
         """The files kept, with the checksum the engine verified (if verification was on)."""
@@ -82,6 +95,8 @@ class PairRecord:
     resolved: list[str] = field(default_factory=list)
     provider: str | None = None
     files: list[FileEntry] = field(default_factory=list)
+    file_count: int = 0
+    bytes: int = 0
     extracted: int | None = None
     pins: dict[str, Any] = field(default_factory=dict)
     signature: dict[str, Any] | None = None
@@ -95,8 +110,8 @@ class PairRecord:
             "resolved": self.resolved,
             "provider": self.provider,
             "status": "error" if self.error else "ok",
-            "file_count": len(self.files),
-            "bytes": sum(f.size or 0 for f in self.files),
+            "file_count": self.file_count,
+            "bytes": self.bytes,
             "files": [f.as_json() for f in self.files],
         }
         if self.extracted is not None:
@@ -135,15 +150,14 @@ def summary_line(pairs: Sequence[PairRecord], digest: str | None, limit: int = T
     line = "downloaded " + "; ".join(parts) + tail
     if len(line.encode("utf-8")) <= limit:
         return line
-    files = sum(len(p.files) for p in pairs)
-    size = sum(f.size or 0 for p in pairs for f in p.files)
+    files = sum(p.file_count for p in pairs)
+    size = sum(p.bytes for p in pairs)
     line = f"downloaded {len(pairs)} sources: {files} files, {size} bytes{tail}"
     return line.encode("utf-8")[:limit].decode("utf-8", "ignore")
 
 
 def _pair_summary(pair: PairRecord, source: str) -> str:
-    size = sum(f.size or 0 for f in pair.files)
-    return f"{source} ({len(pair.files)} files, {size} bytes)"
+    return f"{source} ({pair.file_count} files, {pair.bytes} bytes)"
 
 
 def _shorten(text: str, room: int) -> str:
