@@ -118,7 +118,8 @@ def _first(names: Iterable[str]) -> str:
 
 
 def tree_files(root: str, skip_top: Iterable[str]) -> dict[str, str]:
-    """{relative path: absolute path} of the regular files under ``root`` (symlinks included as files).
+    """{relative path: absolute path} of the files under ``root``; a symlink (an archive may hold
+    links inside it) counts as a file, never followed.
 
     Top-level names in ``skip_top`` (the engine's state directory) are left out.
     """
@@ -128,7 +129,9 @@ def tree_files(root: str, skip_top: Iterable[str]) -> dict[str, str]:
         rel = os.path.relpath(directory, root)
         if rel == ".":
             dirnames[:] = [d for d in dirnames if d not in skip]
-        for name in filenames:
+        links = [d for d in dirnames if os.path.islink(os.path.join(directory, d))]
+        dirnames[:] = [d for d in dirnames if d not in links]
+        for name in [*filenames, *links]:
             if rel == "." and name in skip:
                 continue
             relpath = name if rel == "." else f"{rel.replace(os.sep, '/')}/{name}"

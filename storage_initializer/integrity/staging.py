@@ -48,8 +48,10 @@ class Stage:
         self.side = os.path.join(self.parent, ident + ".aux")
 
     def prepare(self) -> None:
-        os.makedirs(self.root, exist_ok=True)
-        os.makedirs(self.side, exist_ok=True)
+        """Create the stage, never through a symlink planted in DEST."""
+        dest = DestDir(self.dest_root)
+        for path in (self.root, self.side):
+            dest.ensure_dir(os.path.relpath(path, self.dest_root).replace(os.sep, "/"))
 
     def files(self) -> dict[str, str]:
         """{relative path: staged path} of the model's files (the engine's state left out)."""

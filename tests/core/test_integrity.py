@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.cli import run_cli
 from tests.servers.fake_hf import FakeHFHub
+from tests.servers.fake_model_registry import FakeModelRegistry
 from tests.servers.http_server import Fault, HttpFileServer
 from tests.servers.s3 import SeaweedFS
 
@@ -305,6 +306,26 @@ def test_record_of_a_failure_and_of_a_resolved_source(tmp_path: Path) -> None:
     (pair,) = json.loads(record.read_text())["pairs"]
     assert pair["status"] == "error" and "a.bin: sha256 is" in pair["error"]
     assert pair["source"] == f"file://{src}/a.bin"
+
+
+def test_record_names_the_source_a_model_registry_resolved_to(
+    fake_model_registry: FakeModelRegistry, http_server: HttpFileServer, tmp_path: Path
+) -> None:
+    data = os.urandom(50_000)
+    url = http_server.add("/models/iris-v1.bin", data)
+    fake_model_registry.add_model("iris", versions=[{"name": "v1", "artifacts": [{"uri": url}]}])
+    record = tmp_path / "record.json"
+    env = {**fake_model_registry.env(), "HTTP_PROXY": fake_model_registry.url, "NO_PROXY": "127.0.0.1"}
+    uri = "model-registry://iris/v1"
+    pin = f"{uri}=sha256:{sha(data)}"  # a pin keyed by the URI as given
+    result = run_cli(["--record", str(record), "--expect-digest", pin, uri, str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    (pair,) = json.loads(record.read_text())["pairs"]
+    assert pair["uri"] == uri and pair["source"] == url and pair["resolved"] == [url]
+    assert pair["provider"] == "HttpProvider" and pair["pins"] == {"digest": f"sha256:{sha(data)}"}
+    (entry,) = pair["files"]
+    assert entry["path"] == "iris-v1.bin" and entry["size"] == len(data) and entry["sha256"] == sha(data)
+    assert files_in(tmp_path / "out") == {"iris-v1.bin": data}
 
 
 def test_termination_message_stays_under_4_kib(tmp_path: Path) -> None:
