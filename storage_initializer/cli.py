@@ -151,19 +151,19 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
         log.error("%s", line)
     log.info("summary: %s", runner.summary(results, seconds))
     explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
-    # --- integrity: the record, and the one-line success message for the pod status ---
+    # The record (--record), and on success a one-line summary for the pod status.
+    codes = {r.error.exit_code for r in failures if r.error is not None}
+    digest: str | None = None
     try:
         digest = integrity.write_record()
     except StorageInitializerError as exc:
         lines.append(redact(one_line(str(exc))))
         log.error("%s", lines[-1])
-        failures = failures or [results[0]]
-        digest = None
-    if not failures:
+        codes.add(exc.exit_code)
+    if not codes:
         write_termination_log(settings.termination_log, integrity.summary(digest) + "\n", explicit)
         return EXIT_OK
     write_termination_log(settings.termination_log, "\n".join(lines) + "\n", explicit)
-    codes = {r.error.exit_code for r in failures if r.error is not None} or {EXIT_FAILURE}
     if EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     return EXIT_USAGE if codes == {EXIT_USAGE} else EXIT_FAILURE

@@ -88,7 +88,7 @@ class Runner:
         result = PairResult(uri=redact(uri), dest=dest)
         provider: Provider | None = None
         root: str | None = None
-        # Pins, signatures, the record: None when the run asks for none of them.
+        # Pins, signatures, the record (storage_initializer.integrity); the CLI always gives one.
         checks = self.integrity.pair(uri, dest, self.fetch_small) if self.integrity else None
         try:
             # The URI first: a malformed one must not leave an empty DEST behind.
@@ -102,7 +102,7 @@ class Runner:
             root = state.root
             destdir = DestDir(root)
             transfer = PairTransfer(self.engine, provider, source, destdir, state)
-            listed = provider
+            listed = provider  # narrowed, for the closures
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
                 checks.downloaded()
@@ -110,7 +110,8 @@ class Runner:
                 transfer.run(lambda: listed.list(source))
             result = transfer.result
             result.uri = redact(uri)
-            result.dest = dest if checks is not None and checks.stage is not None else result.dest
+            if checks is not None and checks.stage is not None:
+                result.dest = checks.stage.dest_root  # not the stage: where the model will be
             self._maybe_extract(transfer, destdir, state, checks)
             if checks is not None:
                 checks.verify()

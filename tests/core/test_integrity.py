@@ -328,6 +328,14 @@ def test_record_names_the_source_a_model_registry_resolved_to(
     assert files_in(tmp_path / "out") == {"iris-v1.bin": data}
 
 
+def test_a_record_that_cannot_be_written_fails_the_run(tmp_path: Path) -> None:
+    src = write_tree(tmp_path / "src", {"a.bin": b"a"})
+    result = run_cli(["--record", str(tmp_path / "missing-dir" / "r.json"), str(src), str(tmp_path / "out")])
+    assert result.returncode == 1
+    (line,) = error_lines(result.stderr)
+    assert f"cannot write the record {tmp_path}/missing-dir/r.json" in line
+
+
 def test_termination_message_stays_under_4_kib(tmp_path: Path) -> None:
     args = []
     for i in range(40):
