@@ -400,6 +400,7 @@ def _cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificat
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         )
+        builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     else:
         builder = builder.add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         builder = builder.add_extension(
@@ -574,3 +575,168 @@ def test_a_trust_root_without_a_certificate_authority_is_refused_before_download
         result.stderr
     )
     assert not (tmp_path / "out").exists()
+
+
+# -- sigstore keyless, offline ---------------------------------------------------------------------
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.b64encode(data).decode()
+
+
+def _spki(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _fulcio_leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca: x509.Certificate,
+    leaf_key: ec.EllipticCurvePrivateKey,
+    ct_key: ec.EllipticCurvePrivateKey,
+    email: str,
+    issuer: str,
+) -> x509.Certificate:
+    """A Fulcio-style leaf: email SAN, OIDC issuer extension, code signing, and an embedded SCT from ``ct_key``."""
+    import struct
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    serial = x509.random_serial_number()
+    sct_oid = x509.ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
+
+    def build(sct_list: bytes) -> x509.Certificate:
+        octets = b"\x04" + (bytes([len(sct_list)]) if len(sct_list) < 128 else b"\x81" + bytes([len(sct_list)]))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([]))
+            .issuer_name(ca.subject)
+            .public_key(leaf_key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(minutes=10))
+            .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=True)
+            .add_extension(
+                x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1"), issuer.encode()),
+                critical=False,
+            )
+            .add_extension(x509.UnrecognizedExtension(sct_oid, octets + sct_list), critical=False)
+            .sign(ca_key, hashes.SHA256())
+        )
+
+    def sct_list(signature: bytes, timestamp_ms: int) -> bytes:
+        log_id = hashlib.sha256(_spki(ct_key)).digest()
+        sct = b"\x00" + log_id + struct.pack("!Q", timestamp_ms) + b"\x00\x00"
+        sct += b"\x04\x03" + struct.pack("!H", len(signature)) + signature
+        entry = struct.pack("!H", len(sct)) + sct
+        return struct.pack("!H", len(entry)) + entry
+
+    timestamp_ms = int(now.timestamp() * 1000)
+    draft = build(sct_list(b"\x00" * 72, timestamp_ms))
+    tbs = draft.tbs_precertificate_bytes
+    issuer_key_hash = hashlib.sha256(_spki(ca_key)).digest()
+    signed_entry = issuer_key_hash + struct.pack("!I", len(tbs))[1:] + tbs
+    data = struct.pack("!BBQH", 0, 0, timestamp_ms, 1) + signed_entry + b"\x00\x00"
+    signature = ct_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return build(sct_list(signature, timestamp_ms))
+
+
+def _trusted_root(
+    ca: x509.Certificate, ct_key: ec.EllipticCurvePrivateKey, rekor_key: ec.EllipticCurvePrivateKey
+) -> str:
+    def log(key: ec.EllipticCurvePrivateKey) -> dict[str, object]:
+        return {
+            "baseUrl": "https://log.example.com",
+            "hashAlgorithm": "SHA2_256",
+            "publicKey": {
+                "rawBytes": _b64(_spki(key)),
+                "keyDetails": "PKIX_ECDSA_P256_SHA_256",
+                "validFor": {"start": "2020-01-01T00:00:00Z"},
+            },
+            "logId": {"keyId": _b64(hashlib.sha256(_spki(key)).digest())},
+        }
+
+    return json.dumps(
+        {
+            "mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1",
+            "tlogs": [log(rekor_key)],
+            "certificateAuthorities": [
+                {
+                    "subject": {"organization": "test", "commonName": "test"},
+                    "uri": "https://fulcio.example.com",
+                    "certChain": {"certificates": [{"rawBytes": _b64(ca.public_bytes(serialization.Encoding.DER))}]},
+                    "validFor": {"start": "2020-01-01T00:00:00Z"},
+                }
+            ],
+            "ctlogs": [log(ct_key)],
+            "timestampAuthorities": [],
+        }
+    )
+
+
+def test_sigstore_keyless_checks_identity_and_issuer_offline(tmp_path: Path) -> None:
+    """A sigstore bundle made here (a Fulcio-style CA and leaf with an SCT, a log entry) against
+    ``--trust-root FILE``: a wrong identity or issuer is refused by name, before any other check
+    gives way; the right ones get past the identity check to the transparency log's proof
+    (which this test does not forge), so the model is still not published."""
+    model = write_tree(tmp_path / "model", MODEL)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_pem = _cert("sigstore test CA", ca_key, None, ca_key)
+    ca = x509.load_pem_x509_certificate(ca_pem)
+    ct_key, rekor_key, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    leaf = _fulcio_leaf(ca_key, ca, leaf_key, ct_key, "signer@example.com", "https://issuer.example.com")
+    # The DSSE envelope of a real model-signing signature by the leaf's key...
+    private = tmp_path / "leaf.key"
+    private.write_bytes(
+        leaf_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    bundle = json.loads(sign_with_key(model, private).read_text())
+    # ...in a keyless bundle: the certificate, and one log entry.
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    bundle = {
+        "mediaType": "application/vnd.dev.sigstore.bundle+json;version=0.1",
+        "verificationMaterial": {
+            "x509CertificateChain": {
+                "certificates": [{"rawBytes": _b64(leaf.public_bytes(serialization.Encoding.DER))}]
+            },
+            "tlogEntries": [
+                {
+                    "logIndex": "1",
+                    "logId": {"keyId": _b64(hashlib.sha256(_spki(rekor_key)).digest())},
+                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+                    "integratedTime": str(now),
+                    "inclusionPromise": {"signedEntryTimestamp": _b64(b"\x00" * 70)},
+                    "inclusionProof": {
+                        "logIndex": "1",
+                        "rootHash": _b64(b"\x00" * 32),
+                        "treeSize": "2",
+                        "hashes": [_b64(b"\x00" * 32)],
+                        "checkpoint": {"envelope": "log.example.com - 1\n2\nAAAA\n\n— log.example.com AAAA\n"},
+                    },
+                    "canonicalizedBody": _b64(b"{}"),
+                }
+            ],
+        },
+        "dsseEnvelope": bundle["dsseEnvelope"],
+    }
+    (model / "model.sig").write_text(json.dumps(bundle))
+    root = tmp_path / "trusted_root.json"
+    root.write_text(_trusted_root(ca, ct_key, rekor_key))
+
+    def run(identity: str, issuer: str, out: str) -> tuple[int, str]:
+        args = ["--signer-identity", identity, "--signer-issuer", issuer, "--trust-root", str(root)]
+        result = run_cli([*args, str(model), str(tmp_path / out)])
+        lines = error_lines(result.stderr)
+        assert len(lines) == 1, result.stderr
+        assert everything_in(tmp_path / out) == []
+        return result.returncode, lines[0]
+
+    code, line = run("someone-else@example.com", "https://issuer.example.com", "wrong-identity")
+    assert code == 1 and "signature check (sigstore) failed" in line and "someone-else@example.com" in line
+    code, line = run("signer@example.com", "https://other-issuer.example.com", "wrong-issuer")
+    assert code == 1 and "signature check (sigstore) failed" in line and "other-issuer.example.com" in line
+    code, line = run("signer@example.com", "https://issuer.example.com", "right")
+    assert code == 1 and "signature check (sigstore) failed" in line and "invalid log entry" in line
