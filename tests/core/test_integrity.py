@@ -675,11 +675,60 @@ def _trusted_root(
     )
 
 
+def _log_entry(
+    rekor_key: ec.EllipticCurvePrivateKey, leaf: x509.Certificate, envelope: Mapping[str, object], now: int
+) -> dict[str, object]:
+    """A Rekor dsse 0.0.1 entry, alone in a log of one: body, inclusion proof, signed checkpoint and SET."""
+    import base64
+
+    signatures = envelope["signatures"]
+    assert isinstance(signatures, list)
+    payload = base64.b64decode(str(envelope["payload"]))
+    pem = leaf.public_bytes(serialization.Encoding.PEM)
+    body = json.dumps(
+        {
+            "apiVersion": "0.0.1",
+            "kind": "dsse",
+            "spec": {
+                "envelopeHash": {"algorithm": "sha256", "value": sha(json.dumps(envelope).encode())},
+                "payloadHash": {"algorithm": "sha256", "value": sha(payload)},
+                "signatures": [{"signature": s["sig"], "verifier": _b64(pem)} for s in signatures],
+            },
+        },
+        separators=(",", ":"),
+    ).encode()
+    log_id = hashlib.sha256(_spki(rekor_key)).digest()
+    root_hash = hashlib.sha256(b"\x00" + body).digest()  # a tree of one leaf
+    note = f"log.example.com - 1\n1\n{_b64(root_hash)}\n"
+    note_signature = rekor_key.sign(note.encode(), ec.ECDSA(hashes.SHA256()))
+    checkpoint = f"{note}\n\u2014 log.example.com {_b64(log_id[:4] + note_signature)}\n"
+    promise = json.dumps(
+        {"body": _b64(body), "integratedTime": now, "logID": log_id.hex(), "logIndex": 0},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return {
+        "logIndex": "0",
+        "logId": {"keyId": _b64(log_id)},
+        "kindVersion": {"kind": "dsse", "version": "0.0.1"},
+        "integratedTime": str(now),
+        "inclusionPromise": {"signedEntryTimestamp": _b64(rekor_key.sign(promise, ec.ECDSA(hashes.SHA256())))},
+        "inclusionProof": {
+            "logIndex": "0",
+            "rootHash": _b64(root_hash),
+            "treeSize": "1",
+            "hashes": [],
+            "checkpoint": {"envelope": checkpoint},
+        },
+        "canonicalizedBody": _b64(body),
+    }
+
+
 def test_sigstore_keyless_checks_identity_and_issuer_offline(tmp_path: Path) -> None:
-    """A sigstore bundle made here (a Fulcio-style CA and leaf with an SCT, a log entry) against
-    ``--trust-root FILE``: a wrong identity or issuer is refused by name, before any other check
-    gives way; the right ones get past the identity check to the transparency log's proof
-    (which this test does not forge), so the model is still not published."""
+    """A keyless bundle made here as sigstore makes one (a Fulcio-style CA and leaf with an SCT
+    from a CT log, a Rekor dsse entry with its inclusion proof, signed checkpoint and SET) and
+    its trusted root, given as ``--trust-root FILE``: nothing is fetched. The right identity and
+    issuer verify; a wrong identity, a wrong issuer or a changed file are refused by name."""
     model = write_tree(tmp_path / "model", MODEL)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_pem = _cert("sigstore test CA", ca_key, None, ca_key)
@@ -702,23 +751,7 @@ def test_sigstore_keyless_checks_identity_and_issuer_offline(tmp_path: Path) -> 
             "x509CertificateChain": {
                 "certificates": [{"rawBytes": _b64(leaf.public_bytes(serialization.Encoding.DER))}]
             },
-            "tlogEntries": [
-                {
-                    "logIndex": "1",
-                    "logId": {"keyId": _b64(hashlib.sha256(_spki(rekor_key)).digest())},
-                    "kindVersion": {"kind": "dsse", "version": "0.0.1"},
-                    "integratedTime": str(now),
-                    "inclusionPromise": {"signedEntryTimestamp": _b64(b"\x00" * 70)},
-                    "inclusionProof": {
-                        "logIndex": "1",
-                        "rootHash": _b64(b"\x00" * 32),
-                        "treeSize": "2",
-                        "hashes": [_b64(b"\x00" * 32)],
-                        "checkpoint": {"envelope": "log.example.com - 1\n2\nAAAA\n\n— log.example.com AAAA\n"},
-                    },
-                    "canonicalizedBody": _b64(b"{}"),
-                }
-            ],
+            "tlogEntries": [_log_entry(rekor_key, leaf, bundle["dsseEnvelope"], now)],
         },
         "dsseEnvelope": bundle["dsseEnvelope"],
     }
@@ -738,5 +771,11 @@ def test_sigstore_keyless_checks_identity_and_issuer_offline(tmp_path: Path) -> 
     assert code == 1 and "signature check (sigstore) failed" in line and "someone-else@example.com" in line
     code, line = run("signer@example.com", "https://other-issuer.example.com", "wrong-issuer")
     assert code == 1 and "signature check (sigstore) failed" in line and "other-issuer.example.com" in line
-    code, line = run("signer@example.com", "https://issuer.example.com", "right")
-    assert code == 1 and "signature check (sigstore) failed" in line and "invalid log entry" in line
+    right = ["--signer-identity", "signer@example.com", "--signer-issuer", "https://issuer.example.com"]
+    ok = run_cli([*right, "--trust-root", str(root), str(model), str(tmp_path / "ok")])
+    assert ok.returncode == 0, ok.stderr
+    assert "signature verified (sigstore): model.sig" in ok.stderr
+    assert files_in(tmp_path / "ok") == files_in(model)
+    (model / "config.json").write_bytes(b'{"hidden": 9}\n')
+    code, line = run(*right[1::2], "tampered")
+    assert code == 1 and "signature check (sigstore) failed: content differs from the signed model: config.json" in line
