@@ -166,6 +166,8 @@ class PairIntegrity:
                 report = signing.verify_model(
                     self.stage.root, signature_file, self.checks.signature, files, self.stage.side
                 )
+                if not signature_file.startswith(self.stage.root + os.sep):
+                    report.signature = redact(self.checks.signature_path)  # fetched: name it as given
                 self.record.signature = report.as_json()
                 log.info("signature verified (%s): %s", report.method, report.signature)
         except StorageInitializerError as exc:

@@ -511,9 +511,13 @@ def test_missing_signature_and_signature_given_as_a_uri(
     assert missing.returncode == 1 and "no signature model.sig at the root of" in missing.stderr
     assert everything_in(tmp_path / "a") == []
     url = http_server.add("/sigs/model.sig", sig)
-    ok = run_cli(["--signature-key", str(public), "--signature", url, str(model), str(tmp_path / "b")])
+    record = tmp_path / "record.json"
+    args = ["--signature-key", str(public), "--signature", url, "--record", str(record)]
+    ok = run_cli([*args, str(model), str(tmp_path / "b")])
     assert ok.returncode == 0, ok.stderr
     assert files_in(tmp_path / "b") == files_in(model)
+    (pair,) = json.loads(record.read_text())["pairs"]
+    assert pair["signature"]["signature"] == url and pair["signature"]["ignored"] == [".gitattributes"]
 
 
 def test_certificate_chain_verification(tmp_path: Path) -> None:
