@@ -151,6 +151,7 @@ def test_digest_and_manifest_pins_on_s3(seaweedfs: SeaweedFS, tmp_path: Path) ->
     ok = run_cli(["--expect-digest", f"sha256:{sha(data)}", uri, str(tmp_path / "one")], env)
     assert ok.returncode == 0, ok.stderr
     assert files_in(tmp_path / "one") == {"model.bin": data}
+    assert "the store's sha256, verified while streaming" in ok.stderr  # S3 ChecksumSHA256: no second read
     bad = run_cli(["--expect-digest", f"sha256:{sha(b'no')}", uri, str(tmp_path / "bad")], env)
     assert bad.returncode == 1 and "model.bin: sha256 is" in bad.stderr
     assert everything_in(tmp_path / "bad") == []
