@@ -782,5 +782,5 @@ def test_sigstore_keyless_checks_identity_and_issuer_offline(tmp_path: Path) -> 
     assert "signature verified (sigstore): model.sig" in ok.stderr
     assert files_in(tmp_path / "ok") == files_in(model)
     (model / "config.json").write_bytes(b'{"hidden": 9}\n')
-    code, line = run(*right[1::2], "tampered")
+    code, line = run("signer@example.com", "https://issuer.example.com", "tampered")
     assert code == 1 and "signature check (sigstore) failed: content differs from the signed model: config.json" in line
