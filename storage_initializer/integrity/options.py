@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from storage_initializer.errors import ConfigError
 
@@ -61,7 +61,6 @@ class IntegrityOptions:
     signature: SignatureOptions | None = None
     signatures: tuple[str, ...] = ()
     record: str | None = None
-    pairs_uris: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def active(self) -> bool:

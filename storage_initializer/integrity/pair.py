@@ -132,9 +132,7 @@ class PairIntegrity:
         if self.checks.digest is None or self.stage is None:
             return
         try:
-            actual = pins.check_digest(
-                self.shown, self.stage.files(), self.stage.root, self.checks.digest, self._known_sha256()
-            )
+            actual = pins.check_digest(self.shown, self.stage.files(), self.checks.digest, self._known_sha256())
         except (IntegrityError, UsageError) as exc:
             raise self._failing(exc) from None
         reused = actual in self._known_sha256().values()

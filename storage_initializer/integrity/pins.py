@@ -62,7 +62,7 @@ def parse_manifest(path: str) -> dict[str, str]:
     return entries
 
 
-def check_digest(shown_uri: str, files: Mapping[str, str], root: str, expected: str, known: Mapping[str, str]) -> str:
+def check_digest(shown_uri: str, files: Mapping[str, str], expected: str, known: Mapping[str, str]) -> str:
     """Check the single downloaded file against ``expected``; return its sha256.
 
     ``files`` maps the pair's relative paths to their absolute paths; ``known``
