@@ -9,6 +9,9 @@
 # ("s3", "azure http", "model-registry,s3"): one distribution per name from providers/.
 # EXTRA_PACKAGES: more pip requirements installed alongside, e.g. third-party plugins
 # ("storage-initializer-ftp==0.1.0", or a path in the build context: "./examples/ftp").
+# CORE_EXTRAS: extras of the core: "auto" (default: "signing", OpenSSF model-signature
+# verification, in the image with every provider; none in the others), "none", or a list
+# ("signing").
 # The build stage needs the package index (PyPI or PIP_INDEX_URL); the runtime stage
 # needs none and holds no compiler, no pip and no build tool.
 
@@ -30,6 +33,7 @@ COPY providers/ providers/
 COPY examples/ examples/
 ARG PROVIDERS=all
 ARG EXTRA_PACKAGES=""
+ARG CORE_EXTRAS=auto
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 # Wheels for the core, the chosen providers and all their dependencies, then a
 # virtualenv without pip holding exactly those (installed by the build venv's pip).
@@ -46,9 +50,12 @@ RUN dirs=(); \
          done ;; \
     esac; \
     read -ra extra <<< "$EXTRA_PACKAGES"; \
-    echo "providers: ${dirs[*]:-(none)}; extra packages: ${extra[*]:-(none)}"; \
+    extras="$CORE_EXTRAS"; \
+    if [[ "$extras" == auto ]]; then extras=$([[ "$PROVIDERS" == all ]] && echo signing || echo none); fi; \
+    core="."; if [[ "$extras" != none && -n "$extras" ]]; then core=".[${extras// /,}]"; fi; \
+    echo "core: $core; providers: ${dirs[*]:-(none)}; extra packages: ${extra[*]:-(none)}"; \
     python3 -m venv /opt/build; \
-    /opt/build/bin/pip wheel --use-pep517 --wheel-dir /wheels . "${dirs[@]}" "${extra[@]}"; \
+    /opt/build/bin/pip wheel --use-pep517 --wheel-dir /wheels "$core" "${dirs[@]}" "${extra[@]}"; \
     python3 -m venv --without-pip /opt/venv; \
     /opt/build/bin/pip --python /opt/venv/bin/python install --no-index --find-links /wheels /wheels/*.whl
 
@@ -86,7 +93,8 @@ ENV PATH="/opt/venv/bin:${PATH}" \
 # Fail the build, not the first pod, when a provider cannot load.
 RUN out="$(storage-initializer --list-providers)" \
     && echo "$out" \
-    && case "$out" in *BROKEN*|*MISSING*) exit 1 ;; esac
+    && case "$out" in *BROKEN*|*MISSING*) exit 1 ;; esac \
+    && python3 -c "import importlib.util as u; u.find_spec('model_signing') and __import__('model_signing.verifying')"
 USER 1000
 ENTRYPOINT ["/entrypoint.sh"]
 CMD ["--help"]

@@ -29,6 +29,7 @@ from storage_initializer.errors import (
     EXIT_USAGE,
     StorageInitializerError,
 )
+from storage_initializer.integrity.options import IntegrityOptions, options_from
 from storage_initializer.redact import redact, register_env_secrets
 from storage_initializer.settings import Settings, parse_size, settings_from_env
 
@@ -116,13 +117,18 @@ def list_providers() -> int:
     return EXIT_OK
 
 
-def run(args: list[str], settings: Settings) -> int:
+def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions | None = None) -> int:
     """Download the pairs in ``args``; return the exit status."""
+    from storage_initializer.integrity.pair import IntegrityRun
     from storage_initializer.registry import Registry
     from storage_initializer.runner import Runner
 
     pairs = list(zip(args[0::2], args[1::2], strict=True))
-    runner = Runner(settings, Registry.from_entry_points())
+    try:
+        integrity = IntegrityRun(integrity_options or IntegrityOptions(), settings, pairs)
+    except StorageInitializerError as exc:
+        _fail_usage(str(exc), settings)
+    runner = Runner(settings, Registry.from_entry_points(), integrity)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(runner.engine.cancelled)
     log.info("storage-initializer %s: %d source(s)", __version__, len(pairs))
@@ -144,11 +150,20 @@ def run(args: list[str], settings: Settings) -> int:
     for line in lines:
         log.error("%s", line)
     log.info("summary: %s", runner.summary(results, seconds))
-    if not failures:
-        return EXIT_OK
     explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
-    write_termination_log(settings.termination_log, "\n".join(lines) + "\n", explicit)
+    # The record (--record), and on success a one-line summary for the pod status.
     codes = {r.error.exit_code for r in failures if r.error is not None}
+    digest: str | None = None
+    try:
+        digest = integrity.write_record()
+    except StorageInitializerError as exc:
+        lines.append(redact(one_line(str(exc))))
+        log.error("%s", lines[-1])
+        codes.add(exc.exit_code)
+    if not codes:
+        write_termination_log(settings.termination_log, integrity.summary(digest) + "\n", explicit)
+        return EXIT_OK
+    write_termination_log(settings.termination_log, "\n".join(lines) + "\n", explicit)
     if EXIT_INTERRUPTED in codes:
         return EXIT_INTERRUPTED
     return EXIT_USAGE if codes == {EXIT_USAGE} else EXIT_FAILURE
@@ -197,6 +212,40 @@ def main_command(
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only, not checksums.")] = False,
     no_extract: Annotated[bool, typer.Option("--no-extract", help="Keep a single archive as it is.")] = False,
     fsync: Annotated[bool, typer.Option("--fsync", help="fsync each file before publishing it.")] = False,
+    expect_digest: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="[SRC_URI=]sha256:HEX: the one file (or archive) must have this sha256."),
+    ] = None,
+    expect_manifest: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="[SRC_URI=]FILE: a sha256sum file every listed model file must match."),
+    ] = None,
+    strict_manifest: Annotated[
+        bool, typer.Option("--strict-manifest", help="With --expect-manifest: no other file may exist.")
+    ] = False,
+    signature_key: Annotated[
+        Optional[str], typer.Option(help="Verify the model signature with this public key (PEM).")  # noqa: UP045
+    ] = None,
+    signature_cert: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="Verify the model signature with this certificate chain (PEM); repeatable."),
+    ] = None,
+    signer_identity: Annotated[
+        Optional[str], typer.Option(help="Sigstore keyless: the signer's identity (e.g. an email).")  # noqa: UP045
+    ] = None,
+    signer_issuer: Annotated[
+        Optional[str], typer.Option(help="Sigstore keyless: the signer's OIDC issuer.")  # noqa: UP045
+    ] = None,
+    trust_root: Annotated[
+        Optional[str], typer.Option(help="Sigstore keyless: the trust root file (offline).")  # noqa: UP045
+    ] = None,
+    signature: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(help="[SRC_URI=]PATH_OR_URI of the signature (default: model.sig at the model's root)."),
+    ] = None,
+    record: Annotated[
+        Optional[str], typer.Option(help="Write a JSON record of what was downloaded and verified.")  # noqa: UP045
+    ] = None,
     version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
 ) -> None:
     if version:
@@ -237,8 +286,24 @@ def main_command(
         )
     except StorageInitializerError as exc:
         _fail_usage(str(exc), settings)
+    try:
+        integrity_options = options_from(
+            settings.env,
+            digests=expect_digest,
+            manifests=expect_manifest,
+            strict_manifest=strict_manifest or None,
+            signature_key=signature_key,
+            signature_cert=signature_cert,
+            signer_identity=signer_identity,
+            signer_issuer=signer_issuer,
+            trust_root=trust_root,
+            signatures=signature,
+            record=record,
+        )
+    except StorageInitializerError as exc:
+        _fail_usage(str(exc), settings)
     setup_logging(level)
-    raise typer.Exit(run(args, settings))
+    raise typer.Exit(run(args, settings, integrity_options))
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from storage_initializer.engine.dest import DestDir, prepare_dest
 from storage_initializer.engine.progress import Progress, Reporter, human_bytes
 from storage_initializer.engine.state import DestState
 from storage_initializer.engine.transfer import Engine, PairResult, PairTransfer
-from storage_initializer.errors import StorageInitializerError, classify
+from storage_initializer.errors import NotFoundError, StorageInitializerError, UsageError, classify
+from storage_initializer.integrity.pair import IntegrityRun, PairIntegrity
 from storage_initializer.provider import Provider, ProviderContext
 from storage_initializer.redact import redact, register_env_secrets
 from storage_initializer.registry import ProviderEntry, Registry, resolve_chain
@@ -62,9 +63,10 @@ class _States:
 class Runner:
     """Downloads pairs with one engine; see :func:`download`."""
 
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry, integrity: IntegrityRun | None = None) -> None:
         self.settings = settings
         self.registry = registry
+        self.integrity = integrity
         self.progress = Progress()
         self.engine = Engine(settings, self.progress)
         self._states = _States()
@@ -87,18 +89,33 @@ class Runner:
         result = PairResult(uri=redact(uri), dest=dest)
         provider: Provider | None = None
         root: str | None = None
+        # Pins, signatures, the record (storage_initializer.integrity); the CLI always gives one.
+        checks = self.integrity.pair(uri, dest, self.fetch_small) if self.integrity else None
         try:
             # The URI first: a malformed one must not leave an empty DEST behind.
-            provider, source, _chain = resolve_chain(self.registry, uri, self._make_provider, self.settings.provider)
+            provider, source, chain = resolve_chain(self.registry, uri, self._make_provider, self.settings.provider)
             log.info("source %s: provider %s", redact(source), type(provider).__name__)
-            state = self._states.acquire(prepare_dest(dest))
+            target = prepare_dest(dest)
+            if checks is not None:
+                checks.resolved(source, chain, type(provider).__name__)
+                target = checks.target(target)  # a staging directory inside DEST when checks apply
+            state = self._states.acquire(target)
             root = state.root
             destdir = DestDir(root)
             transfer = PairTransfer(self.engine, provider, source, destdir, state)
-            transfer.run(lambda: provider.list(source))
+            listed = provider  # narrowed, for the closures
+            if checks is not None:
+                transfer.run(lambda: checks.observe(listed.list(source)))
+                checks.downloaded()
+            else:
+                transfer.run(lambda: listed.list(source))
             result = transfer.result
             result.uri = redact(uri)
-            self._maybe_extract(transfer, destdir, state)
+            if checks is not None and checks.stage is not None:
+                result.dest = checks.stage.dest_root  # not the stage: where the model will be
+            self._maybe_extract(transfer, destdir, state, checks)
+            if checks is not None:
+                checks.verify()
         except BaseException as exc:
             result.error = classify(exc)
             if not isinstance(exc, StorageInitializerError):
@@ -111,10 +128,29 @@ class Runner:
                     log.debug("provider close failed", exc_info=True)
             if root is not None:
                 self._states.release(root, result.error is None)
+            if checks is not None:
+                result.error = checks.finish(result.error)
         result.seconds = time.monotonic() - started
         return result
 
-    def _maybe_extract(self, transfer: PairTransfer, dest: DestDir, state: DestState) -> None:
+    def fetch_small(self, uri: str, path: str, limit: int = 64 * 1024 * 1024) -> None:
+        """Copy the one small object ``uri`` names (a signature) to ``path``, through its provider."""
+        provider, source, _chain = resolve_chain(self.registry, uri, self._make_provider, None)
+        try:
+            objects = [o for o in provider.list(source) if not o.is_dir_marker]
+            if len(objects) != 1:
+                raise NotFoundError(f"{redact(uri)} names {len(objects)} objects, not one file")
+            obj = objects[0]
+            if obj.size is not None and obj.size > limit:
+                raise UsageError(f"{redact(uri)} is {obj.size} bytes; a signature is small")
+            with provider.open_range(source, obj, 0, obj.size) as stream, open(path, "wb") as out:
+                out.write(stream.read(limit + 1)[:limit])
+        finally:
+            provider.close()
+
+    def _maybe_extract(
+        self, transfer: PairTransfer, dest: DestDir, state: DestState, checks: PairIntegrity | None = None
+    ) -> None:
         if not self.settings.extract_archives or transfer.matched != 1 or transfer.first_match is None:
             return
         relpath, obj = transfer.first_match
@@ -128,6 +164,8 @@ class Runner:
         count = archive.extract(path, dest, self.settings.max_extract_ratio)
         state.record_complete(relpath, path, transfer.source, obj, extracted=True)
         log.info("extracted %d files from %s", count, relpath)
+        if checks is not None:
+            checks.extracted(count)
 
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[PairResult]:
         with Reporter(self.progress, self.settings.heartbeat_seconds, self.settings.progress_bar):

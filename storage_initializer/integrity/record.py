@@ -1,0 +1,164 @@
+"""What a pair downloaded: per file its size, version and the checksums verified.
+
+:class:`Listing` wraps a provider's listing to keep what the store said about
+each object (the engine may drop a checksum it cannot apply while reading;
+the snapshot taken at listing time tells which one was chosen).
+:func:`build_record` turns the pairs into the JSON document of ``--record``
+and :func:`summary_line` into the one-line termination message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from storage_initializer.engine.hashing import choose_checksum
+from storage_initializer.engine.paths import PathFilter, is_own_artifact
+from storage_initializer.provider import RemoteObject
+
+#: The kubelet keeps this many bytes of a termination message.
+TERMINATION_LIMIT = 4096
+
+
+@dataclass
+class FileEntry:
+    """One downloaded file as the record shows it."""
+
+    path: str
+    size: int | None
+    version: str | None
+    verified: dict[str, str] = field(default_factory=dict)  # algorithm -> hex, checked by the engine
+    sha256: str | None = None  # known or computed for a pin
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"path": self.path, "size": self.size, "version": self.version}
+        doc["checksums"] = dict(sorted(self.verified.items()))
+        if self.sha256 and self.verified.get("sha256") != self.sha256:
+            doc["sha256"] = self.sha256
+        return doc
+
+
+class Listing:
+    """Records the objects a provider lists, as they stream to the engine.
+
+    With ``keep=False`` (no record, no check asked for) only each file's size
+    is kept, for the summary: memory stays small for a listing of 100k objects.
+    """
+
+    def __init__(self, allow: Sequence[str], ignore: Sequence[str], keep: bool = True) -> None:
+        self._filter = PathFilter(tuple(allow), tuple(ignore))
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._objects: dict[str, tuple[RemoteObject, dict[str, str]]] = {}
+        self._sizes: dict[str, int] = {}
+
+    def observe(self, objects: Iterable[RemoteObject]) -> Iterator[RemoteObject]:
+        for obj in objects:
+            if not obj.is_dir_marker and not is_own_artifact(obj.key) and self._filter.keep(obj.key):
+                with self._lock:
+                    self._sizes[obj.key] = obj.size or 0
+                    if self._keep:
+                        self._objects[obj.key] = (obj, {k: v.lower() for k, v in obj.checksums.items()})
+            yield obj
+
+    def totals(self) -> tuple[int, int]:
+        """(files, bytes) listed and kept."""
+        with self._lock:
+            return len(self._sizes), sum(self._sizes.values())
+
+    def entries(self, verify_checksums: bool) -> list[FileEntry]:
+        """The files kept, with the checksum the engine verified (if verification was on)."""
+        result = []
+        with self._lock:
+            items = sorted(self._objects.items())
+        for key, (obj, listed) in items:
+            verified: dict[str, str] = {}
+            chosen = choose_checksum(listed, obj.size) if verify_checksums else None
+            # Still announced after the download: the engine checked it (a withdrawn one it skips).
+            if chosen is not None and (obj.checksums.get(chosen.algorithm) or "").lower() == chosen.expected:
+                verified[chosen.algorithm] = chosen.expected
+            result.append(FileEntry(key, obj.size, obj.version, verified, verified.get("sha256")))
+        return result
+
+
+@dataclass
+class PairRecord:
+    """Everything the record says about one pair."""
+
+    uri: str
+    dest: str
+    source: str | None = None
+    resolved: list[str] = field(default_factory=list)
+    provider: str | None = None
+    files: list[FileEntry] = field(default_factory=list)
+    file_count: int = 0
+    bytes: int = 0
+    extracted: int | None = None
+    pins: dict[str, Any] = field(default_factory=dict)
+    signature: dict[str, Any] | None = None
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "uri": self.uri,
+            "dest": self.dest,
+            "source": self.source,
+            "resolved": self.resolved,
+            "provider": self.provider,
+            "status": "error" if self.error else "ok",
+            "file_count": self.file_count,
+            "bytes": self.bytes,
+            "files": [f.as_json() for f in self.files],
+        }
+        if self.extracted is not None:
+            doc["extracted_files"] = self.extracted
+        if self.pins:
+            doc["pins"] = self.pins
+        if self.signature is not None:
+            doc["signature"] = self.signature
+        if self.error:
+            doc["error"] = self.error
+        return doc
+
+
+def build_record(pairs: Sequence[PairRecord], tool_version: str) -> bytes:
+    """The record document: stable key order, one trailing newline."""
+    doc = {"record_version": 1, "tool": f"storage-initializer {tool_version}", "pairs": [p.as_json() for p in pairs]}
+    return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def record_digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def summary_line(pairs: Sequence[PairRecord], digest: str | None, limit: int = TERMINATION_LIMIT - 1) -> str:
+    """One line for the termination message: resolved source, files, bytes, the record's digest.
+
+    Kept under ``limit`` bytes (the kubelet keeps 4 KiB): long sources are
+    shortened, then folded into a count.
+    """
+    tail = f"; record {digest}" if digest else ""
+    parts = [_pair_summary(p, p.source or p.uri) for p in pairs]
+    line = "downloaded " + "; ".join(parts) + tail
+    if len(line.encode("utf-8")) <= limit:
+        return line
+    parts = [_pair_summary(p, _shorten(p.source or p.uri, 200)) for p in pairs]
+    line = "downloaded " + "; ".join(parts) + tail
+    if len(line.encode("utf-8")) <= limit:
+        return line
+    files = sum(p.file_count for p in pairs)
+    size = sum(p.bytes for p in pairs)
+    line = f"downloaded {len(pairs)} sources: {files} files, {size} bytes{tail}"
+    return line.encode("utf-8")[:limit].decode("utf-8", "ignore")
+
+
+def _pair_summary(pair: PairRecord, source: str) -> str:
+    return f"{source} ({pair.file_count} files, {pair.bytes} bytes)"
+
+
+def _shorten(text: str, room: int) -> str:
+    return text if len(text) <= room else text[: room - 3] + "..."
