@@ -9,9 +9,12 @@ with one ``recv(MSG_WAITALL)`` per buffer (measured here: ~30% less CPU per
 byte), and falls back to ``http.client`` for TLS, chunked or encoded bodies.
 
 Stall detection stays: while the socket is switched to blocking mode, its
-kernel receive timeout (``SO_RCVTIMEO``) is the stall timeout, so a read
-that receives nothing for that long fails with :class:`TimeoutError`; a slow
-read that receives something returns what it got.
+kernel receive timeout (``SO_RCVTIMEO``) is a slice of at most one second,
+and a read fails with :class:`TimeoutError` once no byte has arrived for the
+stall timeout. (A receive timeout equal to the stall timeout detected a
+silenced connection only after up to twice that: a ``MSG_WAITALL`` read
+that got some bytes before the silence returns them when its timer runs
+out, and the next read waits a whole timeout again.)
 
 The connection goes back to the pool only after the whole body was read;
 otherwise it is closed, its remaining bytes unknown. Duck-typed on urllib3's
@@ -24,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+import time
 from typing import Any
 
 _WAITALL = getattr(socket, "MSG_WAITALL", 0)
@@ -32,7 +36,7 @@ _WAITALL = getattr(socket, "MSG_WAITALL", 0)
 class HttpBody:
     """File-like view of a streamed urllib3 response body (``preload_content=False``)."""
 
-    __slots__ = ("_drained", "_fp", "_response", "_sock", "_stall", "_timeout")
+    __slots__ = ("_drained", "_fp", "_last_byte", "_response", "_sock", "_stall", "_timeout")
 
     def __init__(self, response: Any, stall_timeout: float) -> None:
         self._response = response
@@ -40,6 +44,7 @@ class HttpBody:
         self._stall = stall_timeout
         self._drained = False
         self._timeout: float | None = None
+        self._last_byte = 0.0
         self._sock: socket.socket | None = self._plain_socket()
 
     def _plain_socket(self) -> socket.socket | None:
@@ -82,14 +87,21 @@ class HttpBody:
         if self._timeout is None:
             self._timeout = sock.gettimeout()
             sock.settimeout(None)
-            seconds = int(self._stall)
+            slice_ = min(self._stall, 1.0)
+            seconds = int(slice_)
             sock.setsockopt(
-                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, int((self._stall - seconds) * 1e6))
+                socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", seconds, int((slice_ - seconds) * 1e6))
             )
-        try:
-            return sock.recv_into(buffer, want, _WAITALL)
-        except BlockingIOError:
-            raise TimeoutError(f"no data for {self._stall:g}s (stall timeout)") from None
+            self._last_byte = time.monotonic()
+        while True:
+            try:
+                n = sock.recv_into(buffer, want, _WAITALL)
+            except BlockingIOError:  # a whole slice without a byte
+                if time.monotonic() - self._last_byte >= self._stall:
+                    raise TimeoutError(f"no data for {self._stall:g}s (stall timeout)") from None
+                continue
+            self._last_byte = time.monotonic()
+            return n
 
     def _finish(self) -> None:
         """The body is complete: let http.client and the pool reuse the connection."""

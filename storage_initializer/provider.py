@@ -155,7 +155,7 @@ class ProviderContext:
     """
 
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-    stall_timeout: float = 60.0
+    stall_timeout: float = 30.0
     connect_timeout: float = 15.0
     concurrency: int = 8
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)

@@ -42,7 +42,7 @@ class Settings:
     buffer_size: int = 1 * MiB
     retries: int = 5
     retry_backoff: float = 0.5
-    stall_timeout: float = 60.0
+    stall_timeout: float = 30.0
     connect_timeout: float = 15.0
     allow_patterns: tuple[str, ...] = ()
     ignore_patterns: tuple[str, ...] = ()

@@ -19,7 +19,9 @@ While the state directory exists:
   object's size and version and the file's mtime. A rerun skips a file whose
   line matches the source, the store's listing and the file on disk.
 * ``partial/<id>.json``: for a file downloaded in parts, which parts are
-  already in its temporary file. Written (atomically) after each part's bytes
+  already in its temporary file; for a file read as one stream (1 MiB or
+  more, from a store that serves ranges), that its temporary file holds a
+  prefix of this very object, so a rerun continues after the bytes on disk. Written (atomically) after each part's bytes
   are in the file, so after a crash every part it lists is really there.
 * ``running``: present while a run is in progress; a run that finds it
   cleans up temporary files the crashed run left behind, once it succeeds.
@@ -115,6 +117,10 @@ def _record(entry: ManifestEntry) -> dict[str, Any]:
     if entry.extracted:
         record["extracted"] = True
     return record
+
+
+#: The ``part_size`` of a file read as one stream: its temporary file holds a prefix of the object.
+STREAM = -1
 
 
 class DestState:
@@ -264,17 +270,17 @@ class DestState:
         digest = hashlib.sha256(relpath.encode("utf-8", "surrogateescape")).hexdigest()[:40]
         return os.path.join(self.partial_dir, digest + ".json")
 
-    def load_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int) -> set[int]:
-        """Indices of parts already in the temporary file, if it is the same object."""
+    def _load_record(self, relpath: str, source: str, obj: RemoteObject, part_size: int) -> dict[str, Any] | None:
+        """The partial record of ``relpath``, if it describes this very object (and cut)."""
         if obj.version is None and not obj.checksums:
-            return set()
+            return None
         try:
             with open(self._partial_path(relpath), encoding="utf-8") as handle:
                 raw = json.load(handle)
             if not isinstance(raw, dict):
-                return set()
+                return None
         except (OSError, ValueError):
-            return set()
+            return None
         same = (
             raw.get("path") == relpath
             and raw.get("source") == source
@@ -283,7 +289,20 @@ class DestState:
             and raw.get("checksums") == dict(obj.checksums)
             and raw.get("part_size") == part_size
         )
-        if not same:
+        return raw if same else None
+
+    def has_stream(self, relpath: str, source: str, obj: RemoteObject) -> bool:
+        """Is the temporary file of ``relpath`` a stream of this very object (so its bytes are reusable)?"""
+        return self._load_record(relpath, source, obj, STREAM) is not None
+
+    def save_stream(self, relpath: str, source: str, obj: RemoteObject) -> None:
+        """Record that ``relpath``'s temporary file receives this object from its first byte."""
+        self.save_parts(relpath, source, obj, STREAM, set())
+
+    def load_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int) -> set[int]:
+        """Indices of parts already in the temporary file, if it is the same object."""
+        raw = self._load_record(relpath, source, obj, part_size)
+        if raw is None:
             return set()
         try:
             return {int(i) for i in raw.get("done", [])}

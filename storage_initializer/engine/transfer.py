@@ -143,6 +143,12 @@ class _FileJob:
         self.hasher: SequentialHasher | None = None
         self.lock = threading.Lock()
         self.finished = False
+        self.streamed = False  # read as one stream whose temporary file a rerun continues
+
+
+#: A file read as one stream is resumable from the bytes on disk from this size on (smaller
+#: ones cost less to fetch again than to record).
+STREAM_RESUME_MIN = 1024 * 1024
 
 
 class PairTransfer:
@@ -313,7 +319,8 @@ class PairTransfer:
             return
         attempt = 0
         while True:
-            size, digest = self._stream_whole(job, checksum)
+            # After a failed verification the bytes kept from an earlier run are suspect too.
+            size, digest = self._stream_whole(job, checksum, resume=attempt == 0)
             try:
                 self._verify_size(job, size)
                 if checksum and digest is not None:
@@ -338,18 +345,35 @@ class PairTransfer:
         self._publish(job)
         return True
 
-    def _stream_whole(self, job: _FileJob, checksum: Checksum | None) -> tuple[int, str | None]:
+    def _stream_whole(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, str | None]:
         """Read the object in one stream, retrying transient failures.
 
         A retry continues where the stream broke when the store serves
-        ranges, and starts over otherwise. Returns (bytes written, digest).
+        ranges, and starts over otherwise; so does a later run, after a kill,
+        for an object of a known version of at least ``STREAM_RESUME_MIN``
+        bytes (its temporary file holds a prefix of it: the partial record
+        says which object). Returns (bytes written, digest).
         """
         obj = job.obj
         resumable = obj.size is not None and obj.supports_ranges
         self._close_fd(job)
-        job.fd = self._open_temp(job, truncate=True)
+        job.streamed = (
+            resumable and (obj.size or 0) >= STREAM_RESUME_MIN and (obj.version is not None or bool(obj.checksums))
+        )
+        start = 0
+        if job.streamed and resume and self.state.has_stream(job.relpath, self.source, obj):
+            with contextlib.suppress(OSError):
+                start = min(os.path.getsize(job.temp), obj.size or 0)
+        job.fd = self._open_temp(job, truncate=start == 0)
+        if job.streamed and start == 0:
+            self.state.save_stream(job.relpath, self.source, obj)
         hasher = checksum.new() if checksum else None
-        cursor = _Cursor(0)
+        if start:
+            log.info("resuming %s from byte %d of %d", job.relpath, start, obj.size)
+            if hasher is not None:
+                self._hash_prefix(job.fd, start, hasher)
+            self.progress.add_bytes(start)
+        cursor = _Cursor(start)
         attempt = 0
         while True:
             before = cursor.offset
@@ -566,6 +590,17 @@ class PairTransfer:
             )
         log.debug("verified %s %s", algorithm, job.relpath)
 
+    def _hash_prefix(self, fd: int, size: int, hasher: Hasher) -> None:
+        """Feed the first ``size`` bytes of ``fd`` (kept from an earlier run) to ``hasher``."""
+        buf = self.engine.buffer()
+        offset = 0
+        while offset < size:
+            n = os.preadv(fd, [buf[: min(len(buf), size - offset)]], offset)
+            if n <= 0:
+                raise IntegrityError(f"the temporary file ended at byte {offset} of {size}", retryable=True)
+            hasher.update(buf[:n])
+            offset += n
+
     def _hash_file(self, path: str, checksum: Checksum) -> str:
         hasher = checksum.new()
         buf = self.engine.buffer()
@@ -592,6 +627,8 @@ class PairTransfer:
         # os.replace fail (IsADirectoryError): no second lstat per file here.
         publish(job.temp, job.final, self.settings.fsync, maybe_linked=self._has_fast_path)
         self.state.record_complete(job.relpath, job.final, self.source, job.obj)
+        if job.streamed:
+            self.state.forget_parts(job.relpath)
         with self._jobs_lock:
             self._jobs.pop(job.relpath, None)
             self.result.files += 1
@@ -609,9 +646,9 @@ class PairTransfer:
             self._jobs.clear()
         for job in jobs:
             self._close_fd(job)
-            keep = bool(job.parts) and bool(job.done) and not (disk_problem or changed)
+            keep = (job.streamed or (bool(job.parts) and bool(job.done))) and not (disk_problem or changed)
             if isinstance(error, CancelledError):
-                keep = bool(job.parts)
+                keep = bool(job.parts) or job.streamed
             if not keep:
                 with contextlib.suppress(OSError):
                     os.unlink(job.temp)

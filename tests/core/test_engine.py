@@ -121,7 +121,7 @@ def test_object_replaced_mid_download_is_never_spliced(tmp_path: Path, http_serv
     assert result.returncode == 1
     assert "changed during the download" in result.stderr
     assert not (tmp_path / "out/swap.bin").exists()
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [".storage-initializer"]
+    assert list((tmp_path / "out").iterdir()) == []  # nothing worth resuming: nothing left
     again = run_cli([url, str(tmp_path / "out")], FAST)
     assert again.returncode == 0, again.stderr
     assert (tmp_path / "out/swap.bin").read_bytes() == new
@@ -284,6 +284,40 @@ def test_killed_download_resumes_and_fetches_only_what_was_missing(
     assert f"resuming model.bin: {done_parts} of 12 parts already downloaded" in result.stderr
     assert http_server.bytes_sent <= len(data) - done_parts * MiB + 1
     assert [p.name for p in dest.iterdir() if p.name.endswith(".si-partial")] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_files_read_as_one_stream_resume_from_the_bytes_on_disk(
+    tmp_path: Path, http_server: HttpFileServer, sig: signal.Signals
+) -> None:
+    # Four 8 MiB files (below the multipart threshold: one stream each) are in flight when the
+    # run dies, 3 MiB of each on disk: the rerun fetches the rest of each, not the whole.
+    files = {f"m{i}.bin": os.urandom(8 * MiB) for i in range(4)}
+    args: list[str] = []
+    dest = tmp_path / "out"
+    for name, data in files.items():
+        args += [http_server.add(f"/s/{name}", data), str(dest)]
+        http_server.faults[f"/s/{name}"] = Fault(stall_after=3 * MiB, stall_seconds=60, stall_times=1)
+    one_stream = {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "64M"}
+    env = clean_env({**one_stream, "STORAGE_INITIALIZER_STALL_TIMEOUT": "120"})
+    proc = subprocess.Popen([sys.executable, "-m", "storage_initializer", *args], env=env, stderr=subprocess.PIPE)
+    temps = [dest / f".{name}.si-partial" for name in files]
+    deadline = time.monotonic() + 60
+    while not all(t.exists() and t.stat().st_size >= 3 * MiB for t in temps):
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("the downloads never got going")
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    proc.communicate(timeout=30)
+    assert not any((dest / name).exists() for name in files)  # nothing incomplete under a final name
+    http_server.faults.clear()
+    http_server.reset_counters()
+    result = run_cli(args, one_stream)
+    assert result.returncode == 0, result.stderr
+    assert tree(dest) == files
+    assert result.stderr.count("resuming m") == 4
+    assert http_server.bytes_sent <= 4 * 5 * MiB + 4 * 1024  # the rest of each file (and the size probes)
 
 
 def test_rerun_skips_complete_files(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -453,7 +487,7 @@ def test_checksum_mismatch_fails_and_publishes_nothing(tmp_path: Path, size: int
     MemoryProvider.checksums["b/bad"] = {algorithm: _digest(algorithm, data + b"x")}
     with pytest.raises(IntegrityError, match=f"{algorithm} is"):
         _fetch("mem://b/bad", tmp_path / "out", part_size=MiB, multipart_threshold=2 * MiB)
-    assert os.listdir(tmp_path / "out") == [".storage-initializer"]
+    assert os.listdir(tmp_path / "out") == []  # nothing worth resuming: nothing left
     assert [p for p in (tmp_path / "out").rglob("*.si-partial")] == []
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import socket
 import threading
 import time
@@ -650,3 +651,27 @@ def test_gzip_body_keeps_decoded_bytes_beyond_the_buffer() -> None:
     while n := body.readinto(memoryview(buf)):
         out += bytes(buf[:n])
     assert out == b"a" * 10 + b"b" * 3
+
+
+def test_a_silenced_read_is_abandoned_within_the_stall_timeout(
+    gcs_server: FakeGcsServer, gcs_bucket: str, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A read that goes silent after 1 MiB is dropped after the stall timeout, not twice that
+    (a blocking read that got some bytes before the silence used to wait a whole timeout again)."""
+    data = os.urandom(24 * 1024 * 1024)
+    gcs_server.upload(gcs_bucket, "st/big.bin", data)
+    proxy = fault_proxy_factory(gcs_server.port)
+    proxy.add(ProxyFault("stall", after_bytes=1024 * 1024, seconds=600, match="big.bin"))
+    env = isolated_env(
+        tmp_path,
+        STORAGE_EMULATOR_HOST=proxy.url,
+        STORAGE_INITIALIZER_STALL_TIMEOUT="6",
+        STORAGE_INITIALIZER_RETRY_BACKOFF="0.05",
+    )
+    started = time.monotonic()
+    result = run_cli([f"gs://{gcs_bucket}/st", str(tmp_path / "out")], env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert proxy.injected and "retrying big.bin" in result.stderr
+    assert tree(tmp_path / "out") == {"big.bin": data}
+    assert proxy.injected_at[0][0] - started < 6  # the stall began early on
+    assert time.monotonic() - proxy.injected_at[0][0] < 6 + 3  # detected within the timeout (+ slack), not 2x

@@ -597,3 +597,60 @@ def test_many_files_reuse_connections_without_pool_warnings(seaweedfs: SeaweedFS
     assert result.returncode == 0, result.stderr
     assert len(files_under(tmp_path / "out")) == 1500
     assert "Connection pool is full" not in result.stderr
+
+
+def test_a_killed_single_stream_resumes_and_verifies_the_checksum_of_the_whole(
+    seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """An 8 MiB object (one stream, verified by its checksum) killed mid-body: the rerun fetches the
+    rest only and hashes the kept prefix from disk; a prefix damaged on disk fails the checksum of the
+    whole and is fetched again."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli import clean_env, tree
+    from tests.servers.fault_proxy import ProxyFault
+
+    bucket = seaweedfs.new_bucket("rs")
+    data = os.urandom(8 * MiB)
+    seaweedfs.put(bucket, "m/w.bin", data)
+    proxy = fault_proxy_factory(int(seaweedfs.endpoint_url.rsplit(":", 1)[1]))
+    proxy.add(ProxyFault("stall", after_bytes=3 * MiB, seconds=600, match="w.bin", unless="list-type"))
+    env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "64M"}
+    dest = tmp_path / "out"
+    argv = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/m", str(dest)]
+    proc = subprocess.Popen(argv, env=clean_env(env), stderr=subprocess.PIPE)
+    temp = dest / ".w.bin.si-partial"
+    deadline = time.monotonic() + 60
+    while not (temp.exists() and temp.stat().st_size >= 2 * MiB):
+        assert time.monotonic() < deadline, "the download never got going"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    kept = temp.stat().st_size
+    proxy.clear()
+    before = proxy.bytes_down
+    result = run_cli([f"s3://{bucket}/m", str(dest)], env)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming w.bin from byte {kept}" in result.stderr
+    assert tree(dest) == {"w.bin": data}
+    assert proxy.bytes_down - before <= len(data) - kept + 64 * 1024  # the rest, the listing, headers
+
+    # Again, with the kept prefix damaged on disk: the checksum of the whole catches it, fetched anew.
+    (dest / "w.bin").unlink()
+    proc = subprocess.Popen(argv, env=clean_env(env | {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}))
+    proxy.add(ProxyFault("stall", after_bytes=3 * MiB, seconds=600, match="w.bin", unless="list-type"))
+    while not (temp.exists() and temp.stat().st_size >= 2 * MiB):
+        assert time.monotonic() < deadline + 60, "the download never got going"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+    proxy.clear()
+    with open(temp, "r+b") as handle:
+        handle.write(b"\0" * 100)
+    result = run_cli([f"s3://{bucket}/m", str(dest)], env | {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"})
+    assert result.returncode == 0, result.stderr
+    assert "the store announced" in result.stderr and "retrying w.bin" in result.stderr
+    assert tree(dest) == {"w.bin": data}

@@ -178,15 +178,15 @@ def _sha(files: Mapping[str, bytes]) -> dict[str, str]:
 
 
 def _saved_bytes(dest: Path, files: Mapping[str, bytes]) -> int:
-    """Bytes a rerun need not fetch: complete files in the manifest, and recorded parts."""
+    """Bytes a rerun need not fetch: complete files (only those appear under their final name),
+    recorded parts, and the prefix of a file read as one stream."""
     state = dest / ".storage-initializer"
-    saved = 0
-    manifest = state / "manifest.jsonl"
-    if manifest.exists():
-        recorded = {json.loads(line)["path"] for line in manifest.read_text().splitlines() if line.strip()}
-        saved += sum(len(files[path]) for path in recorded if path in files)
+    saved = sum(len(data) for path, data in files.items() if (dest / path).exists())
     for record in (state / "partial").glob("*.json"):
         data = json.loads(record.read_text())
+        if data["part_size"] == -1:  # one stream: its temporary file holds a prefix
+            saved += sum(p.stat().st_size for p in dest.rglob(f".{Path(data['path']).name}.si-partial"))
+            continue
         saved += sum(min(data["part_size"], data["size"] - i * data["part_size"]) for i in data["done"])
     return saved
 
@@ -210,7 +210,7 @@ def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, sour
         time.sleep(rng.uniform(0.3, 1.6) if attempt < 2 else rng.uniform(2.0, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        for rel, data in tree(dest).items():  # whatever is under a final name is complete and right
+        for rel, data in tree(dest, after_failure=True).items():  # whatever is under a final name is complete and right
             if rel.rsplit("/", 1)[-1].endswith(".si-partial"):
                 continue  # a hidden temporary name, not a final one
             assert rel in expected, rel
@@ -285,3 +285,26 @@ def test_a_server_that_ignores_range_now_and_then_is_retried(tmp_path: Path, htt
     assert result.returncode == 1
     assert "ignored a Range request" in result.stderr and "gave up" in result.stderr
     assert not (tmp_path / "out2" / "weights.bin").exists()
+
+
+def test_a_silenced_connection_is_abandoned_and_its_bytes_fetched_again_promptly(
+    tmp_path: Path, http_server: HttpFileServer, fault_proxy_factory: Callable[..., FaultProxy]
+) -> None:
+    # The first data connection of a 32 MiB file goes silent after 1 MiB and stays so: it must be
+    # dropped within the stall timeout and its range fetched again, the rest going on meanwhile.
+    data = os.urandom(32 * MiB)
+    http_server.add("/m/big.bin", data)
+    proxy = fault_proxy_factory(http_server.port)
+    proxy.add(ProxyFault("stall", times=1, after_bytes=MiB, seconds=600, match="big.bin", unless="bytes=0-0"))
+    started = time.monotonic()
+    result = run_cli(
+        [f"{proxy.url}/m/big.bin", str(tmp_path / "out")],
+        {"STORAGE_INITIALIZER_STALL_TIMEOUT": "3", "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"},
+        timeout=60,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert proxy.injected, "the fault never fired"
+    assert tree(tmp_path / "out") == {"big.bin": data}
+    assert "stall" in result.stderr and "retrying big.bin" in result.stderr
+    assert elapsed < 3 + 10, f"took {elapsed:.1f}s"
