@@ -102,11 +102,22 @@ def test_a_multi_line_error_is_still_one_line(tmp_path: Path) -> None:
     assert termination.read_text().count("\n") == 1 and "Please check the name." in termination.read_text()
 
 
-def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
-    result = run_cli(["foo://bucket/model", str(tmp_path / "out")])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("foo://bucket/model", "unknown URI scheme 'foo://' in foo://bucket/model"),
+        ("s3:/bucket/model", "s3:/bucket/model is not a valid URI (did you mean s3://bucket/model?"),
+        ("hfs://owner/repo", "unknown URI scheme 'hfs://' in hfs://owner/repo (did you mean h"),
+        ("gcs://bucket/model", "unknown URI scheme 'gcs://' in gcs://bucket/model (did you mean gs://?"),
+    ],
+)
+def test_an_unknown_scheme_is_one_short_line_with_a_suggestion(tmp_path: Path, uri: str, expected: str) -> None:
+    result = run_cli([uri, str(tmp_path / "out")])
     assert result.returncode == 2
-    assert "no installed provider serves foo://bucket/model" in result.stderr
-    assert "prefix http://" in result.stderr and "prefix file://" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "--list-providers" in errors[0]
+    assert len(errors[0]) < 300, errors[0]  # no list of every installed regex
     assert not (tmp_path / "out").exists()  # a malformed URI leaves no empty DEST behind
 
 
@@ -118,7 +129,10 @@ def test_an_existing_relative_path_is_local_as_in_kserve(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == {"model.bin": b"weights"}
     missing = run_cli(["models/nope", "out2"], cwd=tmp_path)
-    assert missing.returncode == 2 and "no installed provider serves models/nope" in missing.stderr
+    assert missing.returncode == 2
+    (error,) = [line for line in missing.stderr.splitlines() if " ERROR " in line]
+    assert f"models/nope: no such file or directory in {tmp_path} (a path without a scheme is local;" in error
+    assert "--list-providers" in error and len(error) - len(str(tmp_path)) < 250
 
 
 def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -128,7 +142,9 @@ def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: Htt
     assert (tmp_path / "new/dir/model.onnx").read_bytes() == http_server.files["/models/model.onnx"]
     assert f"start: {url} -> {tmp_path}/new/dir" in result.stderr
     assert "provider HttpProvider" in result.stderr
-    assert "summary: 1 files, 300000 bytes" in result.stderr and "MB/s" in result.stderr
+    assert "summary: 1 file, 300000 bytes (293.0 KiB) in " in result.stderr and " MiB/s" in result.stderr
+    assert "MB/s" not in result.stderr and "1 files" not in result.stderr
+    assert "storage-initializer 0.1.0: 1 source\n" in result.stderr
 
 
 def test_several_pairs_each_land_in_their_own_dest(tmp_path: Path, http_server: HttpFileServer) -> None:
