@@ -103,6 +103,11 @@ def _install_signal_handlers(cancel: threading.Event) -> None:
 
         def hard_exit() -> None:
             time.sleep(SIGNAL_GRACE_SECONDS)
+            # A read that ignores the stop (a server holding the connection) does not get to
+            # keep the process: the last line still says why it ended.
+            log.error(
+                "stopped by %s (reads still blocked after %gs); work done so far is kept", name, SIGNAL_GRACE_SECONDS
+            )
             logging.shutdown()
             os._exit(_Signals.exit_code())
 
