@@ -427,3 +427,15 @@ def test_src_and_dest_the_same_directory_is_refused(tmp_path: Path, form: str) -
     assert "storage-initializer: error: " in result.stderr and "(choose another DEST_PATH)" in result.stderr
     assert "the same directory" in result.stderr or "copied onto itself" in result.stderr
     assert tree(source) == before and sorted(p.name for p in source.iterdir()) == ["big.bin", "sub"]
+
+
+def test_a_server_without_ranges_is_mentioned_only_when_it_matters(tmp_path: Path, http_server: HttpFileServer) -> None:
+    small = http_server.add("/small.bin", b"8 bytes!", ranges=False)
+    quiet = run_cli([small, str(tmp_path / "a")])
+    assert quiet.returncode == 0 and "byte ranges" not in quiet.stderr  # one stream anyway: nothing lost
+    verbose = run_cli(["-v", small, str(tmp_path / "b")])
+    assert " DEBUG " in next(line for line in verbose.stderr.splitlines() if "does not serve byte ranges" in line)
+    unknown = http_server.add("/unknown.bin", b"x" * 1000, chunked=True, ranges=False)  # could be any size
+    said = run_cli([unknown, str(tmp_path / "c")])
+    assert said.returncode == 0
+    assert " INFO " in next(line for line in said.stderr.splitlines() if "does not serve byte ranges" in line)

@@ -8,6 +8,7 @@ import pytest
 
 from storage_initializer.engine.parts import plan_parts
 from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
+from storage_initializer.engine.progress import Progress, Smoother, bar_graphic, human_rate, plural
 from storage_initializer.errors import ConfigError, UnsafePathError, classify
 from storage_initializer.provider import RemoteObject, UriFormat
 from storage_initializer.redact import clear_registered_secrets, redact, register_env_secrets, register_secret
@@ -226,3 +227,54 @@ def test_own_artifacts_are_recognised_at_any_depth() -> None:
     assert is_own_artifact("models/.weights.bin.si-partial")
     assert not is_own_artifact("models/weights.bin")
     assert not is_own_artifact("models/storage-initializer/x")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_eta_until_bytes_have_flowed_for_a_few_seconds() -> None:
+    """The first second (connections, slow start) would predict absurd ETAs such as 20m49s."""
+    clock = _Clock()
+    progress = Progress(clock=clock)
+    progress.add_planned(100 * MiB)
+    clock.now += 2.0  # listing, connecting
+    progress.add_bytes(MiB)
+    clock.now += 0.5
+    assert "ETA" not in progress.line()
+    for _ in range(4):  # 10 MiB/s from now on
+        clock.now += 1.0
+        progress.add_bytes(10 * MiB)
+        progress.line()
+    line = progress.line()
+    assert "41.0 MiB / 100.0 MiB (41%)" in line and ", ETA " in line
+    eta = line.split("ETA ")[1].split(",")[0]
+    assert eta in ("5s", "6s", "7s"), line  # 59 MiB at about 10 MiB/s, not minutes
+
+
+def test_rates_are_mib_per_second_everywhere() -> None:
+    assert human_rate(3 * MiB) == "3.0 MiB/s"
+    clock = _Clock()
+    progress = Progress(clock=clock)
+    progress.add_planned(MiB)
+    progress.add_bytes(MiB // 2)
+    clock.now += 1.0
+    assert ", 0.5 MiB/s" in progress.line() and "MB/s" not in progress.line()
+    assert plural(1, "file") == "1 file" and plural(0, "file") == "0 files" and plural(2, "file") == "2 files"
+
+
+def test_the_terminal_bar_moves_between_buffer_sized_steps() -> None:
+    smoother = Smoother()
+    total = 10 * MiB
+    assert smoother.update(0, total, 0.0, 0.0) == 0
+    assert smoother.update(MiB, total, MiB, 1.0) == MiB  # a real step: shown as it is
+    between = [smoother.update(MiB, total, MiB, 1.0 + t / 10) for t in range(1, 10)]
+    assert between == sorted(between) and MiB < between[0] < between[-1] <= 2 * MiB  # smooth, monotonic
+    assert smoother.update(MiB, total, MiB, 5.0) == 2 * MiB  # never more than one step ahead of the truth
+    assert smoother.update(2 * MiB, total, MiB, 5.1) == 2 * MiB  # the truth catches up: no jump back
+    assert smoother.update(0, total, MiB, 5.2) == 0  # a retry that started over: shown at once
+    assert bar_graphic(5 * MiB, total, width=10) == "[#####.....] " and bar_graphic(1, 0) == ""
