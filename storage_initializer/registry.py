@@ -199,7 +199,9 @@ class Registry:
         """One short line: the scheme not recognised and the closest known one, or the missing path."""
         shown = redact(uri)
         broken = self.broken()
-        extra = f"; providers that failed to load: {', '.join(e.name for e in broken)}" if broken else ""
+        extra = ""
+        if broken:
+            extra = "; failed to load: " + ", ".join(f"{e.name} ({e.install_hint})" for e in broken)
         match = _SCHEME_RE.match(uri)
         if match is None or (len(match.group(1)) == 1 and match.group(2) != "//"):  # a path (or a drive letter)
             return ProviderError(

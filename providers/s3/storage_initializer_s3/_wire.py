@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_plus, urlsplit
 
-from storage_initializer.errors import StorageInitializerError, TransientError
+from storage_initializer.errors import StorageInitializerError, TransientError, network_error
 from storage_initializer.redact import redact
 
 from ._config import S3Settings, proxy_for
@@ -215,7 +215,7 @@ class S3Wire:
         stream: bool = False,
         what: str,
     ) -> Any:
-        """One request; connection-level failures become :class:`TransientError` (TLS: permanent)."""
+        """One request; connection-level failures are typed by :func:`network_error` (TLS: permanent)."""
         import urllib3
 
         all_headers = self._headers(method, target, path, query, amz)
@@ -243,11 +243,11 @@ class S3Wire:
             reason = getattr(exc, "reason", None)
             if isinstance(reason, urllib3.exceptions.SSLError):
                 raise self.tls_error(what, reason) from None
-            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(reason, TimeoutError)
-            problem = "timed out" if timed_out else f"failed ({type(exc).__name__})"
-            raise TransientError(
-                f"{what}: the request to {redact(target.base_url)} {problem}", hint=ENDPOINT_HINT
-            ) from None
+            # Says which: DNS name not found and refused are permanent, timeouts transient.
+            error = network_error(exc, redact(target.base_url))
+            error.message = f"{what}: {error.message}"
+            error.hint = f"{error.hint}; {ENDPOINT_HINT}" if error.hint else ENDPOINT_HINT
+            raise error from None
 
     def tls_error(self, what: str, exc: BaseException) -> StorageInitializerError:
         return StorageInitializerError(
