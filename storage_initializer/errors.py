@@ -175,6 +175,16 @@ CA_HINT = (
 DNS_HINT = "the host name does not exist: usually a typo in the URI or endpoint variable, or a missing namespace"
 REFUSED_HINT = "nothing listens at that host and port: check the port and that the server is running"
 
+_TLS_SETUP_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",  # https:// to a plain-HTTP port
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_ALERT_INTERNAL_ERROR",
+    }
+)
 _RESOLVE_RE = re.compile(r"Failed to resolve '([^']+)'")
 _NOT_FOUND_EAI = frozenset(
     code for code in (getattr(socket, n, None) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")) if code
@@ -206,7 +216,7 @@ def network_error(
     chain = list(_causes(exc))
     prefix = f"cannot reach {target}: " if target else ""
     outer = f"{type(exc).__name__}: {exc}"
-    cert = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
+    cert: BaseException | None = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
     cert = cert or next((c for c in reversed(chain) if "CERTIFICATE_VERIFY_FAILED" in str(c)), None)
     if cert is not None:
         detail = getattr(cert, "verify_message", None) or _short(cert)
@@ -222,7 +232,9 @@ def network_error(
         if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
             return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
     for cause in chain:
-        if isinstance(cause, ssl.SSLError):
+        # Only a handshake that can never succeed is permanent: a TLS record cut mid-body
+        # (SSLEOFError, bad record MAC) is a broken connection like any other.
+        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in _TLS_SETUP_REASONS:
             return StorageInitializerError(
                 f"{prefix}TLS handshake failed ({_short(cause)})",
                 hint="check http:// against https:// and the port; a proxy may intercept TLS",

@@ -98,6 +98,11 @@ def test_wrapped_socket_errors_are_found_in_the_chain() -> None:
     assert (
         type(tls) is StorageInitializerError and "(certificate has expired)" in str(tls) and "AWS_CA_BUNDLE" in str(tls)
     )
+    cut = classify(MaxRetryError(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")))
+    assert cut.retryable  # a TLS connection cut mid-body heals like any other
+    wrong = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number")
+    wrong.reason = "WRONG_VERSION_NUMBER"
+    assert not classify(MaxRetryError(wrong)).retryable and "http:// against https://" in str(classify(wrong))
     timeout = classify(MaxRetryError(TimeoutError("timed out")))
     assert timeout.retryable and "timed out" in str(timeout)
     assert classify(ConnectionResetError()).retryable
