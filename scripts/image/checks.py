@@ -171,6 +171,20 @@ def adapt_example(commands: Sequence[str], substitutions: Mapping[str, str]) -> 
     return "set -eu\n" + script + "\n"
 
 
+def readme_script(image: str, s3_env: Mapping[str, str], s3_uri: str) -> str:
+    """The README's example for this test: the image under test, the S3 server's endpoint and keys."""
+    return adapt_example(
+        readme_example(),
+        {
+            r"storage-initializer:0\.1\.0(?= )": image,
+            r"(?<=AWS_ENDPOINT_URL=)\S+": shlex.quote(s3_env["AWS_ENDPOINT_URL"]),
+            r"(?<=AWS_ACCESS_KEY_ID=)\S+": shlex.quote(s3_env["AWS_ACCESS_KEY_ID"]),
+            r"(?<=AWS_SECRET_ACCESS_KEY=)\S+": shlex.quote(s3_env["AWS_SECRET_ACCESS_KEY"]),
+            r"s3://models/iris(?= )": s3_uri,
+        },
+    )
+
+
 @contextmanager
 def docker_socket_for(gid: int) -> Iterator[bool]:
     """Let group ``gid`` use the image test's private engine for a while (True if it can)."""
@@ -361,16 +375,7 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
 
     def readme_example_as_written() -> None:
         # A newcomer copies the README's lines into a shell in an empty directory, as themself.
-        script = adapt_example(
-            readme_example(),
-            {
-                r"storage-initializer:0\.1\.0(?= )": image,
-                r"(?<=AWS_ENDPOINT_URL=)\S+": shlex.quote(s3_env["AWS_ENDPOINT_URL"]),
-                r"(?<=AWS_ACCESS_KEY_ID=)\S+": shlex.quote(s3_env["AWS_ACCESS_KEY_ID"]),
-                r"(?<=AWS_SECRET_ACCESS_KEY=)\S+": shlex.quote(s3_env["AWS_SECRET_ACCESS_KEY"]),
-                r"s3://models/iris(?= )": s3_uri,
-            },
-        )
+        script = readme_script(image, s3_env, s3_uri)
         r.work.chmod(0o711)  # mkdtemp's 0700 would keep the user out of its own directory below
         home = r.work / "newcomer"
         home.mkdir(mode=0o755)
