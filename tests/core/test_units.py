@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
+from pathlib import Path
 
 import pytest
 
+from storage_initializer import local as local_module
 from storage_initializer.engine.parts import plan_parts
 from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
 from storage_initializer.engine.progress import Progress, Smoother, bar_graphic, human_rate, plural
 from storage_initializer.errors import ConfigError, UnsafePathError, classify
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.local import LocalProvider
+from storage_initializer.provider import ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import clear_registered_secrets, redact, register_env_secrets, register_secret
 from storage_initializer.settings import MiB, Settings, parse_patterns, parse_size, settings_from_env
 
@@ -278,3 +283,37 @@ def test_the_terminal_bar_moves_between_buffer_sized_steps() -> None:
     assert smoother.update(2 * MiB, total, MiB, 5.1) == 2 * MiB  # the truth catches up: no jump back
     assert smoother.update(0, total, MiB, 5.2) == 0  # a retry that started over: shown at once
     assert bar_graphic(5 * MiB, total, width=10) == "[#####.....] " and bar_graphic(1, 0) == ""
+
+
+def test_a_reflink_is_tried_once_per_filesystem_pair_and_leaves_nothing_when_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reflink-capable filesystem here (ext4, tmpfs): FICLONE's two outcomes, simulated at the ioctl."""
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"weights")
+    st = os.stat(source)
+    obj = RemoteObject(
+        "src.bin", st.st_size, f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", extra=str(source)
+    )
+    provider = LocalProvider(ProviderContext(env={}))
+    calls: list[int] = []
+
+    def refuse(fd: int, request: int, arg: int) -> int:
+        calls.append(request)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(local_module.fcntl, "ioctl", refuse)
+    for name in ("a.tmp", "b.tmp"):
+        assert provider.download_to("file://x", obj, str(tmp_path / name)) is False
+        assert not (tmp_path / name).exists()  # the engine copies into a clean temp file
+    assert calls == [local_module.FICLONE]  # the second file does not ask again
+
+    def clone(fd: int, request: int, arg: int) -> int:
+        os.write(fd, os.pread(arg, 1 << 20, 0))  # what FICLONE's shared blocks read as
+        return 0
+
+    monkeypatch.setattr(local_module.fcntl, "ioctl", clone)
+    cloning = LocalProvider(ProviderContext(env={}))
+    assert cloning.download_to("file://x", obj, str(tmp_path / "c.tmp")) is True
+    assert (tmp_path / "c.tmp").read_bytes() == b"weights"
+    assert (tmp_path / "c.tmp").stat().st_ino != st.st_ino
