@@ -203,9 +203,10 @@ def network_error(
 
     - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer
       (a temporary resolver failure, ``EAI_AGAIN``, is retried);
-    - connection refused: permanent, nothing listens there (the kubelet
-      restarts a failed init container, which covers a server still starting,
-      and the resume state keeps the work done);
+    - connection refused: permanent, nothing listens there (providers retry
+      it for a few seconds first, :func:`storage_initializer.connect.retry_refused`,
+      for a server that is restarting; the kubelet restarts a failed init
+      container, which covers one still starting, and the rerun resumes);
     - TLS certificate verification: permanent, with ``ca_hint`` (or
       :data:`CA_HINT`) naming the CA settings to check;
     - timeout, reset, broken connection: transient (retried).
@@ -228,9 +229,8 @@ def network_error(
             if cause.errno in _NOT_FOUND_EAI:
                 return StorageInitializerError(f"{prefix}DNS name{name} not found ({cause.strerror})", hint=DNS_HINT)
             return TransientError(f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})")
-    for cause in chain:
-        if isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED:
-            return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
+    if is_connection_refused(exc):
+        return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
     for cause in chain:
         # Only a handshake that can never succeed is permanent: a TLS record cut mid-body
         # (SSLEOFError, bad record MAC) is a broken connection like any other.
@@ -244,6 +244,14 @@ def network_error(
     if "refused" in text:  # a library that kept only the message
         return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=REFUSED_HINT)
     return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})")
+
+
+def is_connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, a refused TCP connection."""
+    return any(
+        isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+        for cause in _causes(exc)
+    )
 
 
 def _short(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ from contextlib import AbstractContextManager
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -185,12 +186,15 @@ class HttpProvider(Provider):
         if self._no_proxy(url):
             kwargs["proxies"] = {"http": "", "https": "", "all": ""}
         try:
-            return session.get(
-                url,
-                headers=all_headers,
-                stream=True,
-                timeout=(self.context.connect_timeout, self.context.stall_timeout),
-                **kwargs,
+            return retry_refused(
+                lambda: session.get(
+                    url,
+                    headers=all_headers,
+                    stream=True,
+                    timeout=(self.context.connect_timeout, self.context.stall_timeout),
+                    **kwargs,
+                ),
+                redact(url),
             )
         except requests.exceptions.InvalidURL as exc:
             raise UsageError(f"invalid URL {redact(url)}: {exc}") from None

@@ -1,8 +1,10 @@
 """Why a server cannot be reached, in the words a user can act on, and what is retried.
 
-A DNS name that does not exist, a refused connection and an untrusted certificate
-cannot heal by retrying: the command says which one it was and fails at once. A
-timeout is retried.
+A DNS name that does not exist and an untrusted certificate cannot heal by retrying:
+the command says which one it was and fails at once. A refused connection is tried
+again for a few seconds only (a server restarting heals within them, a wrong port
+never does; tests/reliability/test_faults.py::test_refused_connections_are_retried
+covers the first case). A timeout is retried.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def https_server() -> Iterator[HttpFileServer]:
         server.stop()
 
 
-def test_a_refused_connection_says_so_and_fails_at_once(tmp_path: Path) -> None:
+def test_a_refused_connection_says_so_and_fails_within_seconds(tmp_path: Path) -> None:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/model.bin"
     started = time.monotonic()
@@ -49,7 +51,9 @@ def test_a_refused_connection_says_so_and_fails_at_once(tmp_path: Path) -> None:
     (error,) = _error_lines(result.stderr)
     assert f"failed to download {url} to {tmp_path / 'out'}: cannot reach 127.0.0.1:{port}: connection refused" in error
     assert "check the port and that the server is running" in error
-    assert "retrying" not in result.stderr and time.monotonic() - started < 10
+    assert "retrying" not in result.stderr  # not the engine's budget of tens of seconds
+    assert 2.0 < time.monotonic() - started < 10  # retry_refused's few seconds
+    assert f"DEBUG connection to {url} refused; trying again in 0.2s" in result.stderr
     assert result.stderr.splitlines()[-1] == _error_lines(result.stderr)[-1]
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_plus, urlsplit
 
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, network_error
 from storage_initializer.redact import redact
 
@@ -232,11 +233,16 @@ class S3Wire:
             "retries": False,
             "timeout": self._timeout,
         }
-        try:
+        if target.pool is None:
+            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
+
+        def send() -> Any:
             if target.pool is not None:
                 return target.pool.urlopen(method, url, release_conn=not stream, **options)
-            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
             return self._manager(target.proxy).urlopen(method, target.base_url + url, **options)
+
+        try:
+            return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
         except urllib3.exceptions.SSLError as exc:
             raise self.tls_error(what, exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
