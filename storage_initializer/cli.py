@@ -138,11 +138,11 @@ def list_providers() -> int:
 
 def local_pair_problem(uri: str, dest: str) -> str | None:
     """Why a local ``uri`` cannot be copied into ``dest`` (the same directory), or ``None``."""
-    from storage_initializer.local import local_path, same_or_inside
+    from storage_initializer.local import copy_onto_itself, local_path
 
     path = local_path(uri)
     is_local = path != uri or uri.startswith(("/", "./", "../")) or "://" not in uri
-    return same_or_inside(path, dest) if is_local and os.path.exists(path) else None
+    return copy_onto_itself(path, dest) if is_local and os.path.exists(path) else None
 
 
 def run(args: list[str], settings: Settings) -> int:

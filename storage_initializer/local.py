@@ -41,8 +41,17 @@ LINK_VARIABLE = "STORAGE_INITIALIZER_LOCAL_LINK"
 FICLONE = 0x40049409
 #: Errors that mean "this filesystem (pair) cannot do that": copy another way.
 _UNSUPPORTED = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOTTY}
-    | ({errno.ENOSYS} if hasattr(errno, "ENOSYS") else set())
+    {
+        errno.EXDEV,  # another filesystem
+        errno.EPERM,
+        errno.EMLINK,
+        errno.EACCES,
+        errno.ENOTSUP,
+        errno.EOPNOTSUPP,  # ext4, tmpfs: no reflinks
+        errno.EINVAL,
+        errno.ENOTTY,
+        errno.ENOSYS,
+    }
 )
 
 _active_lock = threading.Lock()
@@ -55,7 +64,7 @@ def note_active_dest(path: str) -> None:
         _active_dests.add(os.path.realpath(path))
 
 
-def same_or_inside(src: str, dest: str) -> str | None:
+def copy_onto_itself(src: str, dest: str) -> str | None:
     """Why copying local ``src`` into ``dest`` cannot work, or ``None``.
 
     The same directory would write the state and temporary files into the
