@@ -137,7 +137,8 @@ class Runner:
         expect(result.returncode == 0, f"exit status {result.returncode}, stderr:\n{result.stderr[-3000:]}")
         got = tree(out)
         expect(got == want, f"bytes differ:\n  want {describe(want)}\n  got  {describe(got)}")
-        print(f"    {len(got)} files, {sum(map(len, got.values()))} bytes identical", flush=True)
+        count = f"{len(got)} file" + ("" if len(got) == 1 else "s")
+        print(f"    {count}, {sum(map(len, got.values()))} bytes identical", flush=True)
 
 
 def readme_example(readme: Path = README) -> list[str]:
