@@ -30,6 +30,7 @@ from storage_initializer.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    CancelledError,
     StorageInitializerError,
 )
 from storage_initializer.local import LINK_VARIABLE
@@ -182,7 +183,12 @@ def run(args: list[str], settings: Settings) -> int:
     lines = []
     for result in failures:
         assert result.error is not None
-        lines.append(redact(one_line(f"failed to download {result.uri} to {result.dest}: {result.error}")))
+        cause = str(result.error)
+        if isinstance(result.error, CancelledError) and _Signals.received:
+            cause = (
+                f"stopped by {signal.Signals(_Signals.received).name}; finished files and parts are kept for a rerun"
+            )
+        lines.append(redact(one_line(f"failed to download {result.uri} to {result.dest}: {cause}")))
     for line in lines:
         log.error("%s", line)
     explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
