@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import trustme
 
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, classify, network_error
 from tests.cli import run_cli
 from tests.servers.http_server import HttpFileServer
@@ -110,3 +111,32 @@ def test_wrapped_socket_errors_are_found_in_the_chain() -> None:
     timeout = classify(MaxRetryError(TimeoutError("timed out")))
     assert timeout.retryable and "timed out" in str(timeout)
     assert classify(ConnectionResetError()).retryable
+
+
+def test_retry_refused_rides_out_a_restart_and_nothing_else() -> None:
+    attempts: list[float] = []
+
+    def restarting() -> str:
+        attempts.append(time.monotonic())
+        if len(attempts) < 3:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return "answer"
+
+    assert retry_refused(restarting, "server") == "answer" and len(attempts) == 3
+
+    def broken() -> str:
+        attempts.append(time.monotonic())
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    attempts.clear()
+    with pytest.raises(ConnectionResetError):
+        retry_refused(broken, "server")
+    assert len(attempts) == 1  # other errors are the engine's to retry
+
+    def down() -> str:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    started = time.monotonic()
+    with pytest.raises(ConnectionRefusedError):
+        retry_refused(down, "server", budget=0.5)
+    assert time.monotonic() - started < 1.0
