@@ -262,7 +262,8 @@ def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_serve
 
 def test_heartbeat_with_an_unknown_size_claims_no_total(tmp_path: Path, http_server: HttpFileServer) -> None:
     url = http_server.add("/chunked.bin", os.urandom(3_000_000), chunked=True, ranges=False)  # size unknown
-    http_server.faults["/chunked.bin"] = Fault(stall_after=2_500_000, stall_seconds=1.5, stall_times=1)
+    # Two stalls: the probe (answered with the whole body, no ranges) may take the first one.
+    http_server.faults["/chunked.bin"] = Fault(stall_after=2_500_000, stall_seconds=1.5, stall_times=2)
     result = run_cli([url, str(tmp_path / "out")], {"STORAGE_INITIALIZER_HEARTBEAT": "0.3"})
     assert result.returncode == 0, result.stderr
     beats = [line for line in result.stderr.splitlines() if " progress: " in line]
