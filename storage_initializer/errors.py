@@ -24,7 +24,6 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM, what Kubernetes expects after a TERM
-EXIT_SIGINT = 130  # 128 + SIGINT, the shell's convention after Ctrl-C
 
 
 class StorageInitializerError(Exception):
