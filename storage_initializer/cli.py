@@ -2,9 +2,10 @@
 
 Exactly the arguments KServe passes to its init container. Exit status: 0
 when every pair succeeded, 2 for usage and configuration errors (an odd
-argument count, a malformed URI, an unknown scheme), 143 after SIGTERM, 1 for
-any other failure. Each failure is one line on stderr, also written to
-``/dev/termination-log`` so ``kubectl describe pod`` shows it.
+argument count, a malformed URI, an unknown scheme), 143 after SIGTERM, 130
+after SIGINT (Ctrl-C), 1 for any other failure. Each failure is one line on
+stderr, the last lines of the output, also written to ``/dev/termination-log``
+so ``kubectl describe pod`` shows it.
 """
 
 from __future__ import annotations
@@ -16,20 +17,24 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import replace
 from types import FrameType
 from typing import Annotated, Optional
 
 import typer
 
 from storage_initializer import __version__
+from storage_initializer.engine.progress import plural
 from storage_initializer.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
+    CancelledError,
     StorageInitializerError,
 )
 from storage_initializer.integrity.options import IntegrityOptions, options_from
+from storage_initializer.local import LINK_VARIABLE
 from storage_initializer.redact import redact, register_env_secrets
 from storage_initializer.settings import Settings, parse_size, settings_from_env
 
@@ -79,18 +84,34 @@ def write_termination_log(path: str, text: str, explicit: bool) -> None:
         pass
 
 
+class _Signals:
+    """The first stopping signal received: the exit status is 128 + its number."""
+
+    received: int | None = None
+
+    @classmethod
+    def exit_code(cls) -> int:
+        return 128 + cls.received if cls.received else EXIT_INTERRUPTED
+
+
 def _install_signal_handlers(cancel: threading.Event) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if cancel.is_set():
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(_Signals.exit_code())
+        _Signals.received = signum
         cancel.set()
         log.warning("received %s: stopping; finished files and parts are kept for a rerun", name)
 
         def hard_exit() -> None:
             time.sleep(SIGNAL_GRACE_SECONDS)
+            # A read that ignores the stop (a server holding the connection) does not get to
+            # keep the process: the last line still says why it ended.
+            log.error(
+                "stopped by %s (reads still blocked after %gs); work done so far is kept", name, SIGNAL_GRACE_SECONDS
+            )
             logging.shutdown()
-            os._exit(EXIT_INTERRUPTED)
+            os._exit(_Signals.exit_code())
 
         threading.Thread(target=hard_exit, daemon=True).start()
 
@@ -117,9 +138,19 @@ def list_providers() -> int:
     return EXIT_OK
 
 
+def local_pair_problem(uri: str, dest: str) -> str | None:
+    """Why a local ``uri`` cannot be copied into ``dest`` (the same directory), or ``None``."""
+    from storage_initializer.local import copy_onto_itself, local_path
+
+    path = local_path(uri)
+    is_local = path != uri or uri.startswith(("/", "./", "../")) or "://" not in uri
+    return copy_onto_itself(path, dest) if is_local and os.path.exists(path) else None
+
+
 def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions | None = None) -> int:
     """Download the pairs in ``args``; return the exit status."""
     from storage_initializer.integrity.pair import IntegrityRun
+    from storage_initializer.local import note_active_dest
     from storage_initializer.registry import Registry
     from storage_initializer.runner import Runner
 
@@ -131,9 +162,10 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
     runner = Runner(settings, Registry.from_entry_points(), integrity)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(runner.engine.cancelled)
-    log.info("storage-initializer %s: %d source(s)", __version__, len(pairs))
+    log.info("storage-initializer %s: %d source%s", __version__, len(pairs), "" if len(pairs) == 1 else "s")
     for uri, dest in pairs:
         log.info("start: %s -> %s", redact(uri), dest)
+        note_active_dest(dest)  # a local source walk leaves it out: no copy into itself
     started = time.monotonic()
     results = runner.run(pairs)
     seconds = time.monotonic() - started
@@ -141,31 +173,43 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
     for result in results:
         if result.error is None:
             log.info(
-                "done: %s -> %s (%d files, %d already complete)", result.uri, result.dest, result.files, result.skipped
+                "done: %s -> %s (%s, %d already complete)",
+                result.uri,
+                result.dest,
+                plural(result.files, "file"),
+                result.skipped,
             )
     lines = []
     for result in failures:
         assert result.error is not None
-        lines.append(redact(one_line(f"failed to download {result.uri} to {result.dest}: {result.error}")))
-    for line in lines:
-        log.error("%s", line)
-    log.info("summary: %s", runner.summary(results, seconds))
-    explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
-    # The record (--record), and on success a one-line summary for the pod status.
+        cause = str(result.error)
+        if isinstance(result.error, CancelledError) and _Signals.received:
+            cause = (
+                f"stopped by {signal.Signals(_Signals.received).name}; finished files and parts are kept for a rerun"
+            )
+        lines.append(redact(one_line(f"failed to download {result.uri} to {result.dest}: {cause}")))
     codes = {r.error.exit_code for r in failures if r.error is not None}
+    # The record (--record), and on success a one-line summary for the pod status.
     digest: str | None = None
     try:
         digest = integrity.write_record()
     except StorageInitializerError as exc:
         lines.append(redact(one_line(str(exc))))
-        log.error("%s", lines[-1])
         codes.add(exc.exit_code)
+    summary = runner.summary(results, seconds)
+    if codes:
+        summary = f"FAILED ({len(failures)} of {plural(len(results), 'source')}): {summary}"
+    log.info("summary: %s", summary)
+    # The ERROR lines come last, so `kubectl logs` (and a terminal) ends on the cause.
+    for line in lines:
+        log.error("%s", line)
+    explicit = bool(settings.env.get("STORAGE_INITIALIZER_TERMINATION_LOG"))
     if not codes:
         write_termination_log(settings.termination_log, integrity.summary(digest) + "\n", explicit)
         return EXIT_OK
     write_termination_log(settings.termination_log, "\n".join(lines) + "\n", explicit)
-    if EXIT_INTERRUPTED in codes:
-        return EXIT_INTERRUPTED
+    if EXIT_INTERRUPTED in codes or _Signals.received:
+        return _Signals.exit_code()
     return EXIT_USAGE if codes == {EXIT_USAGE} else EXIT_FAILURE
 
 
@@ -184,7 +228,9 @@ def _fail_usage(message: str, settings: Settings | None = None) -> None:
     help=(
         "Download each SRC_URI into DEST_PATH (KServe's storage-initializer contract). "
         "Pairs may repeat: SRC_URI DEST_PATH [SRC_URI DEST_PATH ...]. "
-        "Every option also has a STORAGE_INITIALIZER_* environment variable."
+        "Each option also has an environment variable, named in its help; the README lists more "
+        "variables (STORAGE_INITIALIZER_*) and each provider's own. "
+        "Exit status: 0 success, 1 failure, 2 usage or configuration error, 130 after SIGINT, 143 after SIGTERM."
     ),
 )
 def main_command(
@@ -192,26 +238,66 @@ def main_command(
     list_providers_flag: Annotated[
         bool, typer.Option("--list-providers", help="Show installed providers and their URI formats.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and errors [STORAGE_INITIALIZER_LOG_LEVEL=WARNING].")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging [STORAGE_INITIALIZER_LOG_LEVEL=DEBUG].")
+    ] = False,
     allow_pattern: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Option("--allow-pattern", help="Only files matching (fnmatch on the relative path); repeatable."),
+        typer.Option(
+            "--allow-pattern",
+            help="Only files matching (fnmatch on the relative path); repeatable [STORAGE_ALLOW_PATTERNS].",
+        ),
     ] = None,
     ignore_pattern: Annotated[
         Optional[list[str]],  # noqa: UP045
-        typer.Option("--ignore-pattern", help="Skip files matching; repeatable."),
+        typer.Option("--ignore-pattern", help="Skip files matching; repeatable [STORAGE_IGNORE_PATTERNS]."),
     ] = None,
-    concurrency: Annotated[Optional[int], typer.Option(min=1, help="Parallel transfers.")] = None,  # noqa: UP045
-    part_size: Annotated[Optional[str], typer.Option(help="Ranged part size, e.g. 32M (default: adaptive).")] = None,  # noqa: UP045
-    retries: Annotated[Optional[int], typer.Option(min=0, help="Retries per transfer on transient errors.")] = None,  # noqa: UP045
+    concurrency: Annotated[
+        Optional[int], typer.Option(min=1, help="Parallel transfers [STORAGE_INITIALIZER_CONCURRENCY].")  # noqa: UP045
+    ] = None,
+    part_size: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Ranged part size, e.g. 32M (default: adaptive) [STORAGE_INITIALIZER_PART_SIZE]."),
+    ] = None,
+    retries: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(min=0, help="Retries per transfer on transient errors [STORAGE_INITIALIZER_RETRIES]."),
+    ] = None,
     stall_timeout: Annotated[
-        Optional[float], typer.Option(min=0.1, help="Seconds without a byte before a read counts as failed.")  # noqa: UP045
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            min=0.1, help="Seconds without a byte before a read counts as failed [STORAGE_INITIALIZER_STALL_TIMEOUT]."
+        ),
     ] = None,
-    provider: Annotated[Optional[str], typer.Option(help="Use this provider, whatever the URI matches.")] = None,  # noqa: UP045
-    no_verify: Annotated[bool, typer.Option("--no-verify", help="Check sizes only, not checksums.")] = False,
-    no_extract: Annotated[bool, typer.Option("--no-extract", help="Keep a single archive as it is.")] = False,
-    fsync: Annotated[bool, typer.Option("--fsync", help="fsync each file before publishing it.")] = False,
+    provider: Annotated[
+        Optional[str], typer.Option(help="Use this provider, whatever the URI matches [STORAGE_INITIALIZER_PROVIDER].")  # noqa: UP045
+    ] = None,
+    no_verify: Annotated[
+        bool,
+        typer.Option(
+            "--no-verify", help="Check sizes only, not checksums [STORAGE_INITIALIZER_VERIFY_CHECKSUMS=false]."
+        ),
+    ] = False,
+    no_extract: Annotated[
+        bool,
+        typer.Option(
+            "--no-extract", help="Keep a single archive as it is [STORAGE_INITIALIZER_EXTRACT_ARCHIVES=false]."
+        ),
+    ] = False,
+    fsync: Annotated[
+        bool, typer.Option("--fsync", help="fsync each file before publishing it [STORAGE_INITIALIZER_FSYNC=true].")
+    ] = False,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Hard-link local sources instead of copying them: DEST then shares the source's files "
+            "(writing into DEST edits the source) [STORAGE_INITIALIZER_LOCAL_LINK=true].",
+        ),
+    ] = False,
     expect_digest: Annotated[
         Optional[list[str]],  # noqa: UP045
         typer.Option(help="[SRC_URI=]sha256:HEX: the one file (or archive) must have this sha256."),
@@ -267,6 +353,10 @@ def main_command(
             " (usage: storage-initializer SRC_URI DEST_PATH [SRC_URI DEST_PATH ...])",
             settings,
         )
+    for uri, dest in zip(args[0::2], args[1::2], strict=True):
+        problem = local_pair_problem(uri, dest)
+        if problem:
+            _fail_usage(f"{problem}: {uri} -> {dest} (choose another DEST_PATH)", settings)
     level = "DEBUG" if verbose else "WARNING" if quiet else settings.log_level
     if stall_timeout is not None and not math.isfinite(stall_timeout):  # click's range lets nan and inf through
         _fail_usage(f"--stall-timeout {stall_timeout} is not a finite number of seconds", settings)
@@ -284,6 +374,8 @@ def main_command(
             fsync=True if fsync else None,
             log_level=level,
         )
+        if link:  # read by the local provider from its environment, like the variable
+            settings = replace(settings, env={**settings.env, LINK_VARIABLE: "true"})
     except StorageInitializerError as exc:
         _fail_usage(str(exc), settings)
     try:

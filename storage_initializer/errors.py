@@ -13,6 +13,11 @@ defence).
 
 from __future__ import annotations
 
+import errno
+import re
+import socket
+import ssl
+from collections.abc import Iterator
 from typing import ClassVar
 
 EXIT_OK = 0
@@ -160,9 +165,10 @@ def classify(exc: BaseException) -> StorageInitializerError:
     Our own errors pass through. An ``OSError`` naming a file is a local
     filesystem failure (sockets carry no file name): permanent, and said so.
     Network-level failures (other ``OSError``s and the usual HTTP-library
-    exceptions, recognised by class name) are transient. Anything else is a
-    permanent error, described with its type so a provider bug is visible
-    rather than retried forever.
+    exceptions, recognised by class name) go through :func:`network_error`,
+    which tells a DNS failure, a refused connection, a TLS failure and a
+    timeout apart. Anything else is a permanent error, described with its
+    type so a provider bug is visible rather than retried forever.
     """
     if isinstance(exc, StorageInitializerError):
         return exc
@@ -170,18 +176,130 @@ def classify(exc: BaseException) -> StorageInitializerError:
         return StorageInitializerError(f"local file error on {exc.filename}: {exc.strerror or exc}")
     names = {cls.__name__ for cls in type(exc).__mro__}
     if isinstance(exc, (OSError, EOFError, TimeoutError)) or names & _TRANSIENT_EXCEPTION_NAMES:
-        return TransientError(f"{_network_cause(exc, names)} ({type(exc).__name__}: {exc})")
+        return network_error(exc)
     return StorageInitializerError(f"unexpected {type(exc).__name__}: {exc}")
 
 
-def _network_cause(exc: BaseException, names: set[str]) -> str:
+#: What to check when a server's certificate is not trusted (providers add their own variable).
+CA_HINT = (
+    "the server's certificate is not signed by a CA this container trusts: give the CA bundle that "
+    "signed it (REQUESTS_CA_BUNDLE or SSL_CERT_FILE; the provider's README names its own CA setting), "
+    "or check that the host name matches the certificate"
+)
+DNS_HINT = "the host name does not exist: usually a typo in the URI or endpoint variable, or a missing namespace"
+REFUSED_HINT = "nothing listens at that host and port: check the port and that the server is running"
+
+_TLS_SETUP_REASONS = frozenset(
+    {
+        "WRONG_VERSION_NUMBER",  # https:// to a plain-HTTP port
+        "UNSUPPORTED_PROTOCOL",
+        "TLSV1_ALERT_PROTOCOL_VERSION",
+        "SSLV3_ALERT_HANDSHAKE_FAILURE",
+        "NO_PROTOCOLS_AVAILABLE",
+        "TLSV1_ALERT_INTERNAL_ERROR",
+    }
+)
+_RESOLVE_RE = re.compile(r"Failed to resolve '([^']+)'")
+_NOT_FOUND_EAI = frozenset(
+    code for code in (getattr(socket, n, None) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")) if code
+)
+
+
+def network_error(
+    exc: BaseException, target: str | None = None, *, ca_hint: str | None = None
+) -> StorageInitializerError:
+    """A typed error for a failure to talk to a server, saying which failure it was.
+
+    SDKs wrap the socket's own error several layers deep (requests ->
+    urllib3 -> socket, botocore, azure-core): the chain of causes, contexts,
+    ``reason``/``error``/``inner_exception`` attributes and exception
+    arguments is searched for the innermost telling one.
+
+    - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer
+      (a temporary resolver failure, ``EAI_AGAIN``, is retried);
+    - connection refused: permanent, nothing listens there (providers retry
+      it for a few seconds first, :func:`storage_initializer.connect.retry_refused`,
+      for a server that is restarting; the kubelet restarts a failed init
+      container, which covers one still starting, and the rerun resumes);
+    - TLS certificate verification: permanent, with ``ca_hint`` (or
+      :data:`CA_HINT`) naming the CA settings to check;
+    - timeout, reset, broken connection: transient (retried).
+
+    ``target`` (a redacted URL or endpoint) starts the message: ``cannot
+    reach TARGET: connection refused``.
+    """
+    chain = list(_causes(exc))
+    prefix = f"cannot reach {target}: " if target else ""
+    outer = f"{type(exc).__name__}: {exc}"
+    cert: BaseException | None = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
+    cert = cert or next((c for c in reversed(chain) if "CERTIFICATE_VERIFY_FAILED" in str(c)), None)
+    if cert is not None:
+        detail = getattr(cert, "verify_message", None) or _short(cert)
+        return StorageInitializerError(f"{prefix}TLS verification failed ({detail})", hint=ca_hint or CA_HINT)
+    for cause in chain:
+        if isinstance(cause, socket.gaierror):
+            host = next((m.group(1) for c in chain if (m := _RESOLVE_RE.search(str(c)))), None)
+            name = f" {host}" if host else ""
+            if cause.errno in _NOT_FOUND_EAI:
+                return StorageInitializerError(f"{prefix}DNS name{name} not found ({cause.strerror})", hint=DNS_HINT)
+            return TransientError(f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})")
+    if is_connection_refused(exc):
+        return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
+    for cause in chain:
+        # Only a handshake that can never succeed is permanent: a TLS record cut mid-body
+        # (SSLEOFError, bad record MAC) is a broken connection like any other.
+        if isinstance(cause, ssl.SSLError) and getattr(cause, "reason", None) in _TLS_SETUP_REASONS:
+            return StorageInitializerError(
+                f"{prefix}TLS handshake failed ({_short(cause)})",
+                hint="check http:// against https:// and the port; a proxy may intercept TLS",
+            )
+    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
+    text = " ".join(str(c) for c in chain).lower()
+    if "refused" in text:  # a library that kept only the message
+        return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=REFUSED_HINT)
+    return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})")
+
+
+def is_connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or wraps, a refused TCP connection."""
+    return any(
+        isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
+        for cause in _causes(exc)
+    )
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).split("\n", 1)[0][:200]
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps, outermost first (each once, bounded)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo and len(seen) < 32:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        kwargs = getattr(current, "kwargs", None)  # botocore keeps the cause in kwargs["error"]
+        wrapped = [
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            getattr(current, "inner_exception", None),
+            getattr(current, "error", None),
+            kwargs.get("error") if isinstance(kwargs, dict) else None,
+            *current.args,
+        ]
+        todo.extend(w for w in wrapped if isinstance(w, BaseException))
+
+
+def _network_cause(names: set[str], text: str) -> str:
     """A plain-words cause for a network exception."""
-    text = str(exc).lower()
-    if isinstance(exc, TimeoutError) or "timeout" in " ".join(names).lower() or "timed out" in text:
+    if "TimeoutError" in names or "timeout" in " ".join(names).lower() or "timed out" in text:
         return "timed out waiting for the server (no data within the stall or connect timeout)"
-    if isinstance(exc, ConnectionRefusedError) or "refused" in text:
-        return "connection refused"
-    if isinstance(exc, ConnectionResetError) or "reset" in text:
+    if "ConnectionResetError" in names or "reset" in text:
         return "connection reset by the server"
     if names & {"IncompleteRead", "ProtocolError", "ChunkedEncodingError", "RemoteDisconnected"}:
         return "connection broken before the answer was complete"

@@ -17,9 +17,11 @@ Precedence, so the result never depends on installation order:
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -32,6 +34,9 @@ log = logging.getLogger("storage_initializer")
 
 GROUP = "storage_initializer.providers"
 MAX_RESOLVE_DEPTH = 8
+LIST_HINT = "storage-initializer --list-providers shows the URI formats"
+
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(/*)")
 
 
 @dataclass
@@ -160,13 +165,7 @@ class Registry:
             self._require_loaded(entry)
             return entry
         if not matches:
-            broken = self.broken()
-            hint = f"installed formats: {self.formats_text()}"
-            if broken:
-                hint += "; providers that failed to load: " + ", ".join(
-                    f"{e.name} ({e.error}; try {e.install_hint})" for e in broken
-                )
-            raise ProviderError(f"no installed provider serves {redact(uri)}", hint=hint)
+            raise self._no_provider_error(uri)
         # Keep each provider's best format only, then compare providers.
         best: dict[str, Match] = {}
         for match in matches:
@@ -184,6 +183,43 @@ class Registry:
         entry = ranked[0].entry
         self._require_loaded(entry)
         return entry
+
+    def schemes(self) -> list[str]:
+        """The URI schemes the installed providers' prefix formats name (``s3``, ``hf``, ...)."""
+        found = set()
+        for entry in self.loaded():
+            assert entry.cls is not None
+            for fmt in entry.cls.uri_formats:
+                match = _SCHEME_RE.match(fmt.prefix or "")
+                if match and match.group(2) == "//":
+                    found.add(match.group(1).lower())
+        return sorted(found)
+
+    def _no_provider_error(self, uri: str) -> ProviderError:
+        """One short line: the scheme not recognised and the closest known one, or the missing path."""
+        shown = redact(uri)
+        broken = self.broken()
+        extra = ""
+        if broken:
+            extra = "; failed to load: " + ", ".join(f"{e.name} ({e.install_hint})" for e in broken)
+        match = _SCHEME_RE.match(uri)
+        if match is None or (len(match.group(1)) == 1 and match.group(2) != "//"):  # a path (or a drive letter)
+            return ProviderError(
+                f"{shown}: no such file or directory in {os.getcwd()}",
+                hint=f"a path without a scheme is local; {LIST_HINT}{extra}",
+            )
+        scheme, slashes = match.group(1), match.group(2)
+        known = self.schemes()
+        rest = uri[match.end() :]
+        if scheme.lower() in known:  # a known scheme, mistyped separator: s3:/bad
+            suggestion = f"{scheme.lower()}://{rest}"
+            return ProviderError(
+                f"{shown} is not a valid URI (did you mean {redact(suggestion)}?)", hint=f"{LIST_HINT}{extra}"
+            )
+        close = difflib.get_close_matches(scheme.lower(), known, n=1, cutoff=0.5)
+        guess = f"did you mean {close[0]}://? " if close else ""
+        shown_scheme = f"{scheme}:{slashes}"
+        return ProviderError(f"unknown URI scheme {shown_scheme!r} in {shown}", hint=f"{guess}{LIST_HINT}{extra}")
 
     @staticmethod
     def _require_loaded(entry: ProviderEntry) -> None:

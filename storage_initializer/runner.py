@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from storage_initializer import archive
 from storage_initializer.engine.dest import DestDir, prepare_dest
-from storage_initializer.engine.progress import Progress, Reporter, human_bytes
+from storage_initializer.engine.progress import Progress, Reporter, human_bytes, human_rate, plural
 from storage_initializer.engine.state import DestState
 from storage_initializer.engine.transfer import Engine, PairResult, PairTransfer
 from storage_initializer.errors import NotFoundError, StorageInitializerError, UsageError, classify
@@ -190,8 +190,8 @@ class Runner:
         files = sum(r.files for r in results)
         size = sum(r.bytes for r in results)
         skipped = sum(r.skipped for r in results)
-        rate = size / max(seconds, 1e-9) / 1e6
-        text = f"{files} files, {size} bytes ({human_bytes(size)}) in {seconds:.2f}s, {rate:.1f} MB/s"
+        rate = human_rate(size / max(seconds, 1e-9))
+        text = f"{plural(files, 'file')}, {size} bytes ({human_bytes(size)}) in {seconds:.2f}s, {rate}"
         if skipped:
             text += f"; {skipped} already complete"
         if self.progress.retries:

@@ -31,12 +31,13 @@ from urllib.parse import unquote, urlsplit
 
 from storage_initializer import http as kit
 from storage_initializer.config import env_bool
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     ConfigError,
     ObjectChangedError,
     StorageInitializerError,
-    TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
@@ -45,6 +46,13 @@ from storage_initializer.redact import redact, register_secret
 log = logging.getLogger("storage_initializer.http")
 
 _HEADERS_SUFFIX = "-headers"
+_CA_HINT = (
+    "the server's certificate is not signed by a CA this container trusts: set REQUESTS_CA_BUNDLE "
+    "(or SSL_CERT_FILE) to the CA bundle that signed it, or check that the host name matches the certificate"
+)
+#: Below this size a server without ranges costs nothing (the engine reads small files in one
+#: stream anyway): say so only at DEBUG. The engine's automatic multipart threshold.
+_NO_RANGES_NOTICE_SIZE = 32 * 1024 * 1024
 
 
 def error_for_status(
@@ -140,21 +148,22 @@ class HttpProvider(Provider):
         ours = {name.lower() for name in ("Accept-Encoding", *headers)}  # kept: the request needs them
         session.host_headers = frozenset(name.lower() for name in custom) - ours
         try:
-            return session.get(
-                url,
-                headers=all_headers,
-                stream=True,
-                timeout=(self.context.connect_timeout, self.context.stall_timeout),
+            return retry_refused(
+                lambda: session.get(
+                    url,
+                    headers=all_headers,
+                    stream=True,
+                    timeout=(self.context.connect_timeout, self.context.stall_timeout),
+                ),
+                redact(url),
             )
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for {redact(url)}: {exc}",
-                hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate",
-            ) from None
         except requests.exceptions.InvalidURL as exc:
             raise UsageError(f"invalid URL {redact(url)}: {exc}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientError(f"cannot reach {redact(url)}: {type(exc).__name__}") from None
+            # DNS name not found, refused, TLS verification: permanent; timeouts: transient.
+            server = urlsplit(url)
+            where = f"{server.hostname}:{server.port or (443 if server.scheme == 'https' else 80)}"
+            raise network_error(exc, where, ca_hint=_CA_HINT) from None
 
     # -- the provider contract -------------------------------------------------
     def validate(self, uri: str) -> None:
@@ -195,7 +204,8 @@ class HttpProvider(Provider):
                 size = int(length) if length and length.isdigit() else None
                 ranges = False
         if not ranges:
-            log.info("%s does not serve byte ranges: one stream, restarted on failure", redact(uri))
+            level = logging.INFO if size is None or size >= _NO_RANGES_NOTICE_SIZE else logging.DEBUG
+            log.log(level, "%s does not serve byte ranges: one stream, restarted on failure", redact(uri))
         yield RemoteObject(
             key=self.file_name(uri),
             size=size,

@@ -18,7 +18,10 @@ import hashlib
 import json
 import os
 import random
+import re
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -37,6 +40,9 @@ from tests.servers.http_server import Fault, HttpFileServer  # noqa: E402
 from tests.servers.s3 import SeaweedFS  # noqa: E402
 
 DOCKER = os.environ.get("DOCKER", "docker")
+README = ROOT / "README.md"
+#: The unprivileged host user that runs the README's example (as a newcomer would).
+EXAMPLE_UID = 1000
 STATE_DIR = ".storage-initializer"
 #: SDK distributions an image that serves only s3:// must not carry.
 FOREIGN_TO_S3 = ("azure-", "google-", "huggingface-hub", "hf-xet", "hdfs")
@@ -131,7 +137,72 @@ class Runner:
         expect(result.returncode == 0, f"exit status {result.returncode}, stderr:\n{result.stderr[-3000:]}")
         got = tree(out)
         expect(got == want, f"bytes differ:\n  want {describe(want)}\n  got  {describe(got)}")
-        print(f"    {len(got)} files, {sum(map(len, got.values()))} bytes identical", flush=True)
+        count = f"{len(got)} file" + ("" if len(got) == 1 else "s")
+        print(f"    {count}, {sum(map(len, got.values()))} bytes identical", flush=True)
+
+
+def readme_example(readme: Path = README) -> list[str]:
+    """The shell commands of the README's ``docker run`` example, continuation lines joined.
+
+    Taken from the README itself so the check and the documentation cannot drift apart:
+    the ``sh`` block of the "Container image" section, from the first line after the
+    ``docker build`` lines to the end of the block.
+    """
+    text = readme.read_text()
+    section = text.split("\n## Container image", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [
+        " ".join(part.strip() for part in command.split("\\\n")) for command in re.split(r"(?<!\\)\n", block.strip())
+    ]
+    example = [c for c in commands if not c.startswith("docker build")]
+    expect(any(c.startswith("docker run") for c in example), f"no docker run example in the README: {block!r}")
+    return example
+
+
+def adapt_example(commands: Sequence[str], substitutions: Mapping[str, str]) -> str:
+    """The example as a script, with placeholders (image tag, endpoint, keys, URI) filled in.
+
+    Each pattern must match exactly once: a README change that breaks the example's shape
+    fails here rather than being silently skipped.
+    """
+    script = "\n".join(commands)
+    for pattern, value in substitutions.items():
+        script, count = re.subn(pattern, value.replace("\\", "\\\\"), script)
+        expect(count == 1, f"the README example has {count} matches for {pattern!r}:\n{script}")
+    return "set -eu\n" + script + "\n"
+
+
+def readme_script(image: str, s3_env: Mapping[str, str], s3_uri: str) -> str:
+    """The README's example for this test: the image under test, the S3 server's endpoint and keys."""
+    return adapt_example(
+        readme_example(),
+        {
+            r"storage-initializer:0\.1\.0(?= )": image,
+            r"(?<=AWS_ENDPOINT_URL=)\S+": shlex.quote(s3_env["AWS_ENDPOINT_URL"]),
+            r"(?<=AWS_ACCESS_KEY_ID=)\S+": shlex.quote(s3_env["AWS_ACCESS_KEY_ID"]),
+            r"(?<=AWS_SECRET_ACCESS_KEY=)\S+": shlex.quote(s3_env["AWS_SECRET_ACCESS_KEY"]),
+            r"s3://models/iris(?= )": s3_uri,
+        },
+    )
+
+
+@contextmanager
+def docker_socket_for(gid: int) -> Iterator[bool]:
+    """Let group ``gid`` use the image test's private engine for a while (True if it can)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    sock = Path(host.removeprefix("unix://")) if host.startswith("unix://") else None
+    work = Path(os.environ.get("SI_WORK", "/nonexistent"))
+    if sock is None or not sock.exists() or work not in sock.parents:
+        yield False  # a shared engine: its socket's permissions are not ours to change
+        return
+    before = sock.stat()
+    os.chown(sock, before.st_uid, gid)
+    sock.chmod(0o660)
+    try:
+        yield True
+    finally:
+        os.chown(sock, before.st_uid, before.st_gid)
+        sock.chmod(stat.S_IMODE(before.st_mode))
 
 
 def payload(size: int, seed: int) -> bytes:
@@ -303,6 +374,34 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
         finally:
             hdfs.stop()
 
+    def readme_example_as_written() -> None:
+        # A newcomer copies the README's lines into a shell in an empty directory, as themself.
+        script = readme_script(image, s3_env, s3_uri)
+        r.work.chmod(0o711)  # mkdtemp's 0700 would keep the user out of its own directory below
+        home = r.work / "newcomer"
+        home.mkdir(mode=0o755)
+        shim = r.work / "shim"  # `docker` in the README is the engine under test
+        shim.mkdir(exist_ok=True)
+        (shim / "docker").unlink(missing_ok=True)
+        (shim / "docker").symlink_to(shutil.which(DOCKER) or DOCKER)
+        env = {**os.environ, "PATH": f"{shim}:{os.environ['PATH']}", "HOME": str(home)}
+        with docker_socket_for(EXAMPLE_UID) as unprivileged:
+            if unprivileged:
+                os.chown(home, EXAMPLE_UID, EXAMPLE_UID)
+                command = ["setpriv", f"--reuid={EXAMPLE_UID}", f"--regid={EXAMPLE_UID}", "--clear-groups"]
+            else:
+                command = []
+                print("    (a shared Docker engine: the example runs as root here)", flush=True)
+            print("    " + script.strip().replace("\n", "\n    "), flush=True)
+            result = subprocess.run(
+                [*command, "bash", "-c", script], cwd=home, env=env, capture_output=True, text=True, timeout=300
+            )
+        r.expect_download(result, home / "out", model)
+        if unprivileged:
+            owners = {(p.stat().st_uid, p.stat().st_gid) for p in (home / "out").rglob("*")}
+            expect(owners == {(EXAMPLE_UID, EXAMPLE_UID)}, f"files owned by {owners}, want the user's")
+            print(f"    ran as uid {EXAMPLE_UID}; out/ and every file belong to that user", flush=True)
+
     def usage_error() -> None:
         result = r.run_image(image, ["s3://only-one-argument"], None)
         expect(result.returncode == 2, f"exit status {result.returncode}, want 2; stderr: {result.stderr}")
@@ -410,6 +509,7 @@ def run_checks(r: Runner, s3: SeaweedFS, http: HttpFileServer, ftp: FtpServer) -
     r.check("--read-only, uid 1000650000:0, cap-drop ALL, no HOME", read_only_arbitrary_uid)
     r.check("uid 1000650000:0 writes the image's /mnt/models, nothing else", arbitrary_uid_image_dest)
     r.check("hdfs:// with STORAGE_CONFIG file secrets, --read-only, uid 1000650000:0", hdfs_storage_spec_read_only)
+    r.check("the README's docker run example, as written, by an unprivileged user", readme_example_as_written)
     r.check("wrong argument count: exit 2 + usage", usage_error)
     r.check("failing source: exit 1, one ERROR line in docker logs and /dev/termination-log", failing_source)
     r.check("docker stop: SIGTERM reaches Python, exit 143", sigterm_reaches_python)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import signal
 import subprocess
 import sys
 import time
@@ -102,11 +103,22 @@ def test_a_multi_line_error_is_still_one_line(tmp_path: Path) -> None:
     assert termination.read_text().count("\n") == 1 and "Please check the name." in termination.read_text()
 
 
-def test_unknown_scheme_lists_installed_formats(tmp_path: Path) -> None:
-    result = run_cli(["foo://bucket/model", str(tmp_path / "out")])
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("foo://bucket/model", "unknown URI scheme 'foo://' in foo://bucket/model"),
+        ("s3:/bucket/model", "s3:/bucket/model is not a valid URI (did you mean s3://bucket/model?"),
+        ("hfs://owner/repo", "unknown URI scheme 'hfs://' in hfs://owner/repo (did you mean h"),
+        ("gcs://bucket/model", "unknown URI scheme 'gcs://' in gcs://bucket/model (did you mean gs://?"),
+    ],
+)
+def test_an_unknown_scheme_is_one_short_line_with_a_suggestion(tmp_path: Path, uri: str, expected: str) -> None:
+    result = run_cli([uri, str(tmp_path / "out")])
     assert result.returncode == 2
-    assert "no installed provider serves foo://bucket/model" in result.stderr
-    assert "prefix http://" in result.stderr and "prefix file://" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "--list-providers" in errors[0]
+    assert len(errors[0]) < 300, errors[0]  # no list of every installed regex
     assert not (tmp_path / "out").exists()  # a malformed URI leaves no empty DEST behind
 
 
@@ -118,7 +130,10 @@ def test_an_existing_relative_path_is_local_as_in_kserve(tmp_path: Path) -> None
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == {"model.bin": b"weights"}
     missing = run_cli(["models/nope", "out2"], cwd=tmp_path)
-    assert missing.returncode == 2 and "no installed provider serves models/nope" in missing.stderr
+    assert missing.returncode == 2
+    (error,) = [line for line in missing.stderr.splitlines() if " ERROR " in line]
+    assert f"models/nope: no such file or directory in {tmp_path} (a path without a scheme is local;" in error
+    assert "--list-providers" in error and len(error) - len(str(tmp_path)) < 250
 
 
 def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -128,7 +143,9 @@ def test_download_logs_start_source_and_summary(tmp_path: Path, http_server: Htt
     assert (tmp_path / "new/dir/model.onnx").read_bytes() == http_server.files["/models/model.onnx"]
     assert f"start: {url} -> {tmp_path}/new/dir" in result.stderr
     assert "provider HttpProvider" in result.stderr
-    assert "summary: 1 files, 300000 bytes" in result.stderr and "MB/s" in result.stderr
+    assert "summary: 1 file, 300000 bytes (293.0 KiB) in " in result.stderr and " MiB/s" in result.stderr
+    assert "MB/s" not in result.stderr and "1 files" not in result.stderr
+    assert "storage-initializer 0.1.0: 1 source\n" in result.stderr
 
 
 def test_several_pairs_each_land_in_their_own_dest(tmp_path: Path, http_server: HttpFileServer) -> None:
@@ -245,7 +262,8 @@ def test_heartbeat_reports_progress_on_long_transfers(tmp_path: Path, http_serve
 
 def test_heartbeat_with_an_unknown_size_claims_no_total(tmp_path: Path, http_server: HttpFileServer) -> None:
     url = http_server.add("/chunked.bin", os.urandom(3_000_000), chunked=True, ranges=False)  # size unknown
-    http_server.faults["/chunked.bin"] = Fault(stall_after=2_500_000, stall_seconds=1.5, stall_times=1)
+    # Two stalls: the probe (answered with the whole body, no ranges) may take the first one.
+    http_server.faults["/chunked.bin"] = Fault(stall_after=2_500_000, stall_seconds=1.5, stall_times=2)
     result = run_cli([url, str(tmp_path / "out")], {"STORAGE_INITIALIZER_HEARTBEAT": "0.3"})
     assert result.returncode == 0, result.stderr
     beats = [line for line in result.stderr.splitlines() if " progress: " in line]
@@ -305,3 +323,120 @@ def test_unusable_dest_is_a_clear_error(tmp_path: Path, http_server: HttpFileSer
         assert later.returncode == 1 and "failed to download" in later.stderr
         assert list(dest.iterdir()) == []
     assert result.returncode == 1
+
+
+def test_after_a_failure_the_error_is_the_last_line(tmp_path: Path, http_server: HttpFileServer) -> None:
+    """`kubectl logs` shows the end of the log: it must end on the cause, not on an INFO summary."""
+    good = http_server.add("/good.bin", b"good")
+    missing = http_server.url + "/missing.bin"
+    result = run_cli([good, str(tmp_path / "one"), missing, str(tmp_path / "two")])
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert " ERROR failed to download " in lines[-1] and missing in lines[-1]
+    (summary,) = [line for line in lines if " summary: " in line]
+    assert "summary: FAILED (1 of 2 sources): 1 file, 4 bytes" in summary
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stopping_signal_exits_128_plus_its_number(
+    tmp_path: Path, http_server: HttpFileServer, signum: int, status: int
+) -> None:
+    url = http_server.add("/stuck.bin", os.urandom(100_000), ranges=False)
+    http_server.faults["/stuck.bin"] = Fault(hold_from=0, hold_seconds=30)
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "storage_initializer", url, str(tmp_path / "out")],
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        deadline = time.monotonic() + 30
+        while "provider HttpProvider" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the body request is held by the server
+        proc.send_signal(signum)
+        assert proc.wait(timeout=20) == status
+    text = log.read_text()
+    assert f"received {signal.Signals(signum).name}: stopping" in text
+    assert " ERROR " in text.splitlines()[-1]
+
+
+def test_help_names_the_real_variables() -> None:
+    text = " ".join(run_cli(["--help"]).stdout.split())
+    assert "[STORAGE_ALLOW_PATTERNS]" in text and "[STORAGE_IGNORE_PATTERNS]" in text
+    assert "[STORAGE_INITIALIZER_LOCAL_LINK=true]" in text and "130 after SIGINT, 143 after SIGTERM" in text
+    assert "Every option also has a STORAGE_INITIALIZER_*" not in text
+
+
+# -- local sources: a copy by default, links on request, never onto themselves -----------------
+def _local_source(tmp_path: Path) -> Path:
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub/w.bin").write_bytes(b"w" * 1000)
+    (source / "big.bin").write_bytes(b"b" * (3 * 1024 * 1024))  # through the multipart path too
+    return source
+
+
+def test_a_local_source_is_copied_by_default(tmp_path: Path) -> None:
+    """A model server writing into DEST must not edit the source volume."""
+    source = _local_source(tmp_path)
+    result = run_cli([str(source), str(tmp_path / "dest")], {"STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M"})
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "dest") == tree(source)
+    for name in ("sub/w.bin", "big.bin"):
+        assert (tmp_path / "dest" / name).stat().st_ino != (source / name).stat().st_ino
+    with (tmp_path / "dest/sub/w.bin").open("r+b") as handle:  # what a careless model server might do
+        handle.write(b"edited")
+    assert (source / "sub/w.bin").read_bytes() == b"w" * 1000
+
+
+@pytest.mark.parametrize("how", ["flag", "variable"])
+def test_hard_links_are_an_explicit_choice(tmp_path: Path, how: str) -> None:
+    source = _local_source(tmp_path)
+    dest = tmp_path / "dest"
+    if how == "flag":
+        result = run_cli(["--link", f"file://{source}", str(dest)])
+    else:
+        result = run_cli([f"file://{source}", str(dest)], {"STORAGE_INITIALIZER_LOCAL_LINK": "true"})
+    assert result.returncode == 0, result.stderr
+    for name in ("sub/w.bin", "big.bin"):
+        assert (dest / name).stat().st_ino == (source / name).stat().st_ino
+        assert not (dest / name).is_symlink()
+
+
+def test_a_bad_link_value_is_a_configuration_error(tmp_path: Path) -> None:
+    result = run_cli(
+        [str(_local_source(tmp_path)), str(tmp_path / "dest")], {"STORAGE_INITIALIZER_LOCAL_LINK": "maybe"}
+    )
+    assert result.returncode == 2 and "STORAGE_INITIALIZER_LOCAL_LINK='maybe' is not a boolean" in result.stderr
+
+
+@pytest.mark.parametrize("form", ["same", "same-relative", "file-uri", "file-in-its-directory"])
+def test_src_and_dest_the_same_directory_is_refused(tmp_path: Path, form: str) -> None:
+    source = _local_source(tmp_path)
+    before = tree(source)
+    src, dest = {
+        "same": (str(source), str(source)),
+        "same-relative": ("src", "./src/"),
+        "file-uri": (f"file://{source}/sub", str(source / "sub" / ".." / "sub")),
+        "file-in-its-directory": (str(source / "big.bin"), str(source)),
+    }[form]
+    result = run_cli([src, dest], cwd=tmp_path)
+    assert result.returncode == 2
+    assert "storage-initializer: error: " in result.stderr and "(choose another DEST_PATH)" in result.stderr
+    assert "the same directory" in result.stderr or "copied onto itself" in result.stderr
+    assert tree(source) == before and sorted(p.name for p in source.iterdir()) == ["big.bin", "sub"]
+
+
+def test_a_server_without_ranges_is_mentioned_only_when_it_matters(tmp_path: Path, http_server: HttpFileServer) -> None:
+    small = http_server.add("/small.bin", b"8 bytes!", ranges=False)
+    quiet = run_cli([small, str(tmp_path / "a")])
+    assert quiet.returncode == 0 and "byte ranges" not in quiet.stderr  # one stream anyway: nothing lost
+    verbose = run_cli(["-v", small, str(tmp_path / "b")])
+    assert " DEBUG " in next(line for line in verbose.stderr.splitlines() if "does not serve byte ranges" in line)
+    unknown = http_server.add("/unknown.bin", b"x" * 1000, chunked=True, ranges=False)  # could be any size
+    said = run_cli([unknown, str(tmp_path / "c")])
+    assert said.returncode == 0
+    assert " INFO " in next(line for line in said.stderr.splitlines() if "does not serve byte ranges" in line)

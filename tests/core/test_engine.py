@@ -176,7 +176,7 @@ def test_two_sources_with_distinct_files_share_one_dest(tmp_path: Path, http_ser
 
 
 @pytest.mark.parametrize("length", [243, 244, 250, 255])
-@pytest.mark.parametrize("size", [1000, 3 * MiB])  # whole and multi-part (hard-linked)
+@pytest.mark.parametrize("size", [1000, 3 * MiB])  # whole and multi-part (copied)
 def test_names_up_to_the_filesystem_limit_download(tmp_path: Path, length: int, size: int) -> None:
     source = tmp_path / "src"
     source.mkdir()
@@ -387,7 +387,7 @@ def test_local_copy_hard_links_on_the_same_filesystem(tmp_path: Path) -> None:
     source = tmp_path / "src"
     (source / "sub").mkdir(parents=True)
     (source / "sub/w.bin").write_bytes(b"w" * 1000)
-    result = run_cli([f"file://{source}", str(tmp_path / "dest")])
+    result = run_cli(["--link", f"file://{source}", str(tmp_path / "dest")])
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "dest/sub/w.bin").stat().st_ino == (source / "sub/w.bin").stat().st_ino
     assert not (tmp_path / "dest/sub/w.bin").is_symlink()
@@ -407,14 +407,14 @@ def test_a_volume_filled_by_an_earlier_run_can_be_the_source(tmp_path: Path) -> 
     assert tree(tmp_path / "second") == {"config.json": b"{}", "sub/w.bin": b"w" * 1000}
 
 
-def test_a_local_source_that_is_dest_is_left_as_it_is(tmp_path: Path) -> None:
+def test_a_local_source_that_is_dest_is_refused_and_left_as_it_is(tmp_path: Path) -> None:
+    """The same directory as SRC and DEST would put state and temporary files into the source."""
     models = tmp_path / "models"
     (models / "sub").mkdir(parents=True)
     (models / "sub/w.bin").write_bytes(b"w" * 1000)
-    for _ in range(2):
-        result = run_cli([str(models), str(models)])
-        assert result.returncode == 0, result.stderr
-        assert tree(models) == {"sub/w.bin": b"w" * 1000}
+    result = run_cli([str(models), str(models)])
+    assert result.returncode == 2 and "SRC and DEST are the same directory" in result.stderr
+    assert sorted(p.relative_to(models).as_posix() for p in models.rglob("*")) == ["sub", "sub/w.bin"]
 
 
 def test_ten_thousand_small_files_in_flat_memory(tmp_path: Path) -> None:

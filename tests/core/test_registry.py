@@ -73,11 +73,14 @@ def test_tie_is_an_error_naming_both_and_the_setting() -> None:
     assert registry.find("s3://bucket/m", forced="b").name == "b"
 
 
-def test_unknown_scheme_lists_installed_formats() -> None:
+def test_unknown_scheme_is_named_with_the_closest_known_one() -> None:
     registry = _registry(short=ShortPrefix, azure=Blob)
     with pytest.raises(ProviderError) as info:
         registry.find("ftp://host/file")
-    assert "prefix s3://" in str(info.value) and "regex https://" in str(info.value)
+    assert str(info.value).startswith("unknown URI scheme 'ftp://' in ftp://host/file (")
+    assert "storage-initializer --list-providers shows the URI formats" in str(info.value)
+    with pytest.raises(ProviderError, match=r"did you mean s3://\?"):
+        registry.find("s4://bucket/key")
 
 
 def test_forcing_an_unknown_provider_is_an_error() -> None:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import itertools
+import os
+from pathlib import Path
 
 import pytest
 
+from storage_initializer import local as local_module
 from storage_initializer.engine.parts import plan_parts
 from storage_initializer.engine.paths import LayoutChecker, PathFilter, safe_relpath
+from storage_initializer.engine.progress import Progress, Smoother, bar_graphic, human_rate, plural
 from storage_initializer.errors import ConfigError, UnsafePathError, classify
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.local import LocalProvider
+from storage_initializer.provider import ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import clear_registered_secrets, redact, register_env_secrets, register_secret
 from storage_initializer.settings import MiB, Settings, parse_patterns, parse_size, settings_from_env
 
@@ -226,3 +232,88 @@ def test_own_artifacts_are_recognised_at_any_depth() -> None:
     assert is_own_artifact("models/.weights.bin.si-partial")
     assert not is_own_artifact("models/weights.bin")
     assert not is_own_artifact("models/storage-initializer/x")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_no_eta_until_bytes_have_flowed_for_a_few_seconds() -> None:
+    """The first second (connections, slow start) would predict absurd ETAs such as 20m49s."""
+    clock = _Clock()
+    progress = Progress(clock=clock)
+    progress.add_planned(100 * MiB)
+    clock.now += 2.0  # listing, connecting
+    progress.add_bytes(MiB)
+    clock.now += 0.5
+    assert "ETA" not in progress.line()
+    for _ in range(4):  # 10 MiB/s from now on
+        clock.now += 1.0
+        progress.add_bytes(10 * MiB)
+        progress.line()
+    line = progress.line()
+    assert "41.0 MiB / 100.0 MiB (41%)" in line and ", ETA " in line
+    eta = line.split("ETA ")[1].split(",")[0]
+    assert eta in ("5s", "6s", "7s"), line  # 59 MiB at about 10 MiB/s, not minutes
+
+
+def test_rates_are_mib_per_second_everywhere() -> None:
+    assert human_rate(3 * MiB) == "3.0 MiB/s"
+    clock = _Clock()
+    progress = Progress(clock=clock)
+    progress.add_planned(MiB)
+    progress.add_bytes(MiB // 2)
+    clock.now += 1.0
+    assert ", 0.5 MiB/s" in progress.line() and "MB/s" not in progress.line()
+    assert plural(1, "file") == "1 file" and plural(0, "file") == "0 files" and plural(2, "file") == "2 files"
+
+
+def test_the_terminal_bar_moves_between_buffer_sized_steps() -> None:
+    smoother = Smoother()
+    total = 10 * MiB
+    assert smoother.update(0, total, 0.0, 0.0) == 0
+    assert smoother.update(MiB, total, MiB, 1.0) == MiB  # a real step: shown as it is
+    between = [smoother.update(MiB, total, MiB, 1.0 + t / 10) for t in range(1, 10)]
+    assert between == sorted(between) and MiB < between[0] < between[-1] <= 2 * MiB  # smooth, monotonic
+    assert smoother.update(MiB, total, MiB, 5.0) == 2 * MiB  # never more than one step ahead of the truth
+    assert smoother.update(2 * MiB, total, MiB, 5.1) == 2 * MiB  # the truth catches up: no jump back
+    assert smoother.update(0, total, MiB, 5.2) == 0  # a retry that started over: shown at once
+    assert bar_graphic(5 * MiB, total, width=10) == "[#####.....] " and bar_graphic(1, 0) == ""
+
+
+def test_a_reflink_is_tried_once_per_filesystem_pair_and_leaves_nothing_when_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No reflink-capable filesystem here (ext4, tmpfs): FICLONE's two outcomes, simulated at the ioctl."""
+    source = tmp_path / "src.bin"
+    source.write_bytes(b"weights")
+    st = os.stat(source)
+    obj = RemoteObject(
+        "src.bin", st.st_size, f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}", extra=str(source)
+    )
+    provider = LocalProvider(ProviderContext(env={}))
+    calls: list[int] = []
+
+    def refuse(fd: int, request: int, arg: int) -> int:
+        calls.append(request)
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(local_module.fcntl, "ioctl", refuse)
+    for name in ("a.tmp", "b.tmp"):
+        assert provider.download_to("file://x", obj, str(tmp_path / name)) is False
+        assert not (tmp_path / name).exists()  # the engine copies into a clean temp file
+    assert calls == [local_module.FICLONE]  # the second file does not ask again
+
+    def clone(fd: int, request: int, arg: int) -> int:
+        os.write(fd, os.pread(arg, 1 << 20, 0))  # what FICLONE's shared blocks read as
+        return 0
+
+    monkeypatch.setattr(local_module.fcntl, "ioctl", clone)
+    cloning = LocalProvider(ProviderContext(env={}))
+    assert cloning.download_to("file://x", obj, str(tmp_path / "c.tmp")) is True
+    assert (tmp_path / "c.tmp").read_bytes() == b"weights"
+    assert (tmp_path / "c.tmp").stat().st_ino != st.st_ino

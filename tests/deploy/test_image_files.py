@@ -8,6 +8,7 @@ local base image lacks; entrypoint.sh only execs the program with every argument
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
 import re
 import shutil
@@ -136,3 +137,38 @@ def test_image_test_stops_when_hadolint_fails(tmp_path: Path) -> None:
     snippet = f'set -euo pipefail\nVENV="{tmp_path}"\n{step}\necho REACHED-STEP-4\n'
     result = subprocess.run(["bash", "-c", snippet], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "REACHED-STEP-4" not in result.stdout, result.stdout + result.stderr
+
+
+_FAKE_DOCKER = """#!/bin/sh
+# Records what the README's example hands to docker, and what `out` looks like at that moment.
+{ printf '%s\\n' "$@"; stat -c 'out %u:%g' out; } > "$RECORD"
+"""
+
+
+def test_the_readme_docker_example_gives_the_container_a_directory_of_the_users_own(tmp_path: Path) -> None:
+    """The image test runs the README's example against the real image; this checks its shape fast.
+
+    A directory that ``docker run -v`` creates belongs to root, and the image runs as uid
+    1000: the example must create ``out`` first and run the container as its owner.
+    """
+    spec = importlib.util.spec_from_file_location("image_checks", ROOT / "scripts/image/checks.py")
+    assert spec is not None and spec.loader is not None
+    checks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(checks)
+    env = {"AWS_ENDPOINT_URL": "http://127.0.0.1:8333", "AWS_ACCESS_KEY_ID": "AK", "AWS_SECRET_ACCESS_KEY": "S K"}
+    script = checks.readme_script("image:test", env, "s3://bucket/model")
+    bin_dir, home = tmp_path / "bin", tmp_path / "home"
+    bin_dir.mkdir()
+    home.mkdir()
+    (bin_dir / "docker").write_text(_FAKE_DOCKER)
+    (bin_dir / "docker").chmod(0o755)
+    record = tmp_path / "record"
+    run_env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RECORD": str(record)}
+    subprocess.run(["bash", "-c", script], cwd=home, env=run_env, check=True, timeout=30)
+    *args, out = record.read_text().splitlines()
+    owner = f"{os.getuid()}:{os.getgid()}"
+    assert out == f"out {owner}"  # created before docker ran, by the user
+    assert args[args.index("--user") + 1] == owner
+    assert args[args.index("-v") + 1] == f"{home}/out:/mnt/models"
+    assert "AWS_SECRET_ACCESS_KEY=S K" in args
+    assert args[-3:] == ["image:test", "s3://bucket/model", "/mnt/models"]

@@ -415,6 +415,7 @@ def test_unreachable_endpoint(tmp_path: Path) -> None:
     result = run_cli(["s3://bucket/m", str(tmp_path / "out")], env)
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr and "AWS_ENDPOINT_URL" in result.stderr
+    assert f"cannot reach http://127.0.0.1:{port}: connection refused" in result.stderr
 
 
 def test_no_credentials_at_all(tmp_path: Path, seaweedfs: SeaweedFS) -> None:

@@ -31,8 +31,8 @@ from tests.cli import run_cli, tree
         ("http://example.com:99999/m.bin", "invalid port"),
         ("https://example.com/models/", "no file name"),
         ("file://", "names no path"),
-        ("ftp://host/model.bin", "no installed provider serves ftp://host/model.bin"),
-        ("model.bin", "no installed provider serves model.bin"),
+        ("ftp://host/model.bin", "unknown URI scheme 'ftp://' in ftp://host/model.bin"),
+        ("model.bin", "model.bin: no such file or directory in "),
     ],
 )
 def test_malformed_uris_are_usage_errors(tmp_path: Path, uri: str, expected: str) -> None:

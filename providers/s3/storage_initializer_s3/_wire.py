@@ -38,7 +38,8 @@ from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_plus, urlsplit
 
 from storage_initializer import http as kit
-from storage_initializer.errors import StorageInitializerError, TransientError
+from storage_initializer.connect import retry_refused
+from storage_initializer.errors import StorageInitializerError, TransientError, network_error
 from storage_initializer.redact import redact
 
 from ._config import S3Settings, proxy_for
@@ -224,7 +225,7 @@ class S3Wire:
         stream: bool = False,
         what: str,
     ) -> Any:
-        """One request; connection-level failures become :class:`TransientError` (TLS: permanent)."""
+        """One request; connection-level failures are typed by :func:`network_error` (TLS: permanent)."""
         import urllib3
 
         all_headers = self._headers(method, target, path, query, amz)
@@ -241,22 +242,27 @@ class S3Wire:
             "retries": False,
             "timeout": self._timeout,
         }
-        try:
+        if target.pool is None:
+            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
+
+        def send() -> Any:
             if target.pool is not None:
                 return target.pool.urlopen(method, url, release_conn=not stream, **options)
-            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
             return self._manager(target.proxy).urlopen(method, target.base_url + url, **options)
+
+        try:
+            return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
         except urllib3.exceptions.SSLError as exc:
             raise self.tls_error(what, exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             reason = getattr(exc, "reason", None)
             if isinstance(reason, urllib3.exceptions.SSLError):
                 raise self.tls_error(what, reason) from None
-            timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) or isinstance(reason, TimeoutError)
-            problem = "timed out" if timed_out else f"failed ({type(exc).__name__})"
-            raise TransientError(
-                f"{what}: the request to {redact(target.base_url)} {problem}", hint=ENDPOINT_HINT
-            ) from None
+            # Says which: DNS name not found and refused are permanent, timeouts transient.
+            error = network_error(exc, redact(target.base_url))
+            error.message = f"{what}: {error.message}"
+            error.hint = f"{error.hint}; {ENDPOINT_HINT}" if error.hint else ENDPOINT_HINT
+            raise error from None
 
     def tls_error(self, what: str, exc: BaseException) -> StorageInitializerError:
         return StorageInitializerError(
