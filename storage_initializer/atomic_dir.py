@@ -21,6 +21,7 @@ A rerun resumes from the stage (the engine's resume state lives there).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -57,10 +58,9 @@ class AtomicDir:
         elif os.path.lexists(self.dest):
             raise DestinationError(f"DEST_PATH {self.dest} exists and is not a directory")
         else:
-            try:
+            # Not creatable: then not writable either, so staged inside (and DEST's creation reports it).
+            with contextlib.suppress(OSError):
                 os.makedirs(parent, exist_ok=True)
-            except OSError:
-                pass  # then not writable: staged inside, and DEST's creation reports the error
         return "beside" if os.access(parent or "/", os.W_OK | os.X_OK) else "inside"
 
     def describe(self) -> str:

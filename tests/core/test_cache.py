@@ -135,8 +135,7 @@ def test_eviction_keeps_an_entry_in_use(tmp_path: Path, http_server: HttpFileSer
         assert run_cli(_args(models[i][0], tmp_path / f"pod{i}"), env).returncode == 0
         time.sleep(0.05)  # distinct last-use times
     oldest = _entries(cache)[models[0][1]["part-0.bin"]]
-    reader = open(tmp_path / "pod0" / "part-0.bin", "rb")  # a model server reading its DEST
-    try:
+    with open(tmp_path / "pod0" / "part-0.bin", "rb") as reader:  # a model server reading its DEST
         with _held(oldest, fcntl.LOCK_SH):  # another initializer is linking the oldest entry
             done = run_cli(_args(models[2][0], tmp_path / "pod2"), env)
         assert done.returncode == 0, done.stderr
@@ -145,8 +144,6 @@ def test_eviction_keeps_an_entry_in_use(tmp_path: Path, http_server: HttpFileSer
         assert models[1][1]["part-0.bin"] not in cached, "the least recently used free entry stays"
         assert models[2][1]["part-0.bin"] in cached
         assert reader.read() == models[0][1]["part-0.bin"]
-    finally:
-        reader.close()
     # Free again, the oldest entry goes next; the pods keep their files.
     assert run_cli(_args(models[3][0], tmp_path / "pod3"), env).returncode == 0
     cached = _entries(cache)
