@@ -187,7 +187,11 @@ class PairTransfer:
         self.filtered = 0
         self._has_fast_path = type(provider).download_to is not Provider.download_to
         self._has_http_range = type(provider).http_range is not Provider.http_range
-        self.cache = engine.cache.session(self.source, self._stopped) if engine.cache else None
+        # Not for a source already on the node: its files may be hard-linked into DEST (download_to),
+        # and the cache must never make a user's own file read-only.
+        self.cache = (
+            engine.cache.session(self.source, self._stopped) if engine.cache and not self._has_fast_path else None
+        )
 
     # -- planning ------------------------------------------------------------
     def run(self, list_objects: Callable[[], Iterable[RemoteObject]]) -> None:

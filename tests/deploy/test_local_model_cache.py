@@ -27,7 +27,10 @@ def crd() -> CrdSchemas:
 
 
 def job_container() -> dict[str, Any]:
-    (doc,) = [d for _, _, d in walk_yaml(DEPLOY / "local-model-cache") if d.get("kind") == "ClusterStorageContainer"]
+    docs: list[dict[str, Any]] = [
+        d for _, _, d in walk_yaml(DEPLOY / "local-model-cache") if d.get("kind") == "ClusterStorageContainer"
+    ]
+    (doc,) = docs
     return doc
 
 
