@@ -24,6 +24,7 @@ import pytest
 from storage_initializer.runner import download
 from storage_initializer.settings import settings_from_env
 from tests.cli import clean_env, run_cli, tree
+from tests.servers.fake_hf import FakeHFHub
 from tests.servers.http_server import Fault, HttpFileServer
 
 MiB = 1024 * 1024
@@ -127,6 +128,29 @@ def test_a_killed_downloader_is_taken_over_by_a_waiting_one(tmp_path: Path, http
     assert http_server.bytes_sent < 2 * 4 * MiB + 64 * 1024  # the killed part plus one whole copy
 
 
+def test_a_waiting_initializer_stops_on_sigterm(tmp_path: Path, http_server: HttpFileServer) -> None:
+    urls, _ = _model(http_server, "t", [2 * MiB])
+    http_server.faults["/t/part-0.bin"] = Fault(stall_after=512 * 1024, stall_seconds=30, stall_times=1)
+    env = {"STORAGE_INITIALIZER_CACHE_DIR": str(tmp_path / "cache")}
+    holder = _start(_args(urls, tmp_path / "pod0"), env)
+    try:
+        deadline = time.monotonic() + 30
+        while http_server.bytes_sent < 512 * 1024 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        waiter = _start(_args(urls, tmp_path / "pod1"), env)
+        time.sleep(1.5)
+        assert waiter.poll() is None
+        started = time.monotonic()
+        waiter.send_signal(signal.SIGTERM)
+        _, err = waiter.communicate(timeout=20)
+        assert waiter.returncode == 143, err
+        assert time.monotonic() - started < 5
+        assert "waiting for another initializer on this node" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_eviction_keeps_an_entry_in_use(tmp_path: Path, http_server: HttpFileServer) -> None:
     cache = tmp_path / "cache"
     env = {"STORAGE_INITIALIZER_CACHE_DIR": str(cache), "STORAGE_INITIALIZER_CACHE_MAX_SIZE": str(7 * MiB)}
@@ -170,6 +194,40 @@ def test_a_modified_entry_is_detected_and_downloaded_again(tmp_path: Path, http_
     assert "was modified or is incomplete" in done.stderr
     assert http_server.bytes_sent >= 3 * MiB
     assert set(_entries(tmp_path / "cache")) == set(files.values())  # repaired
+
+
+def test_same_bytes_from_two_repos_are_stored_once_and_checked_by_sha256(
+    tmp_path: Path, fake_hf_hub: FakeHFHub
+) -> None:
+    """Content-addressed: a fine-tune sharing its base's weights (same LFS sha256) gets them from the cache."""
+    weights = os.urandom(2 * MiB)
+    fake_hf_hub.add_repo("acme/base", {"model.safetensors": weights, "config.json": b'{"base": 1}'})
+    fake_hf_hub.add_repo("acme/tuned", {"model.safetensors": weights, "config.json": b'{"tuned": 1}'})
+    env = {
+        "HF_ENDPOINT": fake_hf_hub.url,
+        "HF_HOME": str(tmp_path / "hf"),
+        "STORAGE_INITIALIZER_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    assert run_cli(["hf://acme/base", str(tmp_path / "pod0")], env).returncode == 0
+    done = run_cli(["hf://acme/tuned", str(tmp_path / "pod1")], env)
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "pod1") == {"model.safetensors": weights, "config.json": b'{"tuned": 1}'}
+    assert fake_hf_hub.bytes_served("model.safetensors", "acme/tuned") == 0
+    assert _cache_stats(done.stderr) == (1, 1)  # the weights hit; the other config missed
+    entry = _entries(tmp_path / "cache")[weights]
+    assert entry.name.startswith("sha256-")
+    # Damage that keeps size and mtime (a careless writer restoring the time) is caught only by hashing.
+    stat = entry.stat()
+    entry.chmod(0o644)
+    with open(entry, "r+b") as handle:
+        handle.write(b"\0" * 16)
+    os.utime(entry, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    verify = {**env, "STORAGE_INITIALIZER_CACHE_VERIFY": "true"}
+    again = run_cli(["hf://acme/tuned", str(tmp_path / "pod2")], verify)
+    assert again.returncode == 0, again.stderr
+    assert "does not match its sha256" in again.stderr
+    assert (tmp_path / "pod2" / "model.safetensors").read_bytes() == weights
+    assert fake_hf_hub.bytes_served("model.safetensors", "acme/tuned") == len(weights)
 
 
 def _complete_or_absent(dest: Path, files: Mapping[str, bytes]) -> bool:
