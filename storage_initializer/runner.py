@@ -176,11 +176,14 @@ class Runner:
         if self.settings.publish != "atomic-dir":
             return self._run(pairs)
         staged: dict[str, AtomicDir] = {}
-        for _uri, dest in pairs:
-            key = os.path.abspath(dest)
-            if key not in staged:
-                staged[key] = AtomicDir(dest)
-                log.info("%s", staged[key].describe())
+        try:
+            for _uri, dest in pairs:
+                key = os.path.abspath(dest)
+                if key not in staged:
+                    staged[key] = AtomicDir(dest)
+                    log.info("%s", staged[key].describe())
+        except StorageInitializerError as exc:
+            return [PairResult(uri=redact(uri), dest=dest, error=exc) for uri, dest in pairs]
         self._stages = {key: atomic.stage for key, atomic in staged.items()}
         results = self._run(pairs)
         for (_uri, dest), result in zip(pairs, results, strict=True):

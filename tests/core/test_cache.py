@@ -281,6 +281,13 @@ def test_download_job_into_a_mount_point_stages_inside(
 
 
 def test_unknown_cache_and_publish_settings_are_usage_errors(tmp_path: Path) -> None:
-    for name, value in (("PUBLISH", "atomic"), ("CACHE_LINK", "symlink"), ("CACHE_MAX_SIZE", "lots")):
+    (tmp_path / "file").write_bytes(b"")
+    bad = (
+        ("PUBLISH", "atomic"),
+        ("CACHE_LINK", "symlink"),
+        ("CACHE_MAX_SIZE", "lots"),
+        ("CACHE_DIR", str(tmp_path / "file")),
+    )
+    for name, value in bad:
         done = run_cli(["https://127.0.0.1:9/m.bin", str(tmp_path / "d")], {f"STORAGE_INITIALIZER_{name}": value})
         assert done.returncode == 2 and f"STORAGE_INITIALIZER_{name}" in done.stderr, done.stderr
