@@ -128,6 +128,20 @@ def test_a_killed_downloader_is_taken_over_by_a_waiting_one(tmp_path: Path, http
     assert http_server.bytes_sent < 2 * 4 * MiB + 64 * 1024  # the killed part plus one whole copy
 
 
+def test_copy_mode_gives_each_dest_a_private_writable_file(tmp_path: Path, http_server: HttpFileServer) -> None:
+    urls, files = _model(http_server, "cp", [1 * MiB])
+    env = {"STORAGE_INITIALIZER_CACHE_DIR": str(tmp_path / "cache"), "STORAGE_INITIALIZER_CACHE_LINK": "copy"}
+    for pod in ("pod0", "pod1"):
+        done = run_cli(_args(urls, tmp_path / pod), env)
+        assert done.returncode == 0, done.stderr
+    assert _cache_stats(done.stderr) == (1, 0)
+    private = tmp_path / "pod1" / "part-0.bin"
+    assert private.stat().st_nlink == 1 and private.stat().st_mode & 0o200
+    private.write_bytes(b"the model server rewrote me")  # harmless: nothing else shares it
+    assert set(_entries(tmp_path / "cache")) == set(files.values())
+    assert tree(tmp_path / "pod0") == files
+
+
 def test_a_waiting_initializer_stops_on_sigterm(tmp_path: Path, http_server: HttpFileServer) -> None:
     urls, _ = _model(http_server, "t", [2 * MiB])
     http_server.faults["/t/part-0.bin"] = Fault(stall_after=512 * 1024, stall_seconds=30, stall_times=1)
