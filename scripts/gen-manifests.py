@@ -214,7 +214,12 @@ def render_mapping(data: Mapping[str, object], indent: int) -> list[str]:
 
 
 def render_csc(
-    name: str, image: str, providers: Sequence[Provider], env: Sequence[Mapping[str, object]], comment: str
+    name: str,
+    image: str,
+    providers: Sequence[Provider],
+    env: Sequence[Mapping[str, object]],
+    comment: str,
+    workload_type: str = "initContainer",
 ) -> str:
     lines = [HEADER.rstrip("\n")]
     lines += [f"# {line}" if line else "#" for line in comment.splitlines()]
@@ -249,7 +254,7 @@ def render_csc(
     lines += [
         "  # the image takes SRC_URI DEST_PATH pairs, several in one run",
         "  supportsMultiModelDownload: true",
-        '  workloadType: "initContainer"',
+        f"  workloadType: {q(workload_type)}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -288,6 +293,23 @@ def render_all() -> dict[Path, str]:
     )
     files[DEPLOY / "default" / "kustomization.yaml"] = render_kustomization(
         ["clusterstoragecontainer.yaml"], "kubectl apply -k deploy/default"
+    )
+
+    # KServe's LocalModelCache runs the container of the first ClusterStorageContainer with this
+    # workload type that matches the URI as its per-node download job; it coexists with either set.
+    files[DEPLOY / "local-model-cache" / "clusterstoragecontainer.yaml"] = render_csc(
+        "local-model-download",
+        image,
+        providers,
+        ({"name": "STORAGE_INITIALIZER_PUBLISH", "value": "atomic-dir"},),
+        "The download job of KServe's LocalModelCache (args: [SOURCE_URI, /mnt/models] on the node's volume),\n"
+        "for every built-in URI format. STORAGE_INITIALIZER_PUBLISH=atomic-dir: the model's folder holds the\n"
+        "whole model or nothing, never a partial download. Apply with deploy/default/ or deploy/per-format/.\n"
+        "Sample LocalModelNodeGroup and LocalModelCache: deploy/samples/localmodelcache.yaml.",
+        workload_type="localModelDownloadJob",
+    )
+    files[DEPLOY / "local-model-cache" / "kustomization.yaml"] = render_kustomization(
+        ["clusterstoragecontainer.yaml"], "kubectl apply -k deploy/local-model-cache"
     )
 
     directories = {d for d in by_dir if d is not None}

@@ -157,9 +157,9 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
     pairs = list(zip(args[0::2], args[1::2], strict=True))
     try:
         integrity = IntegrityRun(integrity_options or IntegrityOptions(), settings, pairs)
+        runner = Runner(settings, Registry.from_entry_points(), integrity)  # opens the node cache
     except StorageInitializerError as exc:
         _fail_usage(str(exc), settings)
-    runner = Runner(settings, Registry.from_entry_points(), integrity)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(runner.engine.cancelled)
     log.info("storage-initializer %s: %d source%s", __version__, len(pairs), "" if len(pairs) == 1 else "s")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from storage_initializer import archive
+from storage_initializer.atomic_dir import AtomicDir
 from storage_initializer.engine.dest import DestDir, prepare_dest
 from storage_initializer.engine.progress import Progress, Reporter, human_bytes, human_rate, plural
 from storage_initializer.engine.state import DestState
@@ -70,6 +71,7 @@ class Runner:
         self.progress = Progress()
         self.engine = Engine(settings, self.progress)
         self._states = _States()
+        self._stages: dict[str, str] = {}  # DEST -> where it is staged (STORAGE_INITIALIZER_PUBLISH=atomic-dir)
 
     def _make_provider(self, entry: ProviderEntry, overlay: Mapping[str, str]) -> Provider:
         assert entry.cls is not None
@@ -89,13 +91,14 @@ class Runner:
         result = PairResult(uri=redact(uri), dest=dest)
         provider: Provider | None = None
         root: str | None = None
+        transfer: PairTransfer | None = None
         # Pins, signatures, the record (storage_initializer.integrity); the CLI always gives one.
         checks = self.integrity.pair(uri, dest, self.fetch_small) if self.integrity else None
         try:
             # The URI first: a malformed one must not leave an empty DEST behind.
             provider, source, chain = resolve_chain(self.registry, uri, self._make_provider, self.settings.provider)
             log.info("source %s: provider %s", redact(source), type(provider).__name__)
-            target = prepare_dest(dest)
+            target = prepare_dest(self._stages.get(os.path.abspath(dest), dest))
             if checks is not None:
                 checks.resolved(source, chain, type(provider).__name__)
                 target = checks.target(target)  # a staging directory inside DEST when checks apply
@@ -126,6 +129,8 @@ class Runner:
                     provider.close()
                 except Exception:  # closing must not hide the real outcome
                     log.debug("provider close failed", exc_info=True)
+            if transfer is not None and transfer.cache is not None:
+                transfer.cache.close()  # entries claimed but never filled are free again
             if root is not None:
                 self._states.release(root, result.error is None)
             if checks is not None:
@@ -168,6 +173,32 @@ class Runner:
             checks.extracted(count)
 
     def run(self, pairs: Sequence[tuple[str, str]]) -> list[PairResult]:
+        if self.settings.publish != "atomic-dir":
+            return self._run(pairs)
+        staged: dict[str, AtomicDir] = {}
+        try:
+            for _uri, dest in pairs:
+                key = os.path.abspath(dest)
+                if key not in staged:
+                    staged[key] = AtomicDir(dest)
+                    log.info("%s", staged[key].describe())
+        except StorageInitializerError as exc:
+            return [PairResult(uri=redact(uri), dest=dest, error=exc) for uri, dest in pairs]
+        self._stages = {key: atomic.stage for key, atomic in staged.items()}
+        results = self._run(pairs)
+        for (_uri, dest), result in zip(pairs, results, strict=True):
+            result.dest = dest  # where the model is published, not where it was staged
+        for key, atomic in staged.items():
+            mine = [r for (_u, d), r in zip(pairs, results, strict=True) if os.path.abspath(d) == key]
+            if all(r.error is None for r in mine):
+                try:
+                    atomic.publish()
+                except StorageInitializerError as exc:
+                    for result in mine:
+                        result.error = exc
+        return results
+
+    def _run(self, pairs: Sequence[tuple[str, str]]) -> list[PairResult]:
         with Reporter(self.progress, self.settings.heartbeat_seconds, self.settings.progress_bar):
             if len(pairs) == 1:
                 results = [self.run_pair(*pairs[0])]
@@ -196,6 +227,13 @@ class Runner:
             text += f"; {skipped} already complete"
         if self.progress.retries:
             text += f"; {self.progress.retries} retries"
+        cache = self.engine.cache
+        if cache is not None:
+            stats = cache.stats
+            text += (
+                f"; node cache: {stats.hits} hits, {stats.misses} misses,"
+                f" {stats.bytes_saved} bytes ({human_bytes(stats.bytes_saved)}) not downloaded"
+            )
         return text
 
 

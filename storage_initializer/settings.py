@@ -55,6 +55,11 @@ class Settings:
     log_level: str = "INFO"
     progress_bar: bool | None = None
     termination_log: str = "/dev/termination-log"
+    cache_dir: str | None = None
+    cache_max_size: int | None = None
+    cache_verify: bool = False
+    cache_link: str = "hardlink"
+    publish: str = "in-place"
     env: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -80,6 +85,12 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         raw = get(name)
         return None if raw is None else parse_size(raw, ENV_PREFIX + name)
 
+    def choice(name: str, allowed: tuple[str, ...], default: str) -> str:
+        value = (get(name) or default).strip().lower()
+        if value not in allowed:
+            raise ConfigError(f"{ENV_PREFIX}{name}={value!r} is not valid", hint=f"use one of: {', '.join(allowed)}")
+        return value
+
     defaults = Settings()
     level = (get("LOG_LEVEL") or defaults.log_level).strip().upper()
     level = {"WARN": "WARNING", "CRITICAL": "ERROR", "FATAL": "ERROR"}.get(level, level)  # logging's aliases
@@ -89,6 +100,8 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         )
     bar = get("PROGRESS")
     buffer_size = size("BUFFER_SIZE") or defaults.buffer_size
+    cache_link = choice("CACHE_LINK", ("hardlink", "copy"), defaults.cache_link)
+    publish = choice("PUBLISH", ("in-place", "atomic-dir"), defaults.publish)
     return Settings(
         concurrency=number("CONCURRENCY", defaults.concurrency, 1, int),
         file_concurrency=number("FILE_CONCURRENCY", defaults.file_concurrency, 1, int),
@@ -110,5 +123,10 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         progress_bar=None if bar is None or bar.strip().lower() == "auto" else parse_bool(bar, ENV_PREFIX + "PROGRESS"),
         termination_log=get("TERMINATION_LOG") or defaults.termination_log,
+        cache_dir=get("CACHE_DIR"),
+        cache_max_size=size("CACHE_MAX_SIZE"),
+        cache_verify=parse_bool(get("CACHE_VERIFY") or "false", ENV_PREFIX + "CACHE_VERIFY"),
+        cache_link=cache_link,
+        publish=publish,
         env=env,
     )

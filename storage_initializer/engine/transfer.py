@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from storage_initializer.cache import NodeCache
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
 from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
 from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
@@ -59,6 +60,12 @@ class Engine:
         self._local = threading.local()
         self._netloop: NetLoop | None = None
         self._netloop_lock = threading.Lock()
+        #: The node cache shared by the initializers of this node (STORAGE_INITIALIZER_CACHE_DIR).
+        self.cache = (
+            NodeCache(settings.cache_dir, settings.cache_max_size, settings.cache_verify, settings.cache_link != "copy")
+            if settings.cache_dir
+            else None
+        )
 
     def netloop(self) -> NetLoop:
         """The HTTP data plane, started on first use."""
@@ -186,6 +193,11 @@ class PairTransfer:
         self.filtered = 0
         self._has_fast_path = type(provider).download_to is not Provider.download_to
         self._has_http_range = type(provider).http_range is not Provider.http_range
+        # Not for a source already on the node: its files may be hard-linked into DEST (download_to),
+        # and the cache must never make a user's own file read-only.
+        self.cache = (
+            engine.cache.session(self.source, self._stopped) if engine.cache and not self._has_fast_path else None
+        )
 
     # -- planning ------------------------------------------------------------
     def run(self, list_objects: Callable[[], Iterable[RemoteObject]]) -> None:
@@ -265,6 +277,10 @@ class PairTransfer:
             log.debug("already complete: %s", relpath)
             self.progress.file_skipped(obj.size or 0)
             self.result.skipped += 1
+            return
+        if self.cache is not None and self.cache.lookup(obj, final, self.settings.fsync):
+            self.state.record_complete(relpath, final, self.source, obj)
+            self.progress.file_skipped(obj.size or 0)
             return
         self.progress.add_planned(obj.size)
         job = _FileJob(relpath, final, obj)
@@ -629,6 +645,8 @@ class PairTransfer:
         self.state.record_complete(job.relpath, job.final, self.source, job.obj)
         if job.streamed:
             self.state.forget_parts(job.relpath)
+        if self.cache is not None:
+            self.cache.store(job.final)  # after the record: the cached file is read-only
         with self._jobs_lock:
             self._jobs.pop(job.relpath, None)
             self.result.files += 1

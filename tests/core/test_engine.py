@@ -365,7 +365,7 @@ def test_without_extended_attributes_dest_is_still_clean_and_a_rerun_downloads_a
             result = run_cli([url, str(mount / "models")], FAST)
             assert result.returncode == 0, result.stderr
             assert tree(mount / "models") == {"model.bin": data}
-        assert "1 files, 1048576 bytes" in result.stderr  # downloaded again: correct, only slower
+        assert "1 file, 1048576 bytes" in result.stderr  # downloaded again: correct, only slower
     finally:
         subprocess.run(["umount", str(mount)], check=True)
 

@@ -180,7 +180,8 @@ def declared(registry: Registry) -> dict[str, list[dict[str, str]]]:
 
 def test_deploy_holds_the_expected_objects() -> None:
     kinds = sorted({(doc.get("apiVersion"), doc.get("kind")) for _, _, doc in walk_yaml(DEPLOY)})
-    assert kinds == sorted([CSC, ISVC, ("kustomize.config.k8s.io/v1beta1", "Kustomization")])
+    local_model = [("serving.kserve.io/v1alpha1", kind) for kind in ("LocalModelCache", "LocalModelNodeGroup")]
+    assert kinds == sorted([CSC, ISVC, ("kustomize.config.k8s.io/v1beta1", "Kustomization"), *local_model])
     assert set(csc_set("default")) == {"default"}
     assert len(csc_set("per-format")) >= 6
 
