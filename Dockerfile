@@ -90,10 +90,12 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     TMPDIR=/dev/shm
-# Fail the build, not the first pod, when a provider cannot load.
+# Fail the build, not the first pod, when a provider cannot load. Then index the providers'
+# URI formats, so a pod imports only the provider its URI needs (registry.py: write_index).
 RUN out="$(storage-initializer --list-providers)" \
     && echo "$out" \
     && case "$out" in *BROKEN*|*MISSING*) exit 1 ;; esac \
+    && python3 -m storage_initializer.registry --write-index \
     && python3 -c "import importlib.util as u; u.find_spec('model_signing') and __import__('model_signing.verifying')"
 USER 1000
 ENTRYPOINT ["/entrypoint.sh"]

@@ -11,17 +11,15 @@ so ``kubectl describe pod`` shows it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from types import FrameType
-from typing import Annotated, Optional
-
-import typer
+from typing import Any, NoReturn
 
 from storage_initializer import __version__
 from storage_initializer.engine.progress import plural
@@ -43,8 +41,6 @@ log = logging.getLogger("storage_initializer")
 #: Seconds between SIGTERM and a hard exit if a worker is stuck in a read.
 SIGNAL_GRACE_SECONDS = 5.0
 TERMINATION_LOG_LIMIT = 4096  # what the kubelet keeps
-
-app = typer.Typer(add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
 
 def one_line(text: str) -> str:
@@ -126,15 +122,15 @@ def list_providers() -> int:
     for name, entry in sorted(registry.entries.items()):
         cls = entry.load()
         if cls is None:
-            typer.echo(f"{name}  [{entry.distribution}]  BROKEN: {entry.error}; try {entry.install_hint}")
+            print(f"{name}  [{entry.distribution}]  BROKEN: {entry.error}; try {entry.install_hint}")
             continue
         formats = ", ".join(str(f) for f in cls.uri_formats) or "(none)"
         flags = " (fallback)" if cls.fallback else ""
         missing = entry.missing_requirements()
         status = f"  MISSING: {', '.join(missing)}; pip install {' '.join(missing)}" if missing else ""
-        typer.echo(f"{name}  [{entry.distribution}]  {formats}{flags}{status}")
+        print(f"{name}  [{entry.distribution}]  {formats}{flags}{status}")
         if cls.description:
-            typer.echo(f"    {cls.description}")
+            print(f"    {cls.description}")
     return EXIT_OK
 
 
@@ -159,7 +155,7 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
         integrity = IntegrityRun(integrity_options or IntegrityOptions(), settings, pairs)
         runner = Runner(settings, Registry.from_entry_points(), integrity)  # opens the node cache
     except StorageInitializerError as exc:
-        _fail_usage(str(exc), settings)
+        fail_usage(str(exc), settings)
     if threading.current_thread() is threading.main_thread():
         _install_signal_handlers(runner.engine.cancelled)
     log.info("storage-initializer %s: %d source%s", __version__, len(pairs), "" if len(pairs) == 1 else "s")
@@ -213,142 +209,40 @@ def run(args: list[str], settings: Settings, integrity_options: IntegrityOptions
     return EXIT_USAGE if codes == {EXIT_USAGE} else EXIT_FAILURE
 
 
-def _fail_usage(message: str, settings: Settings | None = None) -> None:
-    typer.echo(f"storage-initializer: error: {redact(message)}", err=True)
+def fail_usage(message: str, settings: Settings | None = None) -> NoReturn:
+    """Say what is wrong with the command line or the settings, and exit with status 2."""
+    print(f"storage-initializer: error: {redact(message)}", file=sys.stderr, flush=True)
     # Without settings (an invalid variable), the termination-log path comes from the
     # environment as it is: the error Kubernetes must show is exactly this one.
     explicit_path = (settings.env if settings is not None else os.environ).get("STORAGE_INITIALIZER_TERMINATION_LOG")
     path = explicit_path or (settings.termination_log if settings is not None else Settings().termination_log)
     write_termination_log(path, redact(message) + "\n", bool(explicit_path))
-    raise typer.Exit(EXIT_USAGE)
+    raise SystemExit(EXIT_USAGE)
 
 
-@app.command(
-    context_settings={"help_option_names": ["-h", "--help"]},
-    help=(
-        "Download each SRC_URI into DEST_PATH (KServe's storage-initializer contract). "
-        "Pairs may repeat: SRC_URI DEST_PATH [SRC_URI DEST_PATH ...]. "
-        "Each option also has an environment variable, named in its help; the README lists more "
-        "variables (STORAGE_INITIALIZER_*) and each provider's own. "
-        "Exit status: 0 success, 1 failure, 2 usage or configuration error, 130 after SIGINT, 143 after SIGTERM."
-    ),
-)
-def main_command(
-    args: Annotated[Optional[list[str]], typer.Argument(metavar="SRC_URI DEST_PATH ...", show_default=False)] = None,  # noqa: UP045
-    list_providers_flag: Annotated[
-        bool, typer.Option("--list-providers", help="Show installed providers and their URI formats.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only warnings and errors [STORAGE_INITIALIZER_LOG_LEVEL=WARNING].")
-    ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Debug logging [STORAGE_INITIALIZER_LOG_LEVEL=DEBUG].")
-    ] = False,
-    allow_pattern: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(
-            "--allow-pattern",
-            help="Only files matching (fnmatch on the relative path); repeatable [STORAGE_ALLOW_PATTERNS].",
-        ),
-    ] = None,
-    ignore_pattern: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option("--ignore-pattern", help="Skip files matching; repeatable [STORAGE_IGNORE_PATTERNS]."),
-    ] = None,
-    concurrency: Annotated[
-        Optional[int], typer.Option(min=1, help="Parallel transfers [STORAGE_INITIALIZER_CONCURRENCY].")  # noqa: UP045
-    ] = None,
-    part_size: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option(help="Ranged part size, e.g. 32M (default: adaptive) [STORAGE_INITIALIZER_PART_SIZE]."),
-    ] = None,
-    retries: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option(min=0, help="Retries per transfer on transient errors [STORAGE_INITIALIZER_RETRIES]."),
-    ] = None,
-    stall_timeout: Annotated[
-        Optional[float],  # noqa: UP045
-        typer.Option(
-            min=0.1, help="Seconds without a byte before a read counts as failed [STORAGE_INITIALIZER_STALL_TIMEOUT]."
-        ),
-    ] = None,
-    provider: Annotated[
-        Optional[str], typer.Option(help="Use this provider, whatever the URI matches [STORAGE_INITIALIZER_PROVIDER].")  # noqa: UP045
-    ] = None,
-    no_verify: Annotated[
-        bool,
-        typer.Option(
-            "--no-verify", help="Check sizes only, not checksums [STORAGE_INITIALIZER_VERIFY_CHECKSUMS=false]."
-        ),
-    ] = False,
-    no_extract: Annotated[
-        bool,
-        typer.Option(
-            "--no-extract", help="Keep a single archive as it is [STORAGE_INITIALIZER_EXTRACT_ARCHIVES=false]."
-        ),
-    ] = False,
-    fsync: Annotated[
-        bool, typer.Option("--fsync", help="fsync each file before publishing it [STORAGE_INITIALIZER_FSYNC=true].")
-    ] = False,
-    link: Annotated[
-        bool,
-        typer.Option(
-            "--link",
-            help="Hard-link local sources instead of copying them: DEST then shares the source's files "
-            "(writing into DEST edits the source) [STORAGE_INITIALIZER_LOCAL_LINK=true].",
-        ),
-    ] = False,
-    expect_digest: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(help="[SRC_URI=]sha256:HEX: the one file (or archive) must have this sha256."),
-    ] = None,
-    expect_manifest: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(help="[SRC_URI=]FILE: a sha256sum file every listed model file must match."),
-    ] = None,
-    strict_manifest: Annotated[
-        bool, typer.Option("--strict-manifest", help="With --expect-manifest: no other file may exist.")
-    ] = False,
-    signature_key: Annotated[
-        Optional[str], typer.Option(help="Verify the model signature with this public key (PEM).")  # noqa: UP045
-    ] = None,
-    signature_cert: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(help="Verify the model signature with this certificate chain (PEM); repeatable."),
-    ] = None,
-    signer_identity: Annotated[
-        Optional[str], typer.Option(help="Sigstore keyless: the signer's identity (e.g. an email).")  # noqa: UP045
-    ] = None,
-    signer_issuer: Annotated[
-        Optional[str], typer.Option(help="Sigstore keyless: the signer's OIDC issuer.")  # noqa: UP045
-    ] = None,
-    trust_root: Annotated[
-        Optional[str], typer.Option(help="Sigstore keyless: the trust root file (offline).")  # noqa: UP045
-    ] = None,
-    signature: Annotated[
-        Optional[list[str]],  # noqa: UP045
-        typer.Option(help="[SRC_URI=]PATH_OR_URI of the signature (default: model.sig at the model's root)."),
-    ] = None,
-    record: Annotated[
-        Optional[str], typer.Option(help="Write a JSON record of what was downloaded and verified.")  # noqa: UP045
-    ] = None,
-    version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-) -> None:
-    if version:
-        typer.echo(f"storage-initializer {__version__}")
-        raise typer.Exit(EXIT_OK)
-    if list_providers_flag:
-        raise typer.Exit(list_providers())
+def start(
+    args: list[str],
+    *,
+    verbose: bool = False,
+    quiet: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    link: bool = False,
+    integrity: Mapping[str, Any] | None = None,
+) -> int:
+    """Check the arguments and settings, then download; return the exit status.
+
+    ``overrides`` are the option values given on the command line (``None``: not given);
+    ``integrity`` the pin, signature and record options.
+    """
+    overrides = dict(overrides or {})
     try:
         settings = settings_from_env()
     except StorageInitializerError as exc:
         register_env_secrets(os.environ)
-        _fail_usage(str(exc))
-        return
+        fail_usage(str(exc))
     register_env_secrets(settings.env)
-    args = args or []
     if not args or len(args) % 2:
-        _fail_usage(
+        fail_usage(
             f"expected SRC_URI DEST_PATH pairs, got {len(args)} argument(s)"
             " (usage: storage-initializer SRC_URI DEST_PATH [SRC_URI DEST_PATH ...])",
             settings,
@@ -356,50 +250,38 @@ def main_command(
     for uri, dest in zip(args[0::2], args[1::2], strict=True):
         problem = local_pair_problem(uri, dest)
         if problem:
-            _fail_usage(f"{problem}: {uri} -> {dest} (choose another DEST_PATH)", settings)
+            fail_usage(f"{problem}: {uri} -> {dest} (choose another DEST_PATH)", settings)
     level = "DEBUG" if verbose else "WARNING" if quiet else settings.log_level
-    if stall_timeout is not None and not math.isfinite(stall_timeout):  # click's range lets nan and inf through
-        _fail_usage(f"--stall-timeout {stall_timeout} is not a finite number of seconds", settings)
     try:
+        part_size = overrides.pop("part_size", None)
         settings = settings.with_overrides(
-            concurrency=concurrency,
+            **overrides,
             part_size=parse_size(part_size, "--part-size") if part_size else None,
-            retries=retries,
-            stall_timeout=stall_timeout,
-            provider=provider,
-            allow_patterns=tuple(allow_pattern) if allow_pattern else None,
-            ignore_patterns=tuple(ignore_pattern) if ignore_pattern else None,
-            verify_checksums=False if no_verify else None,
-            extract_archives=False if no_extract else None,
-            fsync=True if fsync else None,
             log_level=level,
         )
         if link:  # read by the local provider from its environment, like the variable
             settings = replace(settings, env={**settings.env, LINK_VARIABLE: "true"})
     except StorageInitializerError as exc:
-        _fail_usage(str(exc), settings)
+        fail_usage(str(exc), settings)
     try:
-        integrity_options = options_from(
-            settings.env,
-            digests=expect_digest,
-            manifests=expect_manifest,
-            strict_manifest=strict_manifest or None,
-            signature_key=signature_key,
-            signature_cert=signature_cert,
-            signer_identity=signer_identity,
-            signer_issuer=signer_issuer,
-            trust_root=trust_root,
-            signatures=signature,
-            record=record,
-        )
+        integrity_options = options_from(settings.env, **(integrity or {}))
     except StorageInitializerError as exc:
-        _fail_usage(str(exc), settings)
+        fail_usage(str(exc), settings)
     setup_logging(level)
-    raise typer.Exit(run(args, settings, integrity_options))
+    return run(args, settings, integrity_options)
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point.
+
+    SRC_URI DEST_PATH pairs alone (KServe's case) run at once; anything with an option
+    goes through the option parser (:mod:`storage_initializer.cli_options`).
+    """
+    argv = sys.argv[1:]
+    if argv and len(argv) % 2 == 0 and not any(arg.startswith("-") for arg in argv):
+        sys.exit(start(argv))
+    from storage_initializer.cli_options import app
+
     app()
 
 

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -47,6 +49,15 @@ class ProviderEntry:
     entry_point: EntryPoint | None
     cls: type[Provider] | None = None
     error: str | None = None
+    #: (formats, fallback) from the providers index, known without importing the class.
+    indexed: tuple[tuple[UriFormat, ...], bool] | None = None
+
+    def formats(self) -> tuple[tuple[UriFormat, ...], bool] | None:
+        """The URI formats and fallback flag: from the index if there, else from the loaded class."""
+        if self.cls is None and self.indexed is not None:
+            return self.indexed
+        cls = self.load()
+        return None if cls is None else (tuple(cls.uri_formats), cls.fallback)
 
     @property
     def distribution(self) -> str:
@@ -93,10 +104,10 @@ class Match:
     fmt: UriFormat
 
     def rank(self) -> tuple[int, int, int]:
-        cls = self.entry.cls
-        assert cls is not None
+        known = self.entry.formats()
+        assert known is not None
         is_prefix = self.fmt.prefix is not None
-        return (0 if cls.fallback else 1, 1 if is_prefix else 0, len(self.fmt.prefix or ""))
+        return (0 if known[1] else 1, 1 if is_prefix else 0, len(self.fmt.prefix or ""))
 
 
 class Registry:
@@ -119,7 +130,28 @@ class Registry:
     @classmethod
     def from_entry_points(cls) -> Registry:
         eps = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
-        return cls(ProviderEntry(ep.name, ep) for ep in eps)
+        registry = cls(ProviderEntry(ep.name, ep) for ep in eps)
+        registry._use_index()
+        return registry
+
+    def _use_index(self) -> None:
+        """Take the providers' formats from the index, if it describes exactly these entry points.
+
+        Finding the provider of a URI otherwise imports every provider's module (their SDKs
+        stay unimported, but the modules alone cost tens of milliseconds of a pod's start).
+        The image writes the index once, after installing (:func:`write_index`).
+        """
+        try:
+            with open(INDEX_PATH, encoding="utf-8") as handle:
+                index = json.load(handle)
+            if index.get("key") != _index_key(self.entries.values()):
+                return
+            for name, known in index["providers"].items():
+                formats = tuple(UriFormat(**fmt) for fmt in known["formats"])
+                if name in self.entries:
+                    self.entries[name].indexed = (formats, bool(known["fallback"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return
 
     @classmethod
     def from_classes(cls, providers: Mapping[str, type[Provider]]) -> Registry:
@@ -155,8 +187,8 @@ class Registry:
             return entry
         matches = [
             Match(entry, fmt)
-            for entry in self.loaded()
-            for fmt in (entry.cls.uri_formats if entry.cls else ())
+            for entry in self.entries.values()
+            for fmt in (entry.formats() or ((), False))[0]
             if fmt.matches(uri)
         ]
         if not matches and "://" not in uri and "local" in self.entries and os.path.exists(uri):
@@ -182,6 +214,11 @@ class Registry:
             )
         entry = ranked[0].entry
         self._require_loaded(entry)
+        if entry.indexed is not None and entry.formats() != entry.indexed:
+            # The index is stale (the class now says otherwise): decide again from the classes.
+            for each in self.entries.values():
+                each.indexed = None
+            return self.find(uri, forced)
         return entry
 
     def schemes(self) -> list[str]:
@@ -269,3 +306,38 @@ def resolve_chain(
         seen.append(target)
         current = target
     raise ProviderError(f"resolving {redact(uri)} took more than {MAX_RESOLVE_DEPTH} steps")
+
+
+#: Where the image keeps the providers index (beside the package, written at build time).
+INDEX_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "providers-index.json")
+
+
+def _index_key(entries: Iterable[ProviderEntry]) -> list[list[str]]:
+    """What the index must match: each entry point and the version of its distribution."""
+    key = []
+    for entry in entries:
+        ep = entry.entry_point
+        dist = getattr(ep, "dist", None)
+        key.append([entry.name, ep.value if ep else "", dist.name if dist else "", dist.version if dist else ""])
+    return sorted(key)
+
+
+def write_index(path: str = INDEX_PATH) -> int:
+    """Write the providers index (every installed provider's URI formats); return the count."""
+    registry = Registry.from_entry_points()
+    providers = {}
+    for entry in registry.entries.values():
+        entry.indexed = None
+        cls = entry.load()
+        if cls is not None:
+            providers[entry.name] = {"formats": [f.as_crd() for f in cls.uri_formats], "fallback": cls.fallback}
+    data = {"key": _index_key(registry.entries.values()), "providers": providers}
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    return len(providers)
+
+
+if __name__ == "__main__":  # python -m storage_initializer.registry --write-index
+    if sys.argv[1:] != ["--write-index"]:
+        sys.exit("usage: python -m storage_initializer.registry --write-index")
+    print(f"wrote {INDEX_PATH}: {write_index()} providers")

@@ -152,3 +152,38 @@ def test_resolver_loops_are_refused() -> None:
     registry = _registry(loop=Loop, loop2=Loop2)
     with pytest.raises(ProviderError, match="loops"):
         resolve_chain(registry, "loop://x", lambda e, o: e.cls(ProviderContext()))  # type: ignore[misc]
+
+
+def test_the_providers_index_spares_importing_every_provider(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the index the image writes, finding the provider of a URI imports that provider only;
+    an index that does not describe the installed entry points, or a stale one, is not trusted."""
+    import json
+    from pathlib import Path
+
+    from storage_initializer import registry as registry_module
+
+    index = Path(str(tmp_path)) / "providers-index.json"
+    monkeypatch.setattr(registry_module, "INDEX_PATH", str(index))
+    assert registry_module.write_index(str(index)) >= 3  # the installed built-ins
+    registry = Registry.from_entry_points()
+    assert registry.find("s3://bucket/model").name == "s3"
+    assert registry.find("hf://owner/model").name == "hf"
+    assert registry.find("https://host/model.onnx").name == "http"  # the fallback loses to nobody here
+    loaded = sorted(name for name, entry in registry.entries.items() if entry.cls is not None)
+    assert loaded == ["hf", "http", "s3"]
+
+    # An index of other entry points (a plugin installed since) is ignored.
+    data = json.loads(index.read_text())
+    data["key"] = data["key"][1:]
+    index.write_text(json.dumps(data))
+    registry = Registry.from_entry_points()
+    assert registry.find("s3://bucket/model").name == "s3"
+    assert all(entry.cls is not None for entry in registry.entries.values() if entry.error is None)
+
+    # A stale index (the winner's class now declares other formats) is dropped, and the choice redone.
+    registry_module.write_index(str(index))
+    data = json.loads(index.read_text())
+    data["providers"]["gs"] = {"formats": [{"prefix": "s3://"}, {"prefix": "s3://bucket/"}], "fallback": False}
+    index.write_text(json.dumps(data))
+    registry = Registry.from_entry_points()
+    assert registry.find("s3://bucket/model").name == "s3"
