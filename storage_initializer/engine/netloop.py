@@ -83,6 +83,7 @@ class Fetch:
         "hasher",
         "offset",
         "on_bytes",
+        "on_done",
         "request",
         "stop",
         "where",
@@ -110,6 +111,8 @@ class Fetch:
         self.done = threading.Event()
         self.error: BaseException | None = None
         self.conn: _Conn | None = None
+        #: Called in the loop thread once the fetch is done (see :meth:`NetLoop.submit`).
+        self.on_done: Callable[[Fetch], None] | None = None
 
 
 class _Origin:
@@ -166,8 +169,10 @@ class _Conn:
 class NetLoop:
     """The loop thread; :meth:`fetch` is called from worker threads."""
 
-    def __init__(self, buffer_size: int, stall_timeout: float, connect_timeout: float) -> None:
+    def __init__(self, buffer_size: int, stall_timeout: float, connect_timeout: float, max_active: int = 16) -> None:
         self._buffer = memoryview(bytearray(max(buffer_size, _HEAD_LIMIT)))
+        self._max_active = max(1, max_active)
+        self._waiting: collections.deque[Fetch] = collections.deque()
         self._stall = stall_timeout
         self._connect = connect_timeout
         self._selector = selectors.DefaultSelector()
@@ -197,6 +202,14 @@ class NetLoop:
         if fetch.error is not None:
             raise fetch.error
 
+    def submit(self, fetch: Fetch) -> None:
+        """Start ``fetch`` and return at once; its ``on_done`` runs in the loop thread when it ends.
+
+        At most ``max_active`` fetches are in flight; the others wait their turn.
+        """
+        self._incoming.append(fetch)
+        self._wake()
+
     def close(self) -> None:
         self._closed = True
         self._wake()
@@ -223,13 +236,23 @@ class NetLoop:
                 except BaseException as exc:
                     self._fail(conn, exc)
             while self._incoming:
-                self._start(self._incoming.popleft())
+                incoming = self._incoming.popleft()
+                if incoming.conn is None and not incoming.done.is_set() and len(self._active) >= self._max_active:
+                    self._waiting.append(incoming)
+                else:
+                    self._start(incoming)
+            while self._waiting and len(self._active) < self._max_active:
+                self._start(self._waiting.popleft())
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + 0.5
                 self._sweep(now)
         for conn in list(self._active):
             self._fail(conn, CancelledError("stopped"))
+        while self._waiting:
+            fetch = self._waiting.popleft()
+            fetch.error = CancelledError("stopped")
+            self._finish(fetch)
         for conns in self._idle.values():
             for conn in conns:
                 self._close(conn)
@@ -238,6 +261,10 @@ class NetLoop:
         os.close(self._wake_w)
 
     def _sweep(self, now: float) -> None:
+        for waiting in [f for f in self._waiting if f.stop()]:
+            self._waiting.remove(waiting)
+            waiting.error = CancelledError("stopped")
+            self._finish(waiting)
         for conn in list(self._active):
             fetch = conn.fetch
             if fetch is not None and fetch.stop():
@@ -256,7 +283,7 @@ class NetLoop:
             return
         if fetch.stop():
             fetch.error = CancelledError("stopped")
-            fetch.done.set()
+            self._finish(fetch)
             return
         try:
             origin = self._origin(fetch.request)
@@ -277,7 +304,17 @@ class NetLoop:
                 self._send(conn)
         except BaseException as exc:
             fetch.error = classify(exc)
-            fetch.done.set()
+            self._finish(fetch)
+
+    @staticmethod
+    def _finish(fetch: Fetch) -> None:
+        fetch.done.set()
+        callback = fetch.on_done
+        if callback is not None:
+            try:
+                callback(fetch)
+            except BaseException:  # a callback must never stop the loop serving every other fetch
+                log.exception("completing a download failed")
 
     def _origin(self, request: HttpRange) -> _Origin:
         parts = urlsplit(request.url)
@@ -540,13 +577,13 @@ class NetLoop:
             raise StorageInitializerError(f"HTTP {status}")  # the check should have raised
         except BaseException as exc:
             fetch.error = classify(exc)
-        fetch.done.set()
+        self._finish(fetch)
 
     def _complete(self, conn: _Conn) -> None:
         fetch = conn.fetch
         assert fetch is not None
         self._release(conn)
-        fetch.done.set()
+        self._finish(fetch)
 
     def _eof(self, conn: _Conn) -> None:
         fetch = conn.fetch
@@ -611,7 +648,7 @@ class NetLoop:
             fetch.error = TransientError(f"{conn.origin.host}:{conn.origin.port}: {reason}")
         else:
             fetch.error = exc if isinstance(exc, Unsupported) else classify(exc)
-        fetch.done.set()
+        self._finish(fetch)
 
     def _close(self, conn: _Conn) -> None:
         with contextlib.suppress(KeyError, ValueError, OSError):

@@ -73,7 +73,10 @@ class Engine:
             with self._netloop_lock:
                 if self._netloop is None:
                     self._netloop = NetLoop(
-                        self.settings.buffer_size, self.settings.stall_timeout, self.settings.connect_timeout
+                        self.settings.buffer_size,
+                        self.settings.stall_timeout,
+                        self.settings.connect_timeout,
+                        max_active=self.settings.concurrency,
                     )
         return self._netloop
 
@@ -83,6 +86,20 @@ class Engine:
             buf = memoryview(bytearray(self.settings.buffer_size))
             self._local.buffer = buf
         return buf
+
+    def acquire_slot(self, stop: threading.Event) -> bool:
+        """Wait for room in the queue (bounded: a 100k-object listing does not sit in memory)."""
+        while not self._slots.acquire(timeout=0.2):
+            if stop.is_set() or self.cancelled.is_set():
+                return False
+        return True
+
+    def release_slot(self) -> None:
+        self._slots.release()
+
+    def run_now(self, task: Callable[[], None]) -> None:
+        """Run ``task`` on a worker without waiting for a slot (for work that already holds one)."""
+        self._pool.submit(task)
 
     def submit(self, task: Callable[[], None], stop: threading.Event) -> bool:
         """Queue ``task``; block while the queue is full. False if stopped first."""
@@ -288,7 +305,8 @@ class PairTransfer:
         if parts is not None and self._has_fast_path and self._try_fast_path(job):
             return
         if parts is None:
-            self._submit(lambda: self._download_whole(job))
+            if not self._start_on_loop(job):
+                self._submit(lambda: self._download_whole(job))
             return
         self._open_parts(job, parts)
         job.todo = [i for i in range(len(parts)) if i not in job.done]
@@ -327,16 +345,112 @@ class PairTransfer:
             self.failed.set()
 
     # -- whole-object downloads ------------------------------------------------
-    def _download_whole(self, job: _FileJob) -> None:
+    def _start_on_loop(self, job: _FileJob) -> bool:
+        """Download a whole object on the event loop, with no worker thread at all.
+
+        Its request is described here, its bytes land from the loop, and the loop
+        verifies and publishes it (:meth:`_finish_on_loop`): no thread hand-off per file,
+        which is most of the cost of a small object. Returns ``False`` when the provider
+        cannot describe the request (the caller then uses a worker).
+        """
+        obj = job.obj
+        if not self._has_http_range or not obj.size or self.failed.is_set():
+            return False
+        if not self.engine.acquire_slot(self.failed):
+            return True  # stopping: nothing more starts
+        started = False
+        with self._idle:
+            self._outstanding += 1
+        try:
+            checksum = self._checksum(obj)
+            start, hasher = self._open_stream(job, checksum, resume=True)
+            request = self.provider.http_range(self.uri, obj, start, obj.size) if start < obj.size else None
+            if request is None:  # no request to describe, or every byte already on disk: a worker's job
+                if start:
+                    self.progress.add_bytes(-start)
+                self._close_fd(job)
+                return False
+            with self._jobs_lock:
+                self._jobs[job.relpath] = job
+            fetch = Fetch(
+                request, job.fd, start, obj.size, hasher, self.progress.add_bytes, self._stopped, self.dest.root
+            )
+            fetch.on_done = functools.partial(self._finish_on_loop, job, checksum)
+            started = True
+            self.engine.netloop().submit(fetch)
+            return True
+        except BaseException as exc:
+            self._fail(classify(exc))
+            started = True
+            self._loop_job_done()
+            return True
+        finally:
+            if not started:
+                self.engine.release_slot()
+                with self._idle:
+                    self._outstanding -= 1
+                    self._idle.notify_all()
+
+    def _finish_on_loop(self, job: _FileJob, checksum: Checksum | None, fetch: Fetch) -> None:
+        """In the loop thread: verify and publish, or hand a failed download to a worker."""
+        try:
+            if fetch.error is not None:
+                raise fetch.error
+            self._verify_size(job, fetch.offset)
+            if checksum and fetch.hasher is not None:
+                self._verify_digest(job, checksum, fetch.hasher.hexdigest())
+            self._close_fd(job)
+            self._publish(job)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Unsupported) else classify(exc)
+            if isinstance(error, Unsupported) or (
+                error.retryable and not isinstance(error, CancelledError) and not self._stopped()
+            ):
+                # The rare path: a worker retries with backoff (it may block), from the bytes on disk
+                # unless they failed verification.
+                self.progress.add_bytes(-fetch.offset)
+                self._outstanding_add(1)
+                self.engine.run_now(functools.partial(self._retry_whole, job, error))
+            else:
+                self._fail(error)
+        finally:
+            self._loop_job_done()
+
+    def _retry_whole(self, job: _FileJob, error: BaseException) -> None:
+        """On a worker: what the loop could not finish (a redirect; a failure, after a backoff)."""
+        try:
+            if not isinstance(error, Unsupported):
+                assert isinstance(error, StorageInitializerError)
+                self._backoff_or_raise(error, 1, job.relpath)
+            if not self.failed.is_set():
+                # The loop's failure was retry 1 of the budget.
+                self._download_whole(job, resume=not isinstance(error, IntegrityError), first_attempt=1)
+        except BaseException as exc:
+            self._fail(classify(exc))
+        finally:
+            self._outstanding_add(-1)
+
+    def _outstanding_add(self, n: int) -> None:
+        with self._idle:
+            self._outstanding += n
+            self._idle.notify_all()
+
+    def _loop_job_done(self) -> None:
+        self.engine.release_slot()
+        self._outstanding_add(-1)
+
+    def _download_whole(self, job: _FileJob, resume: bool = True, first_attempt: int = 0) -> None:
         checksum = self._checksum(job.obj)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if self._has_fast_path and self._try_fast_path(job):
             return
-        attempt = 0
+        attempt = first_attempt
         while True:
             # After a failed verification the bytes kept from an earlier run are suspect too.
-            size, digest = self._stream_whole(job, checksum, resume=attempt == 0)
+            size, digest = self._stream_whole(
+                job, checksum, resume=resume and attempt == first_attempt, first_attempt=attempt
+            )
             try:
                 self._verify_size(job, size)
                 if checksum and digest is not None:
@@ -361,7 +475,9 @@ class PairTransfer:
         self._publish(job)
         return True
 
-    def _stream_whole(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, str | None]:
+    def _stream_whole(
+        self, job: _FileJob, checksum: Checksum | None, resume: bool, first_attempt: int = 0
+    ) -> tuple[int, str | None]:
         """Read the object in one stream, retrying transient failures.
 
         A retry continues where the stream broke when the store serves
@@ -369,6 +485,35 @@ class PairTransfer:
         for an object of a known version of at least ``STREAM_RESUME_MIN``
         bytes (its temporary file holds a prefix of it: the partial record
         says which object). Returns (bytes written, digest).
+        """
+        obj = job.obj
+        resumable = obj.size is not None and obj.supports_ranges
+        start, hasher = self._open_stream(job, checksum, resume)
+        cursor = _Cursor(start)
+        attempt = first_attempt
+        while True:
+            before = cursor.offset
+            try:
+                self._read(obj, job.fd, cursor, obj.size, hasher)
+                return cursor.offset, hasher.hexdigest() if hasher else None
+            except BaseException as exc:
+                error = classify(exc)
+                # Bytes count as progress only when a retry keeps them: a store
+                # without ranges starts over, and must not retry forever.
+                progressed = resumable and cursor.offset - before >= self.settings.buffer_size
+                if not resumable and cursor.offset:
+                    self.progress.add_bytes(-cursor.offset)
+                    cursor.offset = 0
+                    os.ftruncate(job.fd, 0)
+                    hasher = checksum.new() if checksum else None
+                attempt = 0 if progressed else attempt + 1
+                self._backoff_or_raise(error, attempt, job.relpath)
+
+    def _open_stream(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, Hasher | None]:
+        """Open the temporary file of a one-stream read; return where to start and the hasher.
+
+        The start is past the bytes an earlier, killed run left, when the partial
+        record says they are a prefix of this very object (their hash is taken from disk).
         """
         obj = job.obj
         resumable = obj.size is not None and obj.supports_ranges
@@ -389,25 +534,7 @@ class PairTransfer:
             if hasher is not None:
                 self._hash_prefix(job.fd, start, hasher)
             self.progress.add_bytes(start)
-        cursor = _Cursor(start)
-        attempt = 0
-        while True:
-            before = cursor.offset
-            try:
-                self._read(obj, job.fd, cursor, obj.size, hasher)
-                return cursor.offset, hasher.hexdigest() if hasher else None
-            except BaseException as exc:
-                error = classify(exc)
-                # Bytes count as progress only when a retry keeps them: a store
-                # without ranges starts over, and must not retry forever.
-                progressed = resumable and cursor.offset - before >= self.settings.buffer_size
-                if not resumable and cursor.offset:
-                    self.progress.add_bytes(-cursor.offset)
-                    cursor.offset = 0
-                    os.ftruncate(job.fd, 0)
-                    hasher = checksum.new() if checksum else None
-                attempt = 0 if progressed else attempt + 1
-                self._backoff_or_raise(error, attempt, job.relpath)
+        return start, hasher
 
     # -- multi-part downloads --------------------------------------------------
     def _open_parts(self, job: _FileJob, parts: list[tuple[int, int]]) -> None:

@@ -338,10 +338,10 @@ def test_virtual_hosted_addressing_through_a_proxy(moto_s3: S3Server, tmp_path: 
         paths = {urlsplit(r.target).path for r in proxy.requests}
         assert all(p.startswith("/" if virtual == "true" else f"/{bucket}") for p in paths)
         assert (f"/{bucket}/{root}/m/w.bin" in paths) is (virtual == "false")
-    # NO_PROXY: the proxy is bypassed, and s3proxied cannot be resolved.
+    # NO_PROXY: the proxy is bypassed, and s3proxied cannot be resolved (a name not found: permanent).
     with RecordingProxy(moto_s3.endpoint_url) as proxy:
         env = {**moto_s3.env(), "AWS_ENDPOINT_URL": endpoint, "HTTP_PROXY": proxy.url, "NO_PROXY": "s3proxied"}
-        with pytest.raises(TransientError):
+        with pytest.raises(StorageInitializerError, match="DNS name s3proxied not found"):
             keys_of({**env, "S3_MAX_ATTEMPTS": "1"}, f"s3://{bucket}/{root}/m")
     assert not proxy.requests
 
