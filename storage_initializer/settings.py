@@ -48,6 +48,8 @@ class Settings:
     ignore_patterns: tuple[str, ...] = ()
     verify_checksums: bool = True
     fsync: bool = False
+    #: Move unhashed plain-HTTP bodies socket -> pipe -> file with splice(2) (no copy through Python).
+    splice: bool = True
     heartbeat_seconds: float = 5.0
     extract_archives: bool = True
     max_extract_ratio: float = 1000.0
@@ -116,6 +118,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> Settings:
         ignore_patterns=parse_patterns(env.get("STORAGE_IGNORE_PATTERNS")),
         verify_checksums=parse_bool(get("VERIFY_CHECKSUMS") or "true", ENV_PREFIX + "VERIFY_CHECKSUMS"),
         fsync=parse_bool(get("FSYNC") or "false", ENV_PREFIX + "FSYNC"),
+        splice=parse_bool(get("SPLICE") or "true", ENV_PREFIX + "SPLICE"),
         heartbeat_seconds=number("HEARTBEAT", defaults.heartbeat_seconds, 0.1),
         extract_archives=parse_bool(get("EXTRACT_ARCHIVES") or "true", ENV_PREFIX + "EXTRACT_ARCHIVES"),
         max_extract_ratio=number("MAX_EXTRACT_RATIO", defaults.max_extract_ratio, 1),

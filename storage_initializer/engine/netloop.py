@@ -52,6 +52,11 @@ _HEAD_LIMIT = 64 * 1024
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Reads per readiness event before the loop serves another connection.
 _READS_PER_EVENT = 8
+#: Bodies nobody hashes (a plain-HTTP part, a file without a store checksum) go from the socket
+#: to the file through a pipe (``splice``): the kernel moves the pages, no copy through Python.
+_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+_PIPE_SIZE = 1024 * 1024
+_F_SETPIPE_SZ = 1031
 
 
 class Unsupported(Exception):
@@ -169,7 +174,14 @@ class _Conn:
 class NetLoop:
     """The loop thread; :meth:`fetch` is called from worker threads."""
 
-    def __init__(self, buffer_size: int, stall_timeout: float, connect_timeout: float, max_active: int = 16) -> None:
+    def __init__(
+        self,
+        buffer_size: int,
+        stall_timeout: float,
+        connect_timeout: float,
+        max_active: int = 16,
+        splice: bool = True,
+    ) -> None:
         self._buffer = memoryview(bytearray(max(buffer_size, _HEAD_LIMIT)))
         self._max_active = max(1, max_active)
         self._waiting: collections.deque[Fetch] = collections.deque()
@@ -186,6 +198,8 @@ class NetLoop:
         self._sleeping = False
         self._closed = False
         self._default_tls: ssl.SSLContext | None = None
+        self._pipe: tuple[int, int, int] | None = None  # read end, write end, capacity
+        self._splice = splice and hasattr(os, "splice")
         self._addresses: dict[tuple[Any, ...], list[Any]] = {}
         self._thread = threading.Thread(target=self._run, name="netloop", daemon=True)
         self._thread.start()
@@ -259,6 +273,9 @@ class NetLoop:
         self._selector.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._pipe is not None:
+            os.close(self._pipe[0])
+            os.close(self._pipe[1])
 
     def _sweep(self, now: float) -> None:
         for waiting in [f for f in self._waiting if f.stop()]:
@@ -460,6 +477,18 @@ class NetLoop:
                 fetch = conn.fetch
                 assert fetch is not None
                 want = min(len(buf), conn.body_left)
+                if self._splice and fetch.hasher is None and conn.origin.tls is None:
+                    moved = self._splice_body(conn, fetch, want)
+                    if moved < 0:
+                        return
+                    if moved > 0:
+                        if conn.fetch is None:
+                            return
+                        continue
+                    if not self._splice:  # not supported here after all: read as usual
+                        continue
+                    self._eof(conn)
+                    return
             else:
                 want = len(buf)
             try:
@@ -480,6 +509,50 @@ class NetLoop:
                 self._error_body(conn, buf[:n])
             if conn.fetch is None:  # finished
                 return
+
+    def _splice_body(self, conn: _Conn, fetch: Fetch, want: int) -> int:
+        """Move up to ``want`` body bytes from the socket to the file; -1: nothing to read now, 0: EOF."""
+        if self._pipe is None:
+            r, w = os.pipe()
+            try:
+                import fcntl
+
+                capacity = fcntl.fcntl(w, _F_SETPIPE_SZ, _PIPE_SIZE)
+            except OSError:
+                capacity = 64 * 1024
+            self._pipe = (r, w, capacity)
+        r, w, capacity = self._pipe
+        try:
+            n = os.splice(conn.sock.fileno(), w, min(want, capacity), flags=_SPLICE_FLAGS)
+        except BlockingIOError:
+            return -1
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                self._splice = False  # this kernel or socket cannot: recv_into from now on
+                return 0
+            raise
+        if n == 0:
+            return 0
+        moved = 0
+        try:
+            while moved < n:
+                moved += os.splice(r, fetch.fd, n - moved, offset_dst=fetch.offset + moved)
+        except OSError as exc:
+            # Keep the pipe empty for the next body, then fail (or write those bytes the usual way).
+            rest = os.read(r, n - moved)
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise describe_os_error(exc, fetch.where) from None
+            self._splice = False
+            os.pwrite(fetch.fd, rest, fetch.offset + moved)
+        conn.deadline = time.monotonic() + self._stall
+        fetch.offset += n
+        conn.body_left -= n
+        fetch.on_bytes(n)
+        if conn.body_left == 0:
+            self._complete(conn)
+        elif fetch.stop():
+            raise CancelledError("stopped")
+        return n
 
     def _head(self, conn: _Conn, data: memoryview) -> None:
         head = conn.head

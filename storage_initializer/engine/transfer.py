@@ -77,6 +77,7 @@ class Engine:
                         self.settings.stall_timeout,
                         self.settings.connect_timeout,
                         max_active=self.settings.concurrency,
+                        splice=self.settings.splice,
                     )
         return self._netloop
 
