@@ -222,6 +222,14 @@ class Provider(ABC):
         that exactly ``end - start`` bytes arrive.
         """
 
+    def source_details(self) -> Mapping[str, str]:
+        """What the last listed URI resolved to at the store, for the record (``--record``).
+
+        For example ``{"revision": "main", "commit": "<sha>"}`` (Hugging Face, git) or
+        ``{"manifest": "sha256:..."}`` (OCI). Known after :meth:`list`; the default is empty.
+        """
+        return getattr(self, "_source_details", {})
+
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
         """Optionally describe the ``GET`` of bytes ``[start, end)`` for the engine to send itself.
 

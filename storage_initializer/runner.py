@@ -109,6 +109,7 @@ class Runner:
             listed = provider  # narrowed, for the closures
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
+                checks.listed_from(listed.source_details())
                 checks.downloaded()
             else:
                 transfer.run(lambda: listed.list(source))

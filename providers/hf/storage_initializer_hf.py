@@ -336,6 +336,7 @@ class HfProvider(Provider):
             hf.repo_id, repo_type=hf.repo_type, revision=hf.revision, timeout=self._timeout(self.settings.api_timeout)
         )
         commit, repo_id = str(info.sha), str(info.id or hf.repo_id)
+        self._source_details = {"repo": repo_id, "revision": hf.revision, "commit": commit}
         log.info("%s: %s at %s is commit %s", redact(uri), hf.display_repo, hf.revision, commit)
         if repo_id != hf.repo_id:
             log.info("%s: %s was renamed %s", redact(uri), hf.repo_id, repo_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from storage_initializer import __version__
 from storage_initializer.errors import IntegrityError, StorageInitializerError, UsageError, classify
@@ -123,6 +123,10 @@ class PairIntegrity:
 
     def _known_sha256(self) -> dict[str, str]:
         return {e.path: e.sha256 for e in self._entries if e.sha256}
+
+    def listed_from(self, details: Mapping[str, str]) -> None:
+        """What the provider says the source resolved to (a commit, a manifest digest)."""
+        self.record.details = {str(k): redact(str(v)) for k, v in details.items()}
 
     def downloaded(self) -> None:
         """After the transfer, before extraction: collect the files; check the digest pin."""

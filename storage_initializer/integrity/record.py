@@ -93,6 +93,8 @@ class PairRecord:
     dest: str
     source: str | None = None
     resolved: list[str] = field(default_factory=list)
+    #: What the source resolved to at the store (a commit, a manifest digest), from the provider.
+    details: dict[str, str] = field(default_factory=dict)
     provider: str | None = None
     files: list[FileEntry] = field(default_factory=list)
     file_count: int = 0
@@ -108,6 +110,7 @@ class PairRecord:
             "dest": self.dest,
             "source": self.source,
             "resolved": self.resolved,
+            "source_details": self.details,
             "provider": self.provider,
             "status": "error" if self.error else "ok",
             "file_count": self.file_count,

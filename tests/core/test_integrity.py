@@ -278,6 +278,7 @@ def test_record_field_by_field_and_termination_message(fake_hf_hub: FakeHFHub, t
     assert pair["uri"] == f"hf://acme/rec:{commit}"
     assert pair["dest"] == str(tmp_path / "out")
     assert pair["source"] == f"hf://acme/rec:{commit}" and pair["resolved"] == []
+    assert pair["source_details"] == {"repo": "acme/rec", "revision": commit, "commit": commit}
     assert pair["provider"] == "HfProvider" and pair["status"] == "ok"
     assert pair["file_count"] == 2 and pair["bytes"] == len(weights) + 8
     assert pair["pins"] == {"manifest": {"files": 1, "strict": False}}
@@ -295,6 +296,11 @@ def test_record_field_by_field_and_termination_message(fake_hf_hub: FakeHFHub, t
     message = termination.read_text()
     digest = "sha256:" + sha(data)
     assert message == f"downloaded hf://acme/rec:{commit} (2 files, {len(weights) + 8} bytes); record {digest}\n"
+    # A branch: the record names the commit it resolved to.
+    branch = run_cli(["hf://acme/rec", str(tmp_path / "branch")], env)
+    assert branch.returncode == 0, branch.stderr
+    (pair,) = json.loads(record.read_bytes())["pairs"]
+    assert pair["source_details"] == {"repo": "acme/rec", "revision": "main", "commit": commit}
 
 
 def test_record_of_a_failure_and_of_a_resolved_source(tmp_path: Path) -> None:

@@ -462,10 +462,16 @@ def test_digest_pinned_uri_ignores_a_moved_tag(tmp_path: Path, oci_registry: Reg
     pusher = oci_registry.pusher()
     repository = repo()
     first = push_files(pusher, repository, "v1", {"model.bin": b"first"})
-    push_files(pusher, repository, "v1", {"model.bin": b"second"})
+    second = push_files(pusher, repository, "v1", {"model.bin": b"second"})
     pinned = cli([oci_registry.uri(repository, f":v1@{first['digest']}"), str(tmp_path / "pinned")])
     assert pinned.returncode == 0, pinned.stderr
     assert tree(tmp_path / "pinned") == {"model.bin": b"first"}
+    # The record names the manifest a tag resolved to.
+    record = tmp_path / "record.json"
+    tagged = cli(["--record", str(record), oci_registry.uri(repository, ":v1"), str(tmp_path / "tagged")])
+    assert tagged.returncode == 0, tagged.stderr
+    (pair,) = json.loads(record.read_text())["pairs"]
+    assert pair["source_details"] == {"manifest": second["digest"], "tag": "v1"}
     unknown = cli([oci_registry.uri(repository, "@sha256:" + "0" * 64), str(tmp_path / "unknown")])
     assert unknown.returncode == 1
     assert "no manifest sha256:" + "0" * 64 in unknown.stderr

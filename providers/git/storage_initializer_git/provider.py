@@ -142,6 +142,7 @@ class GitProvider(Provider):
         remote = Remote(git, creds, self.env, self.context)
         target = remote.resolve()
         log.info("%s: %s is commit %s", redact(uri), git.ref or "the default branch", target.commit)
+        self._source_details = {"ref": git.ref or "(default branch)", "commit": target.commit}
         snapshot = self._fetch(remote, target)
         commit = snapshot.repo.object_store[target.commit.encode()]
         if commit.type_name != b"commit":

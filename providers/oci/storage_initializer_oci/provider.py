@@ -168,6 +168,7 @@ class OciProvider(Provider):
     def list(self, uri: str) -> Iterator[RemoteObject]:
         ref = parse(uri)
         document, digest = self._resolve_manifest(uri, ref)
+        self._source_details = {"manifest": digest, **({"tag": ref.tag} if ref.tag else {})}
         try:
             flavour, found = media.classify(document)
         except ValueError as exc:
