@@ -45,7 +45,7 @@ if [ ! -f "$WORK/ours/.installed-$digest" ]; then
     "$PYTHON" -m venv "$WORK/ours"
     "$WORK/ours/bin/python" -m pip install -qq --upgrade pip
     PYTHONWARNINGS=ignore "$WORK/ours/bin/python" -m pip install -qq . $(for f in providers/*/pyproject.toml; do dirname "$f"; done)
-    "$WORK/ours/bin/python" -m storage_initializer.registry --write-index >/dev/null
+    (cd / && "$WORK/ours/bin/python" -m storage_initializer.registry --write-index >/dev/null)
     touch "$WORK/ours/.installed-$digest"
 fi
 venv "$WORK/kserve" kserve-storage
