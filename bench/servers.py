@@ -209,6 +209,9 @@ class SeaweedFS(Server):
             *(f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}"),
             "-master.telemetry=false",
             *("-s3", f"-s3.port={s3}", f"-s3.config={self.workdir / 's3.json'}"),
+            # SeaweedFS 4 also opens Iceberg and Lance listeners on fixed ports: not needed, and they
+            # collide with any other SeaweedFS on the machine.
+            *("-s3.port.iceberg=0", "-s3.port.lance=0"),
             *("-master.volumeSizeLimitMB=1024", "-volume.max=0"),
             # Unix sockets default to /tmp; these can move (paths must stay < 108 bytes).
             f"-s3.localSocket={self.workdir / 's3.sock'}",
