@@ -76,7 +76,10 @@ class Engine:
                         self.settings.buffer_size,
                         self.settings.stall_timeout,
                         self.settings.connect_timeout,
-                        max_active=self.settings.concurrency,
+                        # Whole objects on the loop cost a socket each, no thread and no buffer: keep
+                        # as many in flight as may be queued, to hide the store's per-request latency
+                        # (measured, 4000 x 64 KiB on SeaweedFS: 16 in flight 4.1 s, 64 in flight 3.5 s).
+                        max_active=self.settings.concurrency * 4,
                         splice=self.settings.splice,
                     )
         return self._netloop
