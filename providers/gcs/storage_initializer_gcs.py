@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import io
 import json
 import logging
 import os
@@ -51,7 +50,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from storage_initializer import http as kit
@@ -66,7 +65,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.gcs")
@@ -299,7 +298,7 @@ def _call_text(exc: Any) -> str:
     return redact(message.strip()[:300] or type(exc).__name__)
 
 
-class _GzipBody:
+class _GzipBody(StreamBase):
     """A gzip-encoded media response, decompressed as it is read (written as KServe does)."""
 
     def __init__(self, response: Any) -> None:
@@ -315,16 +314,7 @@ class _GzipBody:
         self._surplus = data[n:]
         return n
 
-    def read(self, n: int = -1) -> bytes:
-        if self._surplus:
-            data, self._surplus = (self._surplus, b"") if n < 0 else (self._surplus[:n], self._surplus[n:])
-            return bytes(data)
-        return bytes(self._raw.read(None if n < 0 else n, decode_content=True))
-
-    def __enter__(self) -> _GzipBody:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self._response.close()
 
 
@@ -529,13 +519,13 @@ class GcsProvider(Provider):
             checksums["md5"] = md5
         return RemoteObject(key, blob.size, generation, checksums, extra=_Ref(bucket, name))
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra if isinstance(obj.extra, _Ref) else None
         if ref is None:
             location = parse_uri(uri)
             ref = _Ref(location.bucket, location.path)
-        if end is not None and end <= start:
-            return contextlib.nullcontext(io.BytesIO())  # an empty object: nothing to fetch
         params = {"alt": "media"}
         if obj.version:
             params["generation"] = obj.version
@@ -554,8 +544,8 @@ class GcsProvider(Provider):
             response.close()
             raise
         if ref.gzip:
-            return _GzipBody(response)  # type: ignore[return-value]
-        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+            return _GzipBody(response)
+        return HttpBody(response.raw, self.context.stall_timeout)
 
     def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         from google.api_core.exceptions import from_http_response

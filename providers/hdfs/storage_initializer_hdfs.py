@@ -40,7 +40,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from storage_initializer import http as kit
@@ -55,7 +55,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 from storage_initializer.storage_spec import spec_of_type
 
@@ -306,14 +306,18 @@ class _RangeStream:
     def read(self, n: int = -1) -> bytes:
         return bytes(self._raw.read(None if n is None or n < 0 else n))
 
+    def close(self) -> None:
+        release, self._release = self._release, lambda: None
+        try:
+            self._response.close()
+        finally:
+            release()
+
     def __enter__(self) -> _RangeStream:
         return self
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            self._response.close()
-        finally:
-            self._release()
+        self.close()
         if exc_type is None:
             self._finish()
 
@@ -557,7 +561,9 @@ class HdfsProvider(Provider):
                     log.warning("skipping %s: a %s is neither a file nor a directory", child, kind)
             stack.extend(reversed(subdirs))
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         namenodes, _ = self.locate(uri)
         client = self.client(namenodes)
         path = _Resolved(obj.extra)
@@ -588,8 +594,7 @@ class HdfsProvider(Provider):
             if slots is not None:
                 slots.release()
 
-        stream = _RangeStream(response, lambda: self._check_unchanged(client, uri, obj), release)
-        return stream  # type: ignore[return-value]
+        return _RangeStream(response, lambda: self._check_unchanged(client, uri, obj), release)
 
     def _check_unchanged(self, client: Any, uri: str, obj: RemoteObject) -> None:
         status = self._status(client, _Resolved(obj.extra), uri)

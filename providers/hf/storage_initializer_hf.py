@@ -21,7 +21,6 @@ Grammar (see README.md)::
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from storage_initializer import __version__
@@ -44,7 +43,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.hf")
@@ -221,20 +220,16 @@ class _FileRef:
     lfs_sha256: str | None
 
 
-class _Body(io.RawIOBase):
+class _Body(StreamBase):
     """An httpx2 streamed response body as a file; stalls and resets become TransientError."""
 
     def __init__(self, response: Any, what: str) -> None:
-        super().__init__()
         self._response = response
         self._chunks: Iterator[bytes] = response.iter_raw()
         self._pending = memoryview(b"")
         self._what = what
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: memoryview) -> int:
         while not self._pending:
             try:
                 chunk = next(self._chunks)
@@ -255,9 +250,7 @@ class _Body(io.RawIOBase):
         return n
 
     def close(self) -> None:
-        if not self.closed:
-            self._response.close()
-        super().close()
+        self._response.close()
 
 
 class HfProvider(Provider):
@@ -443,13 +436,13 @@ class HfProvider(Provider):
             self._locations[key] = str(meta.location)
             return str(meta.location)
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         assert isinstance(ref, _FileRef), "open_range needs an object listed by this provider"
-        if (end if end is not None else obj.size) == start:
-            return io.BytesIO(b"")
         try:
-            return self._open(ref, obj, start, end)  # type: ignore[return-value]
+            return self._open(ref, obj, start, end)
         except Exception as exc:
             hf = HfUri(ref.repo_type, ref.repo_id, ref.path, ref.commit)
             error = map_error(exc, uri, hf, self.settings)

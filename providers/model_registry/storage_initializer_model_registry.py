@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from storage_initializer import http as kit
@@ -44,12 +44,11 @@ from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
     NotFoundError,
-    ProviderError,
     StorageInitializerError,
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, Resolution, UriFormat
+from storage_initializer.provider import ProviderContext, Resolution, Resolver, UriFormat
 from storage_initializer.redact import redact, register_secret
 from storage_initializer.storage_spec import load_storage_spec
 
@@ -396,7 +395,7 @@ class _Target:
     ambiguous: bool = False
 
 
-class ModelRegistryProvider(Provider):
+class ModelRegistryProvider(Resolver):
     """Resolves ``model-registry://`` URIs to the URI of the model artifact."""
 
     uri_formats = (UriFormat(prefix=PREFIX),)
@@ -422,15 +421,9 @@ class ModelRegistryProvider(Provider):
             self._session.close()
             self._session = None
 
-    # -- the provider contract -------------------------------------------------
+    # -- the resolver contract -------------------------------------------------
     def validate(self, uri: str) -> None:
         parse_uri(uri)
-
-    def list(self, uri: str) -> Iterator[RemoteObject]:
-        raise ProviderError(f"{redact(uri)} is resolved to its artifact's URI, never listed")
-
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> NoReturn:
-        raise ProviderError(f"{redact(uri)} is resolved to its artifact's URI, never read")
 
     def resolve(self, uri: str) -> str | Resolution:
         parsed = parse_uri(uri)

@@ -53,6 +53,7 @@ class MemoryProvider(Provider):
 
     def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
         full: str = obj.extra
+        assert end is None or end > start, f"the engine asked for an empty range of {full}"
         if self.versions.get(full, "v1") != obj.version:
             raise ObjectChangedError(f"{full} changed")
         self.reads.append((full, start, end))

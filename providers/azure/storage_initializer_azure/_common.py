@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 from storage_initializer import http as kit
@@ -26,7 +25,7 @@ from storage_initializer.errors import (
     UsageError,
     classify,
 )
-from storage_initializer.provider import ProviderContext
+from storage_initializer.provider import ProviderContext, StreamBase
 from storage_initializer.redact import redact
 
 from ._config import Access
@@ -187,7 +186,7 @@ def _status_error(
     return StorageInitializerError(f"{what}: the storage service answered {shown}")
 
 
-class ChunkStream:
+class ChunkStream(StreamBase):
     """A file-like view of a streamed response body (``readinto`` and ``read``).
 
     Errors while reading (timeouts, resets, short bodies) become
@@ -221,31 +220,5 @@ class ChunkStream:
             filled += n
         return filled
 
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            out = bytearray(self._pending)
-            self._pending = memoryview(b"")
-            while self._next():
-                out += self._pending
-                self._pending = memoryview(b"")
-            return bytes(out)
-        buffer = bytearray(n)
-        return bytes(buffer[: self.readinto(memoryview(buffer))])
-
     def close(self) -> None:
         self._close()
-
-    def __enter__(self) -> ChunkStream:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class EmptyStream(ChunkStream):
-    """The body of a zero-byte range (no request: a 0-byte object has no range to ask for)."""
-
-    def __init__(self) -> None:
-        super().__init__(iter(()), lambda: None, "")

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer import http as kit
 from storage_initializer.errors import NotFoundError
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, EmptyStream, error_code, quoted
+from ._common import ChunkStream, error_code, quoted
 from ._config import Access, AzureUri, uri_regexes
 
 _FOLDER_KEY = "hdi_isfolder"
@@ -122,9 +122,9 @@ class AzureBlobProvider(AzureProvider):
         )
 
     # -- reading ---------------------------------------------------------------
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
-        if end is not None and end <= start:
-            return EmptyStream()  # type: ignore[return-value]
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         target = self.target(uri)
         access, container = self.service_client(target)
         name = obj.extra if isinstance(obj.extra, str) else obj.key
@@ -149,4 +149,4 @@ class AzureBlobProvider(AzureProvider):
         except BaseException:
             http.close()
             raise
-        return ChunkStream(body, http.close, what)  # type: ignore[return-value]
+        return ChunkStream(body, http.close, what)

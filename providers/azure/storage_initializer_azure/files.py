@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer import http as kit
 from storage_initializer.errors import (
@@ -31,10 +31,10 @@ from storage_initializer.errors import (
     ObjectChangedError,
     UnsafePathError,
 )
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, EmptyStream, error_code, same_etag
+from ._common import ChunkStream, error_code, same_etag
 from ._config import Access, AzureUri, uri_regexes
 
 #: Answers to "read PATH as a file" that mean "it is not a file".
@@ -123,9 +123,9 @@ class AzureFileProvider(AzureProvider):
         )
 
     # -- reading ---------------------------------------------------------------
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
-        if end is not None and end <= start:
-            return EmptyStream()  # type: ignore[return-value]
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         target = self.target(uri)
         access, share = self.service_client(target)
         path = obj.extra if isinstance(obj.extra, str) else obj.key
@@ -157,4 +157,4 @@ class AzureFileProvider(AzureProvider):
         except BaseException:
             http.close()
             raise
-        return ChunkStream(body, http.close, what)  # type: ignore[return-value]
+        return ChunkStream(body, http.close, what)
