@@ -256,7 +256,18 @@ def _on_gce(settings: GcsSettings, connect_timeout: float) -> bool:
 
 
 def find_credentials(settings: GcsSettings, connect_timeout: float) -> Credentials:
-    """The credential chain of google-auth's ``default()``, read from ``settings``."""
+    """The credential chain of google-auth's ``default()``, read from ``settings``.
+
+    Not ``google.auth.default()`` itself: it reads ``os.environ``, while a
+    provider reads its context's environment (a resolver such as a model
+    registry overlays ``GOOGLE_APPLICATION_CREDENTIALS`` for one pair, and
+    writing ``os.environ`` from one of several threads is no option); its
+    metadata-server probe waits up to ``GCE_METADATA_TIMEOUT`` per try with
+    sleeps between tries, and it quotes a bad key file in its errors before
+    the secrets in it can be registered. The order and the variables are
+    google-auth's, and an unreadable ``GOOGLE_APPLICATION_CREDENTIALS`` is an
+    error, never a silent fall-through to anonymous access.
+    """
     if settings.emulator:
         return _anonymous("none: STORAGE_EMULATOR_HOST is set (anonymous, as google-cloud-storage)")
     if settings.credentials_file:

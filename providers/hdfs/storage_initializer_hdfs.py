@@ -236,15 +236,15 @@ class _Resolved(str):
     """
 
 
-def _literal_resolve(client: Any) -> Any:
-    """Make ``client`` send :class:`_Resolved` paths unchanged."""
-    resolve = client.resolve
+def _literal(base: type[Any]) -> type[Any]:
+    """``base`` (``hdfs.Client`` or its Kerberos subclass) sending :class:`_Resolved` paths unchanged."""
 
-    def literal(hdfs_path: str) -> str:
-        return str(hdfs_path) if isinstance(hdfs_path, _Resolved) else str(resolve(hdfs_path))
+    class Literal(base):  # type: ignore[misc]
+        def resolve(self, hdfs_path: str) -> str:
+            return str(hdfs_path) if isinstance(hdfs_path, _Resolved) else str(super().resolve(hdfs_path))
 
-    client.resolve = literal
-    return client
+    Literal.__name__ = Literal.__qualname__ = f"Literal{base.__name__}"
+    return Literal
 
 
 def _version(status: Mapping[str, Any]) -> str:
@@ -390,7 +390,7 @@ class HdfsProvider(Provider):
             client = self._clients.get(namenodes)
             if client is None:
                 log.info(config.describe())
-                client = _literal_resolve(self._new_client(namenodes, config))
+                client = self._new_client(namenodes, config)
                 self._clients[namenodes] = client
             return client
 
@@ -404,7 +404,9 @@ class HdfsProvider(Provider):
         if not config.kerberos_principal:
             if config.kerberos_keytab:
                 log.warning("KERBEROS_KEYTAB is set without KERBEROS_PRINCIPAL: Kerberos stays off (as in KServe)")
-            return hdfs.Client(url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session)
+            return _literal(hdfs.Client)(
+                url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session
+            )
         try:
             from hdfs.ext.kerberos import KerberosClient  # type: ignore[import-untyped]
             from krbcontext.context import krbContext  # type: ignore[import-not-found]
@@ -422,7 +424,9 @@ class HdfsProvider(Provider):
                 f"Kerberos login as {config.kerberos_principal} failed: {type(exc).__name__}: {exc}",
                 hint="check KERBEROS_PRINCIPAL, KERBEROS_KEYTAB and the krb5 configuration",
             ) from None
-        return KerberosClient(url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session)
+        return _literal(KerberosClient)(
+            url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session
+        )
 
     def _session(self, config: HdfsConfig) -> Any:
         env = self.env

@@ -1,11 +1,19 @@
 """What the Blob and Files providers share: HTTP transport, error mapping, body streams.
 
-Ranged reads do not go through the SDK's ``StorageStreamDownloader``: it reads
-each chunk (32 MiB for the first) fully into memory and retries on its own
-with sleeps, which breaks the engine's flat-memory and retry guarantees. They
-call the SDK's generated ``download`` operation with ``stream=True`` instead
-(the same operation the downloader uses, so signing, SAS, API version and
-error parsing stay the SDK's) and hand its chunk iterator to the engine.
+Ranged reads do not go through the SDK's public ``download_blob`` /
+``download_file`` (``StorageStreamDownloader``), read in its source
+(azure-storage-blob 12.31, azure-storage-file-share 12.27, ``_download.py``):
+``process_content`` joins every chunk's whole response into one ``bytes``
+(``b"".join(list(data))``: the first request up to ``max_single_get_size``,
+32 MiB by default, then ``max_chunk_get_size``, 4 MiB), so a worker holds up
+to 32 MiB instead of the engine's one reused buffer (8 workers: 256 MiB in an
+init container limited to 1 GiB); and a short body is retried inside the SDK
+with ``time.sleep(1)`` (SIGTERM cannot end it, and the retry nests in the
+engine's). Shrinking the sizes trades that for one request per few MiB. So
+they call the SDK's generated ``download`` operation (``client._client``,
+the same operation the downloader sends, so signing, SAS, API version, the
+``If-Match`` version pin and error parsing stay the SDK's) and hand its
+chunk iterator to the engine.
 """
 
 from __future__ import annotations
