@@ -102,6 +102,8 @@ def error_lines(stderr: str) -> list[str]:
 
 # -- conformance ---------------------------------------------------------------------
 class GcsStore(ConformanceStore):
+    # fake-gcs-server checks no credentials and injects no faults: those hooks stay off.
+
     provider_class = GcsProvider
 
     def __init__(self, server: FakeGcsServer, bucket: str) -> None:
@@ -117,6 +119,9 @@ class GcsStore(ConformanceStore):
 
     def put(self, key: str, data: bytes) -> None:
         self.server.upload(self.bucket, f"{self.root_name}/{key}", data)
+
+    def malformed_uri(self) -> str:
+        return "gs://"
 
 
 class TestGcsConformance(ProviderConformance):
