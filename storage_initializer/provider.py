@@ -29,6 +29,7 @@ from typing import IO, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 __all__ = [
     "ByteStream",
+    "ChunkStream",
     "HttpRange",
     "Plugin",
     "Provider",
@@ -94,6 +95,55 @@ class StreamBase(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChunkStream(StreamBase):
+    """A :class:`ByteStream` over an SDK's streamed body given as an iterator of ``bytes`` chunks.
+
+    ``readinto`` fills the buffer across chunk boundaries. ``on_error`` maps an
+    exception raised by the iterator (a timeout, a reset) to the error to raise
+    instead (typically a :class:`~storage_initializer.errors.TransientError`),
+    or returns ``None`` to let it propagate. ``close`` releases the response.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        close: Callable[[], None],
+        on_error: Callable[[Exception], BaseException | None] = lambda exc: None,
+    ) -> None:
+        self._chunks = iter(chunks)
+        self._close = close
+        self._on_error = on_error
+        self._pending = memoryview(b"")
+
+    def _next(self) -> bool:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            return False
+        except Exception as exc:
+            error = self._on_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._pending = memoryview(chunk)
+        return True
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self._pending and not self._next():
+                break
+            n = min(len(view) - filled, len(self._pending))
+            view[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
+
+    def close(self) -> None:
+        self._close()
 
 
 #: What :meth:`Provider.open_range`'s context manager yields: a :class:`ByteStream`,

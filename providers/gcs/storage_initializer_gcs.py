@@ -65,7 +65,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
+from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.gcs")
@@ -309,24 +309,17 @@ def _call_text(exc: Any) -> str:
     return redact(message.strip()[:300] or type(exc).__name__)
 
 
-class _GzipBody(StreamBase):
-    """A gzip-encoded media response, decompressed as it is read (written as KServe does)."""
+_GZIP_CHUNK = 256 * 1024
 
-    def __init__(self, response: Any) -> None:
-        self._response = response
-        self._raw = response.raw
-        self._surplus = b""  # decoded bytes beyond what the last caller asked for
 
-    def readinto(self, buffer: memoryview) -> int:
-        # urllib3 1.x may hand back more decoded bytes than asked for (2.x does not).
-        data = self._surplus or self._raw.read(len(buffer), decode_content=True)
-        n = min(len(data), len(buffer))
-        buffer[:n] = data[:n]
-        self._surplus = data[n:]
-        return n
+def _gzip_body(response: Any) -> ChunkStream:
+    """A gzip-encoded media response, decompressed as it is read (written as KServe does).
 
-    def close(self) -> None:
-        self._response.close()
+    urllib3 1.x may hand back more decoded bytes than asked for (2.x does not): the
+    stream keeps what the buffer cannot take for the next read.
+    """
+    raw = response.raw
+    return ChunkStream(iter(lambda: bytes(raw.read(_GZIP_CHUNK, decode_content=True)), b""), response.close)
 
 
 class GcsProvider(Provider):
@@ -555,7 +548,7 @@ class GcsProvider(Provider):
             response.close()
             raise
         if ref.gzip:
-            return _GzipBody(response)
+            return _gzip_body(response)
         return HttpBody(response.raw, self.context.stall_timeout)
 
     def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:

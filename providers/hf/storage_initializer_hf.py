@@ -43,7 +43,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
+from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.hf")
@@ -220,37 +220,18 @@ class _FileRef:
     lfs_sha256: str | None
 
 
-class _Body(StreamBase):
-    """An httpx2 streamed response body as a file; stalls and resets become TransientError."""
+def _body(response: Any, what: str) -> ChunkStream:
+    """An httpx2 streamed response body as a stream; stalls and resets become TransientError."""
 
-    def __init__(self, response: Any, what: str) -> None:
-        self._response = response
-        self._chunks: Iterator[bytes] = response.iter_raw()
-        self._pending = memoryview(b"")
-        self._what = what
+    def on_error(exc: Exception) -> BaseException | None:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "TimeoutException" in names:
+            return TransientError(f"{what}: no data received before the read timeout")
+        if "TransportError" in names or "StreamError" in names:
+            return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+        return None
 
-    def readinto(self, buffer: memoryview) -> int:
-        while not self._pending:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                return 0
-            except Exception as exc:
-                names = {cls.__name__ for cls in type(exc).__mro__}
-                if "TimeoutException" in names:
-                    raise TransientError(f"{self._what}: no data received before the read timeout") from None
-                if "TransportError" in names or "StreamError" in names:
-                    raise TransientError(f"{self._what}: {type(exc).__name__}: {exc}") from None
-                raise
-            self._pending = memoryview(chunk)
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        self._response.close()
+    return ChunkStream(response.iter_raw(), response.close, on_error)
 
 
 class HfProvider(Provider):
@@ -453,7 +434,7 @@ class HfProvider(Provider):
                 ) from None
             raise error from None
 
-    def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> _Body:
+    def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> ChunkStream:
         from huggingface_hub import get_session, hf_raise_for_status
 
         wanted = kit.range_header(start, end)
@@ -472,7 +453,7 @@ class HfProvider(Provider):
                 except BaseException:
                     response.close()
                     raise
-                return _Body(response, f"{ref.path} bytes {start}-{'' if end is None else end - 1}")
+                return _body(response, f"{ref.path} bytes {start}-{'' if end is None else end - 1}")
             try:
                 response.read()
             finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
@@ -226,3 +227,32 @@ def test_own_artifacts_are_recognised_at_any_depth() -> None:
     assert is_own_artifact("models/.weights.bin.si-partial")
     assert not is_own_artifact("models/weights.bin")
     assert not is_own_artifact("models/storage-initializer/x")
+
+
+# -- provider.ChunkStream: an SDK's chunk iterator as a ByteStream ------------------
+def test_chunk_stream_fills_buffers_across_chunks_and_maps_read_errors() -> None:
+    from storage_initializer.errors import TransientError
+    from storage_initializer.provider import ChunkStream
+
+    closed: list[bool] = []
+    stream = ChunkStream([b"abc", b"", b"defgh", b"i"], lambda: closed.append(True))
+    buf = bytearray(4)
+    got = []
+    while n := stream.readinto(memoryview(buf)):
+        got.append(bytes(buf[:n]))
+    assert got == [b"abcd", b"efgh", b"i"]
+    with stream:
+        pass
+    assert closed == [True]
+
+    def broken() -> Iterator[bytes]:
+        yield b"xy"
+        raise ConnectionResetError("reset by peer")
+
+    mapped = ChunkStream(broken(), lambda: None, lambda exc: TransientError(f"reading failed: {exc}"))
+    assert mapped.read(2) == b"xy"
+    with pytest.raises(TransientError, match="reset by peer"):
+        mapped.read()
+    unmapped = ChunkStream(broken(), lambda: None)
+    with pytest.raises(ConnectionResetError):
+        unmapped.read()

@@ -636,7 +636,7 @@ def test_gzip_body_keeps_decoded_bytes_beyond_the_buffer() -> None:
     """urllib3 1.x (which requests still allows) may decode more than was asked for: the surplus
     is handed out by the next reads, never dropped. (urllib3 2 here never over-delivers, so this
     drives the adapter with a stream that does.)"""
-    from storage_initializer_gcs import _GzipBody
+    from storage_initializer_gcs import _gzip_body
 
     class OverDelivering:
         def __init__(self) -> None:
@@ -651,7 +651,7 @@ def test_gzip_body_keeps_decoded_bytes_beyond_the_buffer() -> None:
         def close(self) -> None:
             pass
 
-    body, out, buf = _GzipBody(Response()), b"", bytearray(4)
+    body, out, buf = _gzip_body(Response()), b"", bytearray(4)
     while n := body.readinto(memoryview(buf)):
         out += bytes(buf[:n])
     assert out == b"a" * 10 + b"b" * 3

@@ -33,7 +33,7 @@ from storage_initializer.errors import (
     UsageError,
     classify,
 )
-from storage_initializer.provider import ProviderContext, StreamBase
+from storage_initializer.provider import ChunkStream, ProviderContext
 from storage_initializer.redact import redact
 
 from ._config import Access
@@ -194,39 +194,10 @@ def _status_error(
     return StorageInitializerError(f"{what}: the storage service answered {shown}")
 
 
-class ChunkStream(StreamBase):
-    """A file-like view of a streamed response body (``readinto`` and ``read``).
+def chunk_stream(chunks: Iterator[bytes], close: Callable[[], None], what: str) -> ChunkStream:
+    """A streamed body; errors while reading (timeouts, resets, short bodies) become retryable."""
 
-    Errors while reading (timeouts, resets, short bodies) become
-    :class:`TransientError`, which the engine retries from where it stopped.
-    """
+    def on_error(exc: Exception) -> BaseException:
+        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {redact(str(exc))})")
 
-    def __init__(self, chunks: Iterator[bytes], close: Callable[[], None], what: str) -> None:
-        self._chunks = chunks
-        self._close = close
-        self._what = what
-        self._pending = memoryview(b"")
-
-    def _next(self) -> bool:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            return False
-        except Exception as exc:
-            raise TransientError(f"{self._what}: reading failed ({type(exc).__name__}: {redact(str(exc))})") from None
-        self._pending = memoryview(chunk)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:
-        filled = 0
-        while filled < len(buffer):
-            if not self._pending and not self._next():
-                break
-            n = min(len(buffer) - filled, len(self._pending))
-            buffer[filled : filled + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            filled += n
-        return filled
-
-    def close(self) -> None:
-        self._close()
+    return ChunkStream(chunks, close, on_error)

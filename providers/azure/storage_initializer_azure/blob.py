@@ -22,7 +22,7 @@ from storage_initializer.errors import NotFoundError
 from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, error_code, quoted
+from ._common import chunk_stream, error_code, quoted
 from ._config import Access, AzureUri, uri_regexes
 
 _FOLDER_KEY = "hdi_isfolder"
@@ -149,4 +149,4 @@ class AzureBlobProvider(AzureProvider):
         except BaseException:
             http.close()
             raise
-        return ChunkStream(body, http.close, what)
+        return chunk_stream(body, http.close, what)

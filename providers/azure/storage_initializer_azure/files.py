@@ -34,7 +34,7 @@ from storage_initializer.errors import (
 from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, error_code, same_etag
+from ._common import chunk_stream, error_code, same_etag
 from ._config import Access, AzureUri, uri_regexes
 
 #: Answers to "read PATH as a file" that mean "it is not a file".
@@ -157,4 +157,4 @@ class AzureFileProvider(AzureProvider):
         except BaseException:
             http.close()
             raise
-        return ChunkStream(body, http.close, what)
+        return chunk_stream(body, http.close, what)
