@@ -35,7 +35,6 @@ from storage_initializer.errors import (
     ConfigError,
     ObjectChangedError,
     StorageInitializerError,
-    TransientError,
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
@@ -146,15 +145,13 @@ class HttpProvider(Provider):
                 stream=True,
                 timeout=(self.context.connect_timeout, self.context.stall_timeout),
             )
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for {redact(url)}: {exc}",
-                hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate",
-            ) from None
-        except requests.exceptions.InvalidURL as exc:
-            raise UsageError(f"invalid URL {redact(url)}: {exc}") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientError(f"cannot reach {redact(url)}: {type(exc).__name__}") from None
+        except requests.exceptions.RequestException as exc:
+            error = kit.request_error(
+                exc, redact(url), tls_hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate"
+            )
+            if error is None:
+                raise
+            raise error from None
 
     # -- the provider contract -------------------------------------------------
     def validate(self, uri: str) -> None:

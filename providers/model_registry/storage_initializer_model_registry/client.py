@@ -11,8 +11,6 @@ from storage_initializer import http as kit
 from storage_initializer.errors import (
     AccessDeniedError,
     StorageInitializerError,
-    TransientError,
-    UsageError,
 )
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact
@@ -49,18 +47,16 @@ class _RegistryClient:
             headers["Authorization"] = f"Bearer {token}"
         try:
             return self.session.get(url, params=params, headers=headers, timeout=timeout)
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for the model registry at {redact(self.base_url)}: {exc}",
-                hint="set MODEL_REGISTRY_CA_BUNDLE to the CA that signed its certificate",
-            ) from None
-        except requests.exceptions.InvalidURL as exc:
-            raise UsageError(f"invalid model registry URL {redact(url)}: {exc}") from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientError(
-                f"cannot reach the model registry at {redact(self.base_url)}: {type(exc).__name__}",
-                hint="check MODEL_REGISTRY_BASE_URL / MODEL_REGISTRY_SCHEME or the URI's host",
-            ) from None
+        except requests.exceptions.RequestException as exc:
+            error = kit.request_error(
+                exc,
+                f"the model registry at {redact(self.base_url)}",
+                tls_hint="set MODEL_REGISTRY_CA_BUNDLE to the CA that signed its certificate",
+                reach_hint="check MODEL_REGISTRY_BASE_URL / MODEL_REGISTRY_SCHEME or the URI's host",
+            )
+            if error is None:
+                raise
+            raise error from None
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET ``API_PREFIX + path`` and return its JSON; retry transient failures."""
