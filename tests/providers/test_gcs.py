@@ -636,7 +636,7 @@ def test_gzip_body_keeps_decoded_bytes_beyond_the_buffer() -> None:
     """urllib3 1.x (which requests still allows) may decode more than was asked for: the surplus
     is handed out by the next reads, never dropped. (urllib3 2 here never over-delivers, so this
     drives the adapter with a stream that does.)"""
-    from storage_initializer_gcs import _gzip_body
+    from storage_initializer_gcs.provider import _gzip_body
 
     class OverDelivering:
         def __init__(self) -> None:

@@ -8,10 +8,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from storage_initializer import http as kit
-from storage_initializer.errors import (
-    AccessDeniedError,
-    StorageInitializerError,
-)
+from storage_initializer.errors import AccessDeniedError, StorageInitializerError
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact
 

@@ -11,11 +11,7 @@ from urllib.parse import parse_qs
 
 from storage_initializer import http as kit
 from storage_initializer.config import env_str
-from storage_initializer.errors import (
-    ConfigError,
-    NotFoundError,
-    StorageInitializerError,
-)
+from storage_initializer.errors import ConfigError, NotFoundError, StorageInitializerError
 from storage_initializer.provider import ProviderContext, Resolution, Resolver, UriFormat
 from storage_initializer.redact import redact
 from storage_initializer.storage_spec import load_storage_spec

@@ -11,9 +11,7 @@ from urllib.parse import urlsplit
 
 from storage_initializer import http as kit
 from storage_initializer.config import env_bool, env_int, env_number, env_str
-from storage_initializer.errors import (
-    ConfigError,
-)
+from storage_initializer.errors import ConfigError
 from storage_initializer.redact import register_secret
 
 from .uri import _HOST_RE

@@ -7,9 +7,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
-from storage_initializer.errors import (
-    UsageError,
-)
+from storage_initializer.errors import UsageError
 from storage_initializer.redact import redact
 
 log = logging.getLogger("storage_initializer.model_registry")
