@@ -22,7 +22,7 @@ from storage_initializer.errors import NotFoundError
 from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import chunk_stream, error_code, quoted
+from ._common import error_code, quoted
 from ._config import Access, AzureUri, uri_regexes
 
 _FOLDER_KEY = "hdi_isfolder"
@@ -127,8 +127,7 @@ class AzureBlobProvider(AzureProvider):
     ) -> AbstractContextManager[ByteStream]:
         target = self.target(uri)
         access, container = self.service_client(target)
-        name = obj.extra if isinstance(obj.extra, str) else obj.key
-        what = f"{target.shown} ({name})" if name != target.path else target.shown
+        name, what = self.object_name(target, obj)
         blob = container.get_blob_client(name)
         headers = {"If-Match": quoted(obj.version)} if obj.version else {}
         byte_range = kit.range_header(start, end)
@@ -142,11 +141,4 @@ class AzureBlobProvider(AzureProvider):
                 cls=lambda response, body, _headers: (response, body),
             )
 
-        response, body = self.guarded(what, access, call)
-        http = response.http_response
-        try:
-            kit.check_partial(http.status_code, http.headers, start, what)
-        except BaseException:
-            http.close()
-            raise
-        return chunk_stream(body, http.close, what)
+        return self.ranged_body(what, access, call, start)
