@@ -37,8 +37,9 @@ from storage_initializer.errors import (
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
+    UsageError,
 )
-from storage_initializer.redact import register_secret
+from storage_initializer.redact import redact, register_secret
 
 __all__ = [
     "CA_VARIABLES",
@@ -55,6 +56,7 @@ __all__ = [
     "proxies",
     "proxies_for",
     "range_header",
+    "request_error",
     "retry_after",
     "sleep",
     "transient_error",
@@ -113,6 +115,26 @@ def transient_error(
 ) -> TransientError:
     """A :class:`TransientError` carrying the answer's ``Retry-After``, if any."""
     return TransientError(message, hint=hint, retry_after=retry_after(headers))
+
+
+def request_error(
+    exc: BaseException, where: str, *, tls_hint: str, reach_hint: str | None = None
+) -> StorageInitializerError | None:
+    """The typed error for a ``requests`` failure before any answer; ``None`` for any other exception.
+
+    ``where`` names the server or URL (redacted) in the message. A failed TLS
+    verification is permanent (``tls_hint`` names the CA setting to fix), a
+    malformed URL is a usage error, a refused or timed-out connection is transient.
+    """
+    import requests
+
+    if isinstance(exc, requests.exceptions.SSLError):
+        return StorageInitializerError(f"TLS verification failed for {where}: {redact(str(exc))}", hint=tls_hint)
+    if isinstance(exc, requests.exceptions.InvalidURL):
+        return UsageError(f"invalid URL for {where}: {redact(str(exc))}")
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
+        return TransientError(f"cannot reach {where}: {type(exc).__name__}", hint=reach_hint)
+    return None
 
 
 # -- status to error --------------------------------------------------------------------------

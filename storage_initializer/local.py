@@ -27,11 +27,10 @@ import stat
 import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO
 
 from storage_initializer.engine.paths import STATE_DIR_NAME
 from storage_initializer.errors import AccessDeniedError, ConfigError, NotFoundError, ObjectChangedError, UsageError
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 
 log = logging.getLogger("storage_initializer.local")
 
@@ -165,7 +164,9 @@ class LocalProvider(Provider):
             raise ObjectChangedError(f"{path} changed during the copy")
         return path
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         handle = open(self._check(obj), "rb", buffering=0)  # noqa: SIM115 - returned to the caller
         handle.seek(start)
         return handle

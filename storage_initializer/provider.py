@@ -25,16 +25,131 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import IO, Any, ClassVar
+from typing import IO, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 __all__ = [
+    "ByteStream",
+    "ChunkStream",
     "HttpRange",
+    "Plugin",
     "Provider",
     "ProviderContext",
+    "RangeStream",
     "RemoteObject",
     "Resolution",
+    "Resolver",
+    "StreamBase",
     "UriFormat",
 ]
+
+
+class ByteStream(Protocol):
+    """What the engine reads a range from: all it calls is here.
+
+    ``readinto`` fills the engine's reused buffer and returns the byte count
+    (0 at the end); ``read(n)`` returns up to ``n`` bytes (``b""`` at the
+    end; ``-1``: the rest) and is used only by callers that want ``bytes``.
+    A read must not block longer than the stall timeout. ``close`` releases
+    the connection; the engine calls it once (through the context manager)
+    whether or not the range was read to its end.
+    """
+
+    def readinto(self, buffer: memoryview, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+_Stream = TypeVar("_Stream", bound="StreamBase")
+
+
+class StreamBase(ABC):
+    """A :class:`ByteStream` from ``readinto`` and ``close``: adds ``read`` and the context manager.
+
+    A provider whose body is not already a file object (chunks from an SDK,
+    a decoder, a socket) subclasses this and returns the stream itself from
+    :meth:`Provider.open_range`.
+    """
+
+    @abstractmethod
+    def readinto(self, buffer: memoryview, /) -> int:
+        """Fill ``buffer`` with the next bytes; return how many (0 at the end)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (called once, read to the end or not)."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size >= 0:
+            buffer = bytearray(size)
+            return bytes(buffer[: self.readinto(memoryview(buffer))])
+        out = bytearray()
+        buffer = bytearray(256 * 1024)
+        while n := self.readinto(memoryview(buffer)):
+            out += buffer[:n]
+        return bytes(out)
+
+    def __enter__(self: _Stream) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class ChunkStream(StreamBase):
+    """A :class:`ByteStream` over an SDK's streamed body given as an iterator of ``bytes`` chunks.
+
+    ``readinto`` fills the buffer across chunk boundaries. ``on_error`` maps an
+    exception raised by the iterator (a timeout, a reset) to the error to raise
+    instead (typically a :class:`~storage_initializer.errors.TransientError`),
+    or returns ``None`` to let it propagate. ``close`` releases the response.
+    """
+
+    def __init__(
+        self,
+        chunks: Iterable[bytes],
+        close: Callable[[], None],
+        on_error: Callable[[Exception], BaseException | None] = lambda exc: None,
+    ) -> None:
+        self._chunks = iter(chunks)
+        self._close = close
+        self._on_error = on_error
+        self._pending = memoryview(b"")
+
+    def _next(self) -> bool:
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            return False
+        except Exception as exc:
+            error = self._on_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        self._pending = memoryview(chunk)
+        return True
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        while filled < len(view):
+            if not self._pending and not self._next():
+                break
+            n = min(len(view) - filled, len(self._pending))
+            view[filled : filled + n] = self._pending[:n]
+            self._pending = self._pending[n:]
+            filled += n
+        return filled
+
+    def close(self) -> None:
+        self._close()
+
+
+#: What :meth:`Provider.open_range`'s context manager yields: a :class:`ByteStream`,
+#: or any binary file object (``IO[bytes]``), which plugins written before
+#: :class:`ByteStream` existed return; the engine uses ``readinto`` when present.
+RangeStream: TypeAlias = ByteStream | IO[bytes]
 
 
 @dataclass(frozen=True)
@@ -161,20 +276,18 @@ class ProviderContext:
     cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
-class Provider(ABC):
-    """Base class of every storage provider.
+class Plugin(ABC):  # noqa: B024 - abstract: subclass Provider or Resolver
+    """What every entry point of the group shares: URI formats, settings, lifetime.
 
-    Subclasses set :attr:`uri_formats` and implement :meth:`list` and
-    :meth:`open_range` (or only :meth:`resolve` for a resolver such as
-    ``model-registry://``). Methods are called from several threads at once,
-    except :meth:`validate`, :meth:`resolve` and :meth:`list`.
+    Subclass :class:`Provider` (lists and reads objects) or :class:`Resolver`
+    (maps a URI to another one, such as ``model-registry://``), never this.
     """
 
-    #: The URI formats this provider serves, in the CRD's shape.
+    #: The URI formats this plugin serves, in the CRD's shape.
     uri_formats: ClassVar[Sequence[UriFormat]] = ()
-    #: A fallback (generic ``https://``) loses to any other matching provider.
+    #: A fallback (generic ``https://``) loses to any other matching plugin.
     fallback: ClassVar[bool] = False
-    #: Modules the provider imports lazily; ``--list-providers`` checks them.
+    #: Modules the plugin imports lazily; ``--list-providers`` checks them.
     requires: ClassVar[Sequence[str]] = ()
     #: One line for ``--list-providers``.
     description: ClassVar[str] = ""
@@ -193,11 +306,37 @@ class Provider(ABC):
         is expected. The default accepts everything.
         """
 
-    def resolve(self, uri: str) -> str | Resolution | None:
-        """Map ``uri`` to another URI to download instead, or return ``None``.
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release clients and connection pools."""
 
-        A resolver (``model-registry://``) returns the artifact URI, which the
-        registry hands to whichever provider serves it.
+
+class Resolver(Plugin):
+    """A plugin that only maps its URI to another one (``model-registry://`` -> ``s3://...``).
+
+    The registry hands the result to whichever plugin serves it; a resolver
+    never lists or reads. :meth:`validate` and :meth:`resolve` run once, on
+    the main thread.
+    """
+
+    @abstractmethod
+    def resolve(self, uri: str) -> str | Resolution:
+        """The URI to download instead of ``uri``, with an optional environment overlay."""
+
+
+class Provider(Plugin):
+    """Base class of every storage provider.
+
+    Subclasses set :attr:`uri_formats` and implement :meth:`list` and
+    :meth:`open_range`. A plugin that only maps URIs subclasses
+    :class:`Resolver` instead. Methods are called from several threads at
+    once, except :meth:`validate`, :meth:`resolve` and :meth:`list`.
+    """
+
+    def resolve(self, uri: str) -> str | Resolution | None:
+        """Map ``uri`` to another URI to download instead, or return ``None`` (the default).
+
+        Kept for providers that resolve only some of their URIs; a plugin
+        that always resolves is a :class:`Resolver`.
         """
         return None
 
@@ -212,14 +351,19 @@ class Provider(ABC):
         """
 
     @abstractmethod
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[RangeStream]:
         """Open bytes ``[start, end)`` of ``obj`` (``end=None``: to the end).
 
-        The stream should support ``readinto`` (the engine reads into reused
-        buffers). It must serve ``obj.version`` or raise
+        Return a context manager yielding a :class:`ByteStream` (a stream
+        that is its own context manager, such as
+        :class:`~storage_initializer.httpbody.HttpBody`, can be returned as
+        is). It must serve ``obj.version`` or raise
         :class:`~storage_initializer.errors.ObjectChangedError`, and no read
         may block longer than ``context.stall_timeout``. The engine checks
-        that exactly ``end - start`` bytes arrive.
+        that exactly ``end - start`` bytes arrive. Never called for an empty
+        range (``end <= start``): the engine writes empty objects itself.
         """
 
     def source_details(self) -> Mapping[str, str]:
@@ -252,6 +396,3 @@ class Provider(ABC):
         provider uses this to hard-link instead of copying.
         """
         return False
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release clients and connection pools."""

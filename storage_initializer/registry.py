@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
 from storage_initializer.errors import ProviderError, ProviderUnavailableError
-from storage_initializer.provider import Provider, Resolution, UriFormat
+from storage_initializer.provider import Plugin, Provider, Resolution, Resolver, UriFormat
 from storage_initializer.redact import redact
 
 log = logging.getLogger("storage_initializer")
@@ -47,7 +47,7 @@ class ProviderEntry:
 
     name: str
     entry_point: EntryPoint | None
-    cls: type[Provider] | None = None
+    cls: type[Plugin] | None = None
     error: str | None = None
     #: (formats, fallback) from the providers index, known without importing the class.
     indexed: tuple[tuple[UriFormat, ...], bool] | None = None
@@ -70,15 +70,15 @@ class ProviderEntry:
         name = dist.name if dist is not None else self.name
         return f"pip install --force-reinstall '{name}'"
 
-    def load(self) -> type[Provider] | None:
+    def load(self) -> type[Plugin] | None:
         if self.cls is None and self.error is None and self.entry_point is not None:
             try:
                 loaded = self.entry_point.load()
             except Exception as exc:
                 self.error = f"{type(exc).__name__}: {exc}"
                 return None
-            if not (isinstance(loaded, type) and issubclass(loaded, Provider)):
-                self.error = f"{self.entry_point.value} is not a storage_initializer.Provider subclass"
+            if not (isinstance(loaded, type) and issubclass(loaded, (Provider, Resolver))):
+                self.error = f"{self.entry_point.value} is not a storage_initializer Provider or Resolver subclass"
                 return None
             self.cls = loaded
         return self.cls
@@ -154,7 +154,7 @@ class Registry:
             return
 
     @classmethod
-    def from_classes(cls, providers: Mapping[str, type[Provider]]) -> Registry:
+    def from_classes(cls, providers: Mapping[str, type[Plugin]]) -> Registry:
         """A registry of given classes (for tests and embedding)."""
         return cls(ProviderEntry(name, None, cls=provider) for name, provider in providers.items())
 
@@ -275,26 +275,35 @@ class Registry:
 def resolve_chain(
     registry: Registry,
     uri: str,
-    make: Callable[[ProviderEntry, Mapping[str, str]], Provider],
+    make: Callable[[ProviderEntry, Mapping[str, str]], Plugin],
     forced: str | None = None,
 ) -> tuple[Provider, str, list[str]]:
-    """Follow resolver providers from ``uri`` to the provider that downloads.
+    """Follow resolvers from ``uri`` to the provider that downloads.
 
     Returns that provider (created by ``make`` with the environment overlays
-    collected on the way), the final URI and the chain of URIs seen. A loop,
-    or a chain longer than :data:`MAX_RESOLVE_DEPTH`, is an error.
+    collected on the way), the final URI and the chain of URIs seen. A
+    :class:`Resolver` always resolves; a :class:`Provider` resolves when its
+    :meth:`~Provider.resolve` answers. A loop, or a chain longer than
+    :data:`MAX_RESOLVE_DEPTH`, is an error.
     """
     seen = [uri]
     overlay: dict[str, str] = {}
     current = uri
     for depth in range(MAX_RESOLVE_DEPTH + 1):
         entry = registry.find(current, forced if depth == 0 else None)
-        provider = make(entry, overlay)
-        provider.validate(current)
-        resolved = provider.resolve(current)
+        plugin = make(entry, overlay)
+        try:
+            plugin.validate(current)
+            resolved = plugin.resolve(current) if isinstance(plugin, (Provider, Resolver)) else None
+        except BaseException:
+            plugin.close()
+            raise
         if resolved is None:
-            return provider, current, seen
-        provider.close()
+            if isinstance(plugin, Provider):
+                return plugin, current, seen
+            plugin.close()
+            raise ProviderError(f"{entry.name} neither downloads nor resolves {redact(current)}")
+        plugin.close()
         if isinstance(resolved, Resolution):
             overlay.update(resolved.env)
             target = resolved.uri

@@ -24,7 +24,7 @@ from storage_initializer.engine.state import DestState
 from storage_initializer.engine.transfer import Engine, PairResult, PairTransfer
 from storage_initializer.errors import NotFoundError, StorageInitializerError, UsageError, classify
 from storage_initializer.integrity.pair import IntegrityRun, PairIntegrity
-from storage_initializer.provider import Provider, ProviderContext
+from storage_initializer.provider import Plugin, Provider, ProviderContext
 from storage_initializer.redact import redact, register_env_secrets
 from storage_initializer.registry import ProviderEntry, Registry, resolve_chain
 from storage_initializer.settings import Settings, settings_from_env
@@ -73,7 +73,7 @@ class Runner:
         self._states = _States()
         self._stages: dict[str, str] = {}  # DEST -> where it is staged (STORAGE_INITIALIZER_PUBLISH=atomic-dir)
 
-    def _make_provider(self, entry: ProviderEntry, overlay: Mapping[str, str]) -> Provider:
+    def _make_provider(self, entry: ProviderEntry, overlay: Mapping[str, str]) -> Plugin:
         assert entry.cls is not None
         env = {**self.settings.env, **overlay} if overlay else self.settings.env
         register_env_secrets(overlay)
@@ -149,8 +149,11 @@ class Runner:
             obj = objects[0]
             if obj.size is not None and obj.size > limit:
                 raise UsageError(f"{redact(uri)} is {obj.size} bytes; a signature is small")
-            with provider.open_range(source, obj, 0, obj.size) as stream, open(path, "wb") as out:
-                out.write(stream.read(limit + 1)[:limit])
+            with open(path, "wb") as out:
+                if obj.size == 0:  # providers are never asked for an empty range
+                    return
+                with provider.open_range(source, obj, 0, obj.size) as stream:
+                    out.write(stream.read(limit + 1)[:limit])
         finally:
             provider.close()
 

@@ -21,15 +21,22 @@ Requires pytest; import it only from tests.
 
 from __future__ import annotations
 
+import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 import pytest
 
-from storage_initializer.errors import NotFoundError, ObjectChangedError, StorageInitializerError
+from storage_initializer.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    ObjectChangedError,
+    StorageInitializerError,
+    UsageError,
+)
 from storage_initializer.provider import Provider, ProviderContext, RemoteObject
 from storage_initializer.registry import Registry
 from storage_initializer.runner import download
@@ -69,6 +76,27 @@ class ConformanceStore(ABC):
 
     def provider(self) -> Provider:
         return self.provider_class(ProviderContext(env=dict(self.env()), stall_timeout=30, concurrency=4))
+
+    # -- optional hooks: a store returns None (the default) when it cannot do it ----------
+    #: Keys beyond plain ASCII names that the store holds (below a plain directory);
+    #: a store whose names are narrower lists the ones it can hold.
+    unusual_keys: ClassVar[Sequence[str]] = ("ünïcødé/模型.bin", "percent/a%20b%2Fc.bin", "space/with space.txt")
+
+    def malformed_uri(self) -> str | None:
+        """A URI the provider's formats match but whose form is wrong (a usage error)."""
+        return None
+
+    def denied_env(self) -> Mapping[str, str] | None:
+        """An environment whose credentials the server refuses (access denied)."""
+        return None
+
+    def fail_once(self, key: str) -> bool:
+        """Make the next read of ``key`` fail with a transient error (a 503, a reset); False if unsupported."""
+        return False
+
+    def stall_once(self, key: str, seconds: float) -> bool:
+        """Make the next read of ``key`` send some bytes, then nothing for ``seconds``; False if unsupported."""
+        return False
 
 
 def _payload(size: int, seed: int = 0) -> bytes:
@@ -215,6 +243,62 @@ class ProviderConformance:
                     _read_exactly(stream, 100)
         finally:
             provider.close()
+
+    # -- keys, URIs and failures -------------------------------------------------------
+    def test_unicode_and_percent_encoded_keys(self, store: ConformanceStore, tmp_path: Path) -> None:
+        if not store.unusual_keys:
+            pytest.skip("this store holds no keys beyond plain ASCII names")
+        for index, name in enumerate(store.unusual_keys):
+            data = _payload(1000 + index, index)
+            store.put(f"u{index}/{name}", data)
+            dest = tmp_path / f"out{index}"
+            if store.supports_directories:  # listed below a plain directory: the key comes back as is
+                self.fetch(store, store.uri_for(f"u{index}"), dest)
+                assert _files(dest) == {name: data}, name
+            else:
+                self.fetch(store, store.uri_for(f"u{index}/{name}"), dest)
+                assert _files(dest) == {name.rsplit("/", 1)[-1]: data}, name
+
+    def test_malformed_uri_is_a_usage_error(self, store: ConformanceStore, tmp_path: Path) -> None:
+        uri = store.malformed_uri()
+        if uri is None:
+            pytest.skip("the store names no malformed URI of this provider")
+        with pytest.raises(UsageError):
+            self.fetch(store, uri, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+
+    def test_access_denied_is_permanent_and_names_the_uri(self, store: ConformanceStore, tmp_path: Path) -> None:
+        env = store.denied_env()
+        if env is None:
+            pytest.skip("the store's server refuses no credentials")
+        store.put("secret.bin", b"classified")
+        uri = store.uri_for("secret.bin")
+        settings = Settings(env=dict(env), concurrency=2, retries=3, retry_backoff=5.0, heartbeat_seconds=60)
+        registry = Registry.from_classes({"under-test": store.provider_class})
+        started = time.monotonic()
+        (result,) = download([(uri, str(tmp_path / "out"))], settings=settings, registry=registry)
+        assert isinstance(result.error, AccessDeniedError), result.error
+        assert not result.error.retryable
+        assert time.monotonic() - started < 5.0, "access denied was retried"
+        assert store.root_name in str(result.error), result.error
+
+    def test_transient_error_is_retried(self, store: ConformanceStore, tmp_path: Path) -> None:
+        data = _payload(30_000, 7)
+        store.put("flaky.bin", data)
+        if not store.fail_once("flaky.bin"):
+            pytest.skip("the store's server cannot inject a transient failure")
+        self.fetch(store, store.uri_for("flaky.bin"), tmp_path / "out")
+        assert (tmp_path / "out/flaky.bin").read_bytes() == data
+
+    def test_stall_is_detected_and_retried(self, store: ConformanceStore, tmp_path: Path) -> None:
+        data = _payload(300_000, 8)
+        store.put("stall.bin", data)
+        if not store.stall_once("stall.bin", 30.0):
+            pytest.skip("the store's server cannot inject a stall")
+        started = time.monotonic()
+        self.fetch(store, store.uri_for("stall.bin"), tmp_path / "out", stall_timeout=1.0)
+        assert (tmp_path / "out/stall.bin").read_bytes() == data
+        assert time.monotonic() - started < 20.0, "the stall was waited out, not detected"
 
     def test_errors_are_typed(self, store: ConformanceStore) -> None:
         provider = store.provider()

@@ -17,13 +17,11 @@ thread-safe and carries one transfer at a time, so each ranged read opens its ow
 from __future__ import annotations
 
 import ftplib
-import io
 import posixpath
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import IO, cast
 from urllib.parse import unquote, urlsplit
 
 from storage_initializer.errors import (
@@ -34,7 +32,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 __all__ = ["FtpLocation", "FtpProvider", "FtpSettings"]
@@ -101,17 +99,17 @@ def _version(facts: Mapping[str, str]) -> str | None:
     return f"{facts['modify']}:{facts.get('size', '')}" if "modify" in facts else None
 
 
-class _RangeStream(io.RawIOBase):
+class _RangeStream(StreamBase):
     """The data connection of one RETR, cut off after ``limit`` bytes."""
 
     def __init__(self, conn: socket.socket, limit: int | None) -> None:
         self._conn = conn
         self._remaining = limit
 
-    def readable(self) -> bool:
-        return True
+    def close(self) -> None:
+        self._conn.close()
 
-    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+    def readinto(self, buffer: memoryview) -> int:
         view = memoryview(buffer).cast("B")
         if self._remaining is not None:
             if self._remaining <= 0:
@@ -227,11 +225,13 @@ class FtpProvider(Provider):
         size = int(facts["size"]) if facts.get("size", "").isdigit() else None
         return RemoteObject(key, size, _version(facts), extra=path)
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         return self._open(uri, obj, start, end)
 
     @contextmanager
-    def _open(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Iterator[IO[bytes]]:
+    def _open(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Iterator[ByteStream]:
         path = obj.extra if isinstance(obj.extra, str) else FtpLocation.parse(uri).path
         with self._session(uri) as (ftp, _):
             with self._errors(uri):
@@ -243,5 +243,5 @@ class FtpProvider(Provider):
                 conn = ftp.transfercmd(f"RETR {path}", rest=start or None)
             with conn:
                 conn.settimeout(self.context.stall_timeout)
-                yield cast(IO[bytes], _RangeStream(conn, None if end is None else end - start))
+                yield _RangeStream(conn, None if end is None else end - start)
             # Closing the session drops the control connection, also mid-transfer (no ABOR dance).

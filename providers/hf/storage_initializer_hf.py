@@ -21,7 +21,6 @@ Grammar (see README.md)::
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import re
@@ -29,7 +28,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from storage_initializer import __version__
@@ -44,7 +43,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.hf")
@@ -221,43 +220,18 @@ class _FileRef:
     lfs_sha256: str | None
 
 
-class _Body(io.RawIOBase):
-    """An httpx2 streamed response body as a file; stalls and resets become TransientError."""
+def _body(response: Any, what: str) -> ChunkStream:
+    """An httpx2 streamed response body as a stream; stalls and resets become TransientError."""
 
-    def __init__(self, response: Any, what: str) -> None:
-        super().__init__()
-        self._response = response
-        self._chunks: Iterator[bytes] = response.iter_raw()
-        self._pending = memoryview(b"")
-        self._what = what
+    def on_error(exc: Exception) -> BaseException | None:
+        names = {cls.__name__ for cls in type(exc).__mro__}
+        if "TimeoutException" in names:
+            return TransientError(f"{what}: no data received before the read timeout")
+        if "TransportError" in names or "StreamError" in names:
+            return TransientError(f"{what}: {type(exc).__name__}: {exc}")
+        return None
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        while not self._pending:
-            try:
-                chunk = next(self._chunks)
-            except StopIteration:
-                return 0
-            except Exception as exc:
-                names = {cls.__name__ for cls in type(exc).__mro__}
-                if "TimeoutException" in names:
-                    raise TransientError(f"{self._what}: no data received before the read timeout") from None
-                if "TransportError" in names or "StreamError" in names:
-                    raise TransientError(f"{self._what}: {type(exc).__name__}: {exc}") from None
-                raise
-            self._pending = memoryview(chunk)
-        view = memoryview(buffer).cast("B")
-        n = min(len(view), len(self._pending))
-        view[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def close(self) -> None:
-        if not self.closed:
-            self._response.close()
-        super().close()
+    return ChunkStream(response.iter_raw(), response.close, on_error)
 
 
 class HfProvider(Provider):
@@ -444,13 +418,13 @@ class HfProvider(Provider):
             self._locations[key] = str(meta.location)
             return str(meta.location)
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         assert isinstance(ref, _FileRef), "open_range needs an object listed by this provider"
-        if (end if end is not None else obj.size) == start:
-            return io.BytesIO(b"")
         try:
-            return self._open(ref, obj, start, end)  # type: ignore[return-value]
+            return self._open(ref, obj, start, end)
         except Exception as exc:
             hf = HfUri(ref.repo_type, ref.repo_id, ref.path, ref.commit)
             error = map_error(exc, uri, hf, self.settings)
@@ -461,7 +435,7 @@ class HfProvider(Provider):
                 ) from None
             raise error from None
 
-    def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> _Body:
+    def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> ChunkStream:
         from huggingface_hub import get_session, hf_raise_for_status
 
         wanted = kit.range_header(start, end)
@@ -480,7 +454,7 @@ class HfProvider(Provider):
                 except BaseException:
                     response.close()
                     raise
-                return _Body(response, f"{ref.path} bytes {start}-{'' if end is None else end - 1}")
+                return _body(response, f"{ref.path} bytes {start}-{'' if end is None else end - 1}")
             try:
                 response.read()
             finally:

@@ -26,7 +26,7 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import IO, Any
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from storage_initializer import http as kit
@@ -40,7 +40,7 @@ from storage_initializer.errors import (
     network_error,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.http")
@@ -255,7 +255,9 @@ class HttpProvider(Provider):
             self._ssl = context
         return self._ssl
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         headers, ranged = self._range_headers(obj, start, end)
         response = self.get(uri, headers)
         try:
@@ -263,7 +265,7 @@ class HttpProvider(Provider):
         except BaseException:
             response.close()
             raise
-        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+        return HttpBody(response.raw, self.context.stall_timeout)
 
     def _check_answer(
         self,

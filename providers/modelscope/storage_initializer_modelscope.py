@@ -29,7 +29,6 @@ SDK's variables: ``MODELSCOPE_API_TOKEN``, ``MODELSCOPE_ENDPOINT`` (or the older
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
@@ -37,7 +36,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 from storage_initializer import __version__
@@ -51,7 +50,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 log = logging.getLogger("storage_initializer.modelscope")
@@ -198,17 +197,13 @@ class _FileRef:
     revision: str  # the commit that last changed the file, else the revision asked for
 
 
-class _Skip(io.RawIOBase):
+class _Skip(StreamBase):
     """A whole-file body served to a ranged request: drop the bytes before ``start``."""
 
     def __init__(self, body: HttpBody, skip: int) -> None:
-        super().__init__()
         self._body, self._skip = body, skip
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: memoryview) -> int:
         view = memoryview(buffer).cast("B")
         while self._skip:
             n = self._body.readinto(view[: min(len(view), self._skip)])
@@ -218,9 +213,7 @@ class _Skip(io.RawIOBase):
         return self._body.readinto(view)
 
     def close(self) -> None:
-        if not self.closed:
-            self._body.close()
-        super().close()
+        self._body.close()
 
 
 # -- the provider --------------------------------------------------------------------
@@ -486,11 +479,11 @@ class ModelScopeProvider(Provider):
             f"?Revision={quote_plus(ref.revision)}&FilePath={quote_plus(ref.path)}"
         )
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         assert isinstance(ref, _FileRef), "open_range needs an object listed by this provider"
-        if (end if end is not None else obj.size) == start:
-            return io.BytesIO(b"")
         whole = start == 0 and (end is None or end == obj.size)
         wanted = None if whole else f"bytes={start}-" + ("" if end is None else str(end - 1))
         for attempt in (1, 2):
@@ -539,7 +532,7 @@ class ModelScopeProvider(Provider):
             url = location
         raise TransientError(f"{ref.path}: more than {_MAX_REDIRECTS} redirects")
 
-    def _body(self, uri: str, ref: _FileRef, obj: RemoteObject, response: Any, start: int) -> IO[bytes]:
+    def _body(self, uri: str, ref: _FileRef, obj: RemoteObject, response: Any, start: int) -> HttpBody | _Skip:
         headers = response.headers
         if headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", ""):
             raise TransientError(f"{ref.path}: the server compressed the file")
@@ -551,14 +544,14 @@ class ModelScopeProvider(Provider):
                 raise TransientError(f"{ref.path}: asked for bytes from {start}, got {content_range!r}")
             if obj.size is not None and total.isdigit() and int(total) != obj.size:
                 raise ObjectChangedError(f"{ref.path}: now {total} bytes, listed {obj.size}")
-            return body  # type: ignore[return-value]
+            return body
         length = headers.get("Content-Length", "")
         if obj.size is not None and length.isdigit() and int(length) != obj.size:
             raise ObjectChangedError(f"{ref.path}: now {length} bytes, listed {obj.size}")
         if start:
             log.debug("%s: the server sent the whole file for a range from %d", ref.path, start)
-            return _Skip(body, start)  # type: ignore[return-value]
-        return body  # type: ignore[return-value]
+            return _Skip(body, start)
+        return body
 
     def close(self) -> None:
         with self._lock:

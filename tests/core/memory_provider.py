@@ -13,7 +13,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import IO, ClassVar
 
-from storage_initializer.errors import NotFoundError, ObjectChangedError
+from storage_initializer.errors import (
+    AccessDeniedError,
+    NotFoundError,
+    ObjectChangedError,
+    TransientError,
+    UsageError,
+)
 from storage_initializer.provider import Provider, RemoteObject, UriFormat
 from storage_initializer.registry import Registry
 
@@ -24,6 +30,10 @@ class MemoryProvider(Provider):
     checksums: ClassVar[dict[str, Mapping[str, str]]] = {}
     versions: ClassVar[dict[str, str]] = {}
     reads: ClassVar[list[tuple[str, int, int | None]]] = []
+    #: Keys whose next read fails with a TransientError (then the fault is gone).
+    flaky: ClassVar[set[str]] = set()
+    #: Keys this store refuses (AccessDeniedError).
+    denied: ClassVar[set[str]] = set()
 
     @classmethod
     def reset(cls) -> None:
@@ -31,9 +41,17 @@ class MemoryProvider(Provider):
         cls.checksums.clear()
         cls.versions.clear()
         cls.reads.clear()
+        cls.flaky.clear()
+        cls.denied.clear()
+
+    def validate(self, uri: str) -> None:
+        if not uri[len("mem://") :].strip("/"):
+            raise UsageError(f"{uri} names no object", hint="use mem://KEY")
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
         path = uri[len("mem://") :].rstrip("/")
+        if path in self.denied:
+            raise AccessDeniedError(f"{uri}: access denied")
         if path in self.objects:
             yield self._object(path, path.rsplit("/", 1)[-1])
             return
@@ -53,9 +71,13 @@ class MemoryProvider(Provider):
 
     def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
         full: str = obj.extra
+        assert end is None or end > start, f"the engine asked for an empty range of {full}"
         if self.versions.get(full, "v1") != obj.version:
             raise ObjectChangedError(f"{full} changed")
         self.reads.append((full, start, end))
+        if full in self.flaky:
+            self.flaky.discard(full)
+            raise TransientError(f"{full}: connection reset")
         return io.BytesIO(self.objects[full][start:end])
 
 

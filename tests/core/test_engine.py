@@ -631,3 +631,20 @@ def test_a_dest_inside_a_local_source_is_not_copied_into_itself(tmp_path: Path) 
         result = run_cli([str(source), str(source / dest_name)])
         assert result.returncode == 0, result.stderr
         assert tree(source / dest_name) == files
+
+
+# -- the read contract: providers are never asked for an empty range ----------------
+def test_empty_objects_are_written_without_a_read(tmp_path: Path) -> None:
+    MemoryProvider.objects.update({"e/empty.txt": b"", "e/data.bin": b"x" * 10})
+    _fetch("mem://e", tmp_path / "out")  # the memory provider fails on an empty range
+    assert (tmp_path / "out/empty.txt").read_bytes() == b""
+    assert [read[0] for read in MemoryProvider.reads] == ["e/data.bin"]
+
+
+def test_a_small_empty_object_is_fetched_without_a_read(tmp_path: Path) -> None:
+    from storage_initializer.runner import Runner
+
+    MemoryProvider.objects["sig/empty.sig"] = b""
+    Runner(_settings(), memory_registry()).fetch_small("mem://sig/empty.sig", str(tmp_path / "empty.sig"))
+    assert (tmp_path / "empty.sig").read_bytes() == b""
+    assert MemoryProvider.reads == []

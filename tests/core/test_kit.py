@@ -7,6 +7,7 @@ used to disagree (each provider's own tests check that it follows them).
 from __future__ import annotations
 
 import email.utils
+import socket
 import subprocess
 import sys
 import time
@@ -280,3 +281,24 @@ def test_lower_case_no_proxy_wins_through_the_cli(
     result = run_cli([url, str(tmp_path / "a")], env)
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "a") == {"model.bin": b"direct"} and forward_proxy.seen == []
+
+
+# -- request_error: one mapping of requests' failures before any answer --------------
+def test_request_error_maps_refused_connections_tls_and_bad_urls() -> None:
+    import requests
+
+    from storage_initializer.errors import StorageInitializerError, TransientError, UsageError
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        requests.get(f"http://127.0.0.1:{port}/m.bin", timeout=5)
+    except requests.exceptions.RequestException as exc:
+        refused = http.request_error(exc, "the store", tls_hint="-", reach_hint="check the host")
+    assert isinstance(refused, TransientError) and refused.retryable
+    assert "cannot reach the store: ConnectionError" in str(refused) and refused.hint == "check the host"
+    tls = http.request_error(requests.exceptions.SSLError("certificate verify failed"), "x", tls_hint="set CA")
+    assert isinstance(tls, StorageInitializerError) and not tls.retryable and tls.hint == "set CA"
+    assert isinstance(http.request_error(requests.exceptions.InvalidURL("bad"), "x", tls_hint="-"), UsageError)
+    assert http.request_error(ValueError("not a request failure"), "x", tls_hint="-") is None

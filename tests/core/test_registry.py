@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from importlib.metadata import EntryPoint
 from typing import IO, ClassVar
@@ -10,7 +10,15 @@ from typing import IO, ClassVar
 import pytest
 
 from storage_initializer.errors import ProviderError, ProviderUnavailableError
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, Resolution, UriFormat
+from storage_initializer.provider import (
+    Plugin,
+    Provider,
+    ProviderContext,
+    RemoteObject,
+    Resolution,
+    Resolver,
+    UriFormat,
+)
 from storage_initializer.registry import GROUP, ProviderEntry, Registry, resolve_chain
 
 
@@ -47,7 +55,7 @@ class Twin(_Base):
     uri_formats = (UriFormat(prefix="s3://"),)
 
 
-def _registry(**classes: type[Provider]) -> Registry:
+def _registry(**classes: type[Plugin]) -> Registry:
     return Registry.from_classes(classes)
 
 
@@ -112,8 +120,8 @@ def test_missing_sdk_gives_an_install_hint() -> None:
         _registry(needs=NeedsMissingModule).find("needs://x")
 
 
-class Alias(_Base):
-    """Resolves alias://NAME to s3://bucket/NAME, with an environment overlay."""
+class Alias(Resolver):
+    """Resolves alias://NAME to s3://bucket/NAME, with an environment overlay (no list/open_range)."""
 
     uri_formats = (UriFormat(prefix="alias://"),)
 
@@ -122,6 +130,8 @@ class Alias(_Base):
 
 
 class Loop(_Base):
+    """A provider that resolves (the form that predates :class:`Resolver`)."""
+
     uri_formats = (UriFormat(prefix="loop://"),)
 
     def resolve(self, uri: str) -> str:
@@ -136,10 +146,10 @@ def test_resolvers_are_followed_with_their_environment() -> None:
     registry = _registry(alias=Alias, short=ShortPrefix)
     envs: list[dict[str, str]] = []
 
-    def make(entry: ProviderEntry, overlay: object) -> Provider:
+    def make(entry: ProviderEntry, overlay: Mapping[str, str]) -> Plugin:
         assert entry.cls is not None
-        envs.append(dict(overlay))  # type: ignore[call-overload]
-        return entry.cls(ProviderContext(env=dict(overlay)))  # type: ignore[call-overload]
+        envs.append(dict(overlay))
+        return entry.cls(ProviderContext(env=dict(overlay)))
 
     provider, uri, chain = resolve_chain(registry, "alias://iris", make)
     assert isinstance(provider, ShortPrefix)
@@ -187,3 +197,23 @@ def test_the_providers_index_spares_importing_every_provider(tmp_path: object, m
     index.write_text(json.dumps(data))
     registry = Registry.from_entry_points()
     assert registry.find("s3://bucket/model").name == "s3"
+
+
+def test_a_resolver_is_loaded_from_an_entry_point_and_needs_no_list_or_open_range() -> None:
+    alias = ProviderEntry("alias", EntryPoint("alias", f"{__name__}:Alias", GROUP))
+    registry = Registry([alias, ProviderEntry("short", None, cls=ShortPrefix)])
+    assert registry.find("alias://iris").cls is Alias
+    provider, uri, _chain = resolve_chain(registry, "alias://iris", lambda e, o: e.cls(ProviderContext(env=dict(o))))  # type: ignore[misc]
+    assert isinstance(provider, ShortPrefix) and uri == "s3://bucket/iris"
+
+
+class Nothing(Resolver):
+    uri_formats = (UriFormat(prefix="nothing://"),)
+
+    def resolve(self, uri: str) -> str:
+        return None  # type: ignore[return-value]  # a broken plugin
+
+
+def test_a_resolver_that_answers_nothing_is_an_error() -> None:
+    with pytest.raises(ProviderError, match="neither downloads nor resolves"):
+        resolve_chain(_registry(nothing=Nothing), "nothing://x", lambda e, o: e.cls(ProviderContext()))  # type: ignore[misc]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -317,3 +318,32 @@ def test_a_reflink_is_tried_once_per_filesystem_pair_and_leaves_nothing_when_ref
     assert cloning.download_to("file://x", obj, str(tmp_path / "c.tmp")) is True
     assert (tmp_path / "c.tmp").read_bytes() == b"weights"
     assert (tmp_path / "c.tmp").stat().st_ino != st.st_ino
+
+
+# -- provider.ChunkStream: an SDK's chunk iterator as a ByteStream ------------------
+def test_chunk_stream_fills_buffers_across_chunks_and_maps_read_errors() -> None:
+    from storage_initializer.errors import TransientError
+    from storage_initializer.provider import ChunkStream
+
+    closed: list[bool] = []
+    stream = ChunkStream([b"abc", b"", b"defgh", b"i"], lambda: closed.append(True))
+    buf = bytearray(4)
+    got = []
+    while n := stream.readinto(memoryview(buf)):
+        got.append(bytes(buf[:n]))
+    assert got == [b"abcd", b"efgh", b"i"]
+    with stream:
+        pass
+    assert closed == [True]
+
+    def broken() -> Iterator[bytes]:
+        yield b"xy"
+        raise ConnectionResetError("reset by peer")
+
+    mapped = ChunkStream(broken(), lambda: None, lambda exc: TransientError(f"reading failed: {exc}"))
+    assert mapped.read(2) == b"xy"
+    with pytest.raises(TransientError, match="reset by peer"):
+        mapped.read()
+    unmapped = ChunkStream(broken(), lambda: None)
+    with pytest.raises(ConnectionResetError):
+        unmapped.read()

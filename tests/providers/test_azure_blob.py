@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from azure.storage.blob import ContainerSasPermissions, ContentSettings, generate_container_sas
@@ -84,11 +85,20 @@ class AzuriteStore(ConformanceStore):
     def env(self) -> Mapping[str, str]:
         return self.azurite.env()
 
+    def malformed_uri(self) -> str:
+        return "https://account.blob.core.windows.net/"  # no container
+
     def uri_for(self, key: str) -> str:
-        return uri(self.container, key)
+        return uri(self.container, quote(key))  # a URL: the provider decodes its path
 
     def put(self, key: str, data: bytes) -> None:
         self.azurite.upload(self.container, key, data)
+
+    def denied_env(self) -> Mapping[str, str]:
+        wrong = base64.b64encode(b"not the account key, 64 bytes long....................").decode()
+        return {"AZURE_STORAGE_CONNECTION_STRING": self.azurite.connection_string.replace(ACCOUNT_KEY, wrong)}
+
+    # No fail_once / stall_once: Azurite injects no faults (the Azure Files fake does).
 
 
 class TestAzureBlobConformance(ProviderConformance):

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from storage_initializer_azure import AzureFileProvider
@@ -65,14 +66,25 @@ class FakeFilesStore(ConformanceStore):
     def env(self) -> Mapping[str, str]:
         return self.fake.env()
 
+    def malformed_uri(self) -> str:
+        return "https://account.file.core.windows.net/"  # no share
+
     def uri_for(self, key: str) -> str:
-        return uri(self.share, key)
+        return uri(self.share, quote(key))  # a URL: the provider decodes its path
 
     def put(self, key: str, data: bytes) -> None:
         if key.endswith("/"):  # Azure Files has real directories: a marker is an (empty) directory
             self.fake.mkdir(self.share, key)
         else:
             self.fake.put(self.share, key, data)
+
+    def fail_once(self, key: str) -> bool:
+        self.fake.cut(f"{self.share}/{key}", after_bytes=1000)
+        return True
+
+    def stall_once(self, key: str, seconds: float) -> bool:
+        self.fake.stall(f"{self.share}/{key}", after_bytes=1000, seconds=seconds)
+        return True
 
 
 class TestAzureFileConformance(ProviderConformance):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from storage_initializer_http import HttpProvider
 
 from storage_initializer.local import LocalProvider
 from storage_initializer.testing import ConformanceStore, ProviderConformance
-from tests.servers.http_server import HttpFileServer
+from tests.servers.http_server import Fault, HttpFileServer
 
 
 class LocalStore(ConformanceStore):
@@ -36,6 +37,11 @@ class LocalStore(ConformanceStore):
         # Same-size rewrites within one clock tick must still look new.
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1000))
 
+    def malformed_uri(self) -> str:
+        return "file://"
+
+    # A local file cannot refuse root (CI runs as root), fail or stall: those hooks stay off.
+
 
 class HttpStore(ConformanceStore):
     provider_class = HttpProvider
@@ -44,15 +50,35 @@ class HttpStore(ConformanceStore):
     def __init__(self, server: HttpFileServer) -> None:
         super().__init__()
         self.server = server
+        self.protected = False
 
     def env(self) -> Mapping[str, str]:
         return {}
 
+    def _path(self, key: str) -> str:
+        return f"/{self.root_name}/{quote(key)}"  # as requested: the server does not decode paths
+
     def uri_for(self, key: str) -> str:
-        return f"{self.server.url}/{self.root_name}/{key}"
+        return self.server.url + self._path(key)
 
     def put(self, key: str, data: bytes) -> None:
-        self.server.add(f"/{self.root_name}/{key}", data)
+        options = {"require_headers": {"Authorization": "Bearer right"}} if self.protected else {}
+        self.server.add(self._path(key), data, **options)
+
+    def malformed_uri(self) -> str:
+        return f"{self.server.url}:notaport/{self.root_name}/model.bin"
+
+    def denied_env(self) -> Mapping[str, str]:
+        self.protected = True  # what put() stores from now on asks for a token nobody sends
+        return {}
+
+    def fail_once(self, key: str) -> bool:
+        self.server.faults[self._path(key)] = Fault(status_codes=[503], status_skip=1)
+        return True
+
+    def stall_once(self, key: str, seconds: float) -> bool:
+        self.server.faults[self._path(key)] = Fault(stall_after=1000, stall_seconds=seconds, stall_times=1)
+        return True
 
 
 class TestLocalConformance(ProviderConformance):

@@ -413,11 +413,16 @@ class GitStore(ConformanceStore):
     def env(self) -> Mapping[str, str]:
         return {}
 
+    def _repo(self, key: str) -> str:
+        # A repository's own name stays plain; the file inside keeps the key's unusual base name.
+        plain = key.isascii() and not any(c in key for c in "% ")
+        return f"{self.root_name}/{key if plain else hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
     def uri_for(self, key: str) -> str:
-        return self.server.repo_url(f"{self.root_name}/{key}")
+        return self.server.repo_url(self._repo(key))
 
     def put(self, key: str, data: bytes) -> None:
-        self.server.commit(f"{self.root_name}/{key}", {key.rsplit("/", 1)[-1]: data}, replace=True)
+        self.server.commit(self._repo(key), {key.rsplit("/", 1)[-1]: data}, replace=True)
 
 
 class TestGitConformance(ProviderConformance):

@@ -103,6 +103,16 @@ class HdfsStore(ConformanceStore):
     def replace(self, key: str, data: bytes) -> None:
         self.fake.replace(f"/{self.root_name}/{key}", data)
 
+    # No malformed_uri: with HDFS_NAMENODE set, KServe reads all after the scheme as a path.
+
+    def fail_once(self, key: str) -> bool:
+        self.fake.cut(f"/{self.root_name}/{key}", after=1000)
+        return True
+
+    def stall_once(self, key: str, seconds: float) -> bool:
+        self.fake.stall(f"/{self.root_name}/{key}", after=1000, seconds=seconds)
+        return True
+
 
 class TestHdfsConformance(ProviderConformance):
     @pytest.fixture

@@ -26,6 +26,7 @@ from storage_initializer.runner import download
 from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli
+from tests.providers.hub_faults import HubFaults
 from tests.servers.fake_hf import FakeHFHub
 
 MiB = 1024 * 1024
@@ -97,7 +98,7 @@ def test_malformed_uris_say_the_grammar(uri: str) -> None:
 
 
 # -- conformance ---------------------------------------------------------------------------
-class HfStore(ConformanceStore):
+class HfStore(HubFaults, ConformanceStore):
     provider_class = HfProvider
     supports_markers = False  # a git tree has no directory objects
     # Every read is pinned to the commit listed: a new commit can never reach it, so there is no
@@ -118,6 +119,11 @@ class HfStore(ConformanceStore):
     def put(self, key: str, data: bytes) -> None:
         self.files[key] = data
         self.hub.add_repo(f"acme/{self.root_name}", self.files, private=True)
+
+    def malformed_uri(self) -> str:
+        return "hf://"
+
+    # No denied_env: the Hub answers a private repository a foreign token cannot see as missing (404).
 
 
 class TestHfConformance(ProviderConformance):

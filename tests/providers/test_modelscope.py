@@ -33,6 +33,7 @@ from storage_initializer.runner import download
 from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import clean_env, run_cli
+from tests.providers.hub_faults import HubFaults
 from tests.servers.fake_modelscope import FakeModelScopeHub
 
 MiB = 1024 * 1024
@@ -109,7 +110,7 @@ def test_malformed_uri_through_the_cli_is_a_usage_error(tmp_path: Path) -> None:
 
 
 # -- conformance ---------------------------------------------------------------------------
-class ModelScopeStore(ConformanceStore):
+class ModelScopeStore(HubFaults, ConformanceStore):
     provider_class = ModelScopeProvider
     supports_markers = False  # a git tree has no directory objects
     # Every read is pinned to the commit listed for the file: a new commit can never reach it, so
@@ -132,6 +133,9 @@ class ModelScopeStore(ConformanceStore):
             return  # git has no empty folders
         self.files[key] = data
         self.hub.add_repo(f"acme/{self.root_name}", self.files, private=True)
+
+    def malformed_uri(self) -> str:
+        return "modelscope://"
 
 
 class TestModelScopeConformance(ProviderConformance):

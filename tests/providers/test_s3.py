@@ -136,6 +136,12 @@ class S3Store(ConformanceStore):
     def put(self, key: str, data: bytes) -> None:
         self.server.put(self.bucket, f"{self.root_name}/{key}", data)
 
+    def malformed_uri(self) -> str:
+        return "s3://"
+
+    def denied_env(self) -> Mapping[str, str]:
+        return self.server.env(secret_key="not-the-secret-key")
+
 
 class TestS3Conformance(ProviderConformance):
     @pytest.fixture

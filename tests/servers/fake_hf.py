@@ -449,7 +449,7 @@ class FakeHFHub:
         repo_hash = hashlib.sha256(f"{repo.repo_type}s/{repo.repo_id}".encode()).hexdigest()
         path = f"/repos/{repo_hash[:2]}/{repo_hash[2:4]}/{repo_hash}/{blob.sha256}"
         name = posixpath.basename(filename)
-        disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
+        disposition = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{_ascii(name)}\";"
         expires = int(time.time() + self.cdn_url_ttl)
         with self._lock:
             self._cdn_index[blob.sha256] = (blob, repo.repo_id, filename)
@@ -458,6 +458,12 @@ class FakeHFHub:
             f"&Signature={self._sign(path, disposition, expires)}&Key-Pair-Id=KFAKEHUBPAIR"
         )
         return f"{self.cdn_url}{path}?{query}"
+
+
+def _ascii(name: str) -> str:
+    """The plain ``filename=`` of a Content-Disposition: an ASCII fallback (RFC 6266), the
+    UTF-8 name travels in ``filename*``; HTTP headers carry no raw non-Latin-1 text."""
+    return name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
 
 
 class _Server(ThreadingHTTPServer):
@@ -622,7 +628,9 @@ class _HubHandler(_Handler):
         self._reply(status, {**headers, **extra}, body)
 
     def _error(self, err: _HubError) -> None:
-        headers = {"X-Error-Message": err.message, **err.headers}
+        # A header carries Latin-1 only: a non-Latin-1 path in the message is sent UTF-8 encoded.
+        message = err.message.encode().decode("latin-1")
+        headers = {"X-Error-Message": message, **err.headers}
         if err.code:
             headers["X-Error-Code"] = err.code
         self._json(err.status, {"error": err.message}, headers)
@@ -854,7 +862,7 @@ class _HubHandler(_Handler):
         name = posixpath.basename(filename)
         text = filename.endswith(_TEXT_SUFFIXES)
         headers["Content-Type"] = "text/plain; charset=utf-8" if text else "application/octet-stream"
-        headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{name}\";"
+        headers["Content-Disposition"] = f"inline; filename*=UTF-8''{quote(name)}; filename=\"{_ascii(name)}\";"
         self._serve_bytes(blob, headers, repo_id=repo_id, filename=filename, allow_gzip=True)
 
     def _resolve_cache(self, rest: list[str]) -> None:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from conftest import Server
@@ -30,7 +31,7 @@ class FtpStore(ConformanceStore):
         return {}
 
     def uri_for(self, key: str) -> str:
-        return f"{self.server.url}/{self.root_name}/{key}".rstrip("/")
+        return f"{self.server.url}/{self.root_name}/{quote(key)}".rstrip("/")
 
     def put(self, key: str, data: bytes) -> None:
         path = self.base / key
@@ -43,6 +44,14 @@ class FtpStore(ConformanceStore):
         later = path.stat().st_mtime + 2
         self.put(key, data)
         os.utime(path, (later, later))
+
+    def malformed_uri(self) -> str:
+        return f"{self.server.url}:99999/{self.root_name}/model.bin"
+
+    def denied_env(self) -> Mapping[str, str]:
+        return {"FTP_USERNAME": self.server.user, "FTP_PASSWORD": "not-the-password"}
+
+    # fail_once / stall_once stay off: pyftpdlib serves files as they are, it injects no faults.
 
 
 class TestFtpConformance(ProviderConformance):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
+from storage_initializer import http as kit
 from storage_initializer.errors import StorageInitializerError
-from storage_initializer.provider import Provider, ProviderContext
+from storage_initializer.provider import ChunkStream, Provider, ProviderContext, RemoteObject
 
-from ._common import client_options, log, map_error
+from ._common import chunk_stream, client_options, log, map_error
 from ._config import Access, AzureUri, Service, choose_access, other_account_note, parse_uri
 
 
@@ -73,6 +74,31 @@ class AzureProvider(Provider):
             return call()
         except Exception as exc:
             raise self.error(exc, what, access) from None
+
+    @staticmethod
+    def object_name(target: AzureUri, obj: RemoteObject) -> tuple[str, str]:
+        """The listed object's name in its container and how messages name it."""
+        name = obj.extra if isinstance(obj.extra, str) else obj.key
+        return name, (f"{target.shown} ({name})" if name != target.path else target.shown)
+
+    def ranged_body(
+        self,
+        what: str,
+        access: Access,
+        download: Callable[[], tuple[Any, Iterator[bytes]]],
+        start: int,
+        check: Callable[[Mapping[str, str]], None] = lambda headers: None,
+    ) -> ChunkStream:
+        """Send a generated ``download`` operation (see ``_common``) and hand its checked body to the engine."""
+        response, body = self.guarded(what, access, download)
+        http = response.http_response
+        try:
+            check(http.headers)
+            kit.check_partial(http.status_code, http.headers, start, what)
+        except BaseException:
+            http.close()
+            raise
+        return chunk_stream(body, http.close, what)
 
     def iterate(self, items: Iterable[Any], what: str, access: Access) -> Iterator[Any]:
         """Iterate an SDK pager, mapping the errors its page requests raise."""

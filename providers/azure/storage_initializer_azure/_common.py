@@ -1,18 +1,25 @@
 """What the Blob and Files providers share: HTTP transport, error mapping, body streams.
 
-Ranged reads do not go through the SDK's ``StorageStreamDownloader``: it reads
-each chunk (32 MiB for the first) fully into memory and retries on its own
-with sleeps, which breaks the engine's flat-memory and retry guarantees. They
-call the SDK's generated ``download`` operation with ``stream=True`` instead
-(the same operation the downloader uses, so signing, SAS, API version and
-error parsing stay the SDK's) and hand its chunk iterator to the engine.
+Ranged reads do not go through the SDK's public ``download_blob`` /
+``download_file`` (``StorageStreamDownloader``), read in its source
+(azure-storage-blob 12.31, azure-storage-file-share 12.27, ``_download.py``):
+``process_content`` joins every chunk's whole response into one ``bytes``
+(``b"".join(list(data))``: the first request up to ``max_single_get_size``,
+32 MiB by default, then ``max_chunk_get_size``, 4 MiB), so a worker holds up
+to 32 MiB instead of the engine's one reused buffer (8 workers: 256 MiB in an
+init container limited to 1 GiB); and a short body is retried inside the SDK
+with ``time.sleep(1)`` (SIGTERM cannot end it, and the retry nests in the
+engine's). Shrinking the sizes trades that for one request per few MiB. So
+they call the SDK's generated ``download`` operation (``client._client``,
+the same operation the downloader sends, so signing, SAS, API version, the
+``If-Match`` version pin and error parsing stay the SDK's) and hand its
+chunk iterator to the engine.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
 from typing import Any
 
 from storage_initializer import http as kit
@@ -26,7 +33,7 @@ from storage_initializer.errors import (
     UsageError,
     classify,
 )
-from storage_initializer.provider import ProviderContext
+from storage_initializer.provider import ChunkStream, ProviderContext
 from storage_initializer.redact import redact
 
 from ._config import Access
@@ -187,65 +194,10 @@ def _status_error(
     return StorageInitializerError(f"{what}: the storage service answered {shown}")
 
 
-class ChunkStream:
-    """A file-like view of a streamed response body (``readinto`` and ``read``).
+def chunk_stream(chunks: Iterator[bytes], close: Callable[[], None], what: str) -> ChunkStream:
+    """A streamed body; errors while reading (timeouts, resets, short bodies) become retryable."""
 
-    Errors while reading (timeouts, resets, short bodies) become
-    :class:`TransientError`, which the engine retries from where it stopped.
-    """
+    def on_error(exc: Exception) -> BaseException:
+        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {redact(str(exc))})")
 
-    def __init__(self, chunks: Iterator[bytes], close: Callable[[], None], what: str) -> None:
-        self._chunks = chunks
-        self._close = close
-        self._what = what
-        self._pending = memoryview(b"")
-
-    def _next(self) -> bool:
-        try:
-            chunk = next(self._chunks)
-        except StopIteration:
-            return False
-        except Exception as exc:
-            raise TransientError(f"{self._what}: reading failed ({type(exc).__name__}: {redact(str(exc))})") from None
-        self._pending = memoryview(chunk)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:
-        filled = 0
-        while filled < len(buffer):
-            if not self._pending and not self._next():
-                break
-            n = min(len(buffer) - filled, len(self._pending))
-            buffer[filled : filled + n] = self._pending[:n]
-            self._pending = self._pending[n:]
-            filled += n
-        return filled
-
-    def read(self, n: int = -1) -> bytes:
-        if n is None or n < 0:
-            out = bytearray(self._pending)
-            self._pending = memoryview(b"")
-            while self._next():
-                out += self._pending
-                self._pending = memoryview(b"")
-            return bytes(out)
-        buffer = bytearray(n)
-        return bytes(buffer[: self.readinto(memoryview(buffer))])
-
-    def close(self) -> None:
-        self._close()
-
-    def __enter__(self) -> ChunkStream:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-class EmptyStream(ChunkStream):
-    """The body of a zero-byte range (no request: a 0-byte object has no range to ask for)."""
-
-    def __init__(self) -> None:
-        super().__init__(iter(()), lambda: None, "")
+    return ChunkStream(chunks, close, on_error)

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer import http as kit
 from storage_initializer.errors import NotFoundError
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, EmptyStream, error_code, quoted
+from ._common import error_code, quoted
 from ._config import Access, AzureUri, uri_regexes
 
 _FOLDER_KEY = "hdi_isfolder"
@@ -122,13 +122,12 @@ class AzureBlobProvider(AzureProvider):
         )
 
     # -- reading ---------------------------------------------------------------
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
-        if end is not None and end <= start:
-            return EmptyStream()  # type: ignore[return-value]
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         target = self.target(uri)
         access, container = self.service_client(target)
-        name = obj.extra if isinstance(obj.extra, str) else obj.key
-        what = f"{target.shown} ({name})" if name != target.path else target.shown
+        name, what = self.object_name(target, obj)
         blob = container.get_blob_client(name)
         headers = {"If-Match": quoted(obj.version)} if obj.version else {}
         byte_range = kit.range_header(start, end)
@@ -142,11 +141,4 @@ class AzureBlobProvider(AzureProvider):
                 cls=lambda response, body, _headers: (response, body),
             )
 
-        response, body = self.guarded(what, access, call)
-        http = response.http_response
-        try:
-            kit.check_partial(http.status_code, http.headers, start, what)
-        except BaseException:
-            http.close()
-            raise
-        return ChunkStream(body, http.close, what)  # type: ignore[return-value]
+        return self.ranged_body(what, access, call, start)

@@ -20,9 +20,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer import http as kit
 from storage_initializer.errors import (
@@ -31,10 +31,10 @@ from storage_initializer.errors import (
     ObjectChangedError,
     UnsafePathError,
 )
-from storage_initializer.provider import RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
 
 from ._base import AzureProvider
-from ._common import ChunkStream, EmptyStream, error_code, same_etag
+from ._common import error_code, same_etag
 from ._config import Access, AzureUri, uri_regexes
 
 #: Answers to "read PATH as a file" that mean "it is not a file".
@@ -123,13 +123,12 @@ class AzureFileProvider(AzureProvider):
         )
 
     # -- reading ---------------------------------------------------------------
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
-        if end is not None and end <= start:
-            return EmptyStream()  # type: ignore[return-value]
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         target = self.target(uri)
         access, share = self.service_client(target)
-        path = obj.extra if isinstance(obj.extra, str) else obj.key
-        what = f"{target.shown} ({path})" if path != target.path else target.shown
+        path, what = self.object_name(target, obj)
         file_client = share.get_file_client(path)
         byte_range = kit.range_header(start, end)
 
@@ -143,18 +142,12 @@ class AzureFileProvider(AzureProvider):
                 cls=lambda response, body, _headers: (response, body),
             )
 
-        response, body = self.guarded(what, access, call)
-        http = response.http_response
-        etag = http.headers.get("ETag")
-        if not same_etag(obj.version, etag):
-            http.close()
-            raise ObjectChangedError(
-                f"{what} changed during the download (ETag {obj.version} when listed, now {etag})",
-                hint="run again to download the new version",
-            )
-        try:
-            kit.check_partial(http.status_code, http.headers, start, what)
-        except BaseException:
-            http.close()
-            raise
-        return ChunkStream(body, http.close, what)  # type: ignore[return-value]
+        def unchanged(headers: Mapping[str, str]) -> None:
+            etag = headers.get("ETag")
+            if not same_etag(obj.version, etag):
+                raise ObjectChangedError(
+                    f"{what} changed during the download (ETag {obj.version} when listed, now {etag})",
+                    hint="run again to download the new version",
+                )
+
+        return self.ranged_body(what, access, call, start, unchanged)

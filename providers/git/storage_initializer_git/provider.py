@@ -20,10 +20,10 @@ import threading
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer.errors import NotFoundError, StorageInitializerError
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
 from storage_initializer_git.lfs import LfsClient, Pointer, lfs_verify, parse_pointer
 from storage_initializer_git.remote import TMPDIR_HINT, Remote, Target, credentials
@@ -219,12 +219,12 @@ class GitProvider(Provider):
                 extra=_Lfs(client, pointer, path),
             )
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         if isinstance(ref, _Lfs):
-            if (end if end is not None else ref.pointer.size) == start:
-                return io.BytesIO(b"")
-            return ref.client.open(ref.pointer, ref.path, start, end)  # type: ignore[return-value]
+            return ref.client.open(ref.pointer, ref.path, start, end)
         assert isinstance(ref, _Blob), "open_range needs an object listed by this provider"
         size = obj.size or 0
         budget = ref.snapshot.budget

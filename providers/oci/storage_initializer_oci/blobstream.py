@@ -15,14 +15,15 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from storage_initializer.errors import TransientError, classify
+from storage_initializer.provider import ByteStream
 
 log = logging.getLogger("storage_initializer.oci")
 
 #: Opens the blob at a byte offset; the stream returned is closed by the caller.
-Opener = Callable[[int], IO[bytes]]
+Opener = Callable[[int], ByteStream]
 
 
 class ResumingStream(io.RawIOBase):
@@ -35,7 +36,7 @@ class ResumingStream(io.RawIOBase):
         self.retries = retries
         self.backoff = backoff
         self.offset = 0
-        self._stream: IO[bytes] | None = None
+        self._stream: ByteStream | None = None
 
     def readable(self) -> bool:
         return True

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
+from storage_initializer import http as kit
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -112,13 +113,15 @@ class RegistryClient:
             return self.session().request(
                 method, url, headers=dict(headers), stream=True, timeout=self.timeouts, **kwargs
             )
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for {self.registry}: {exc}",
-                hint="set REQUESTS_CA_BUNDLE to the registry's CA, or KSERVE_OCI_INSECURE_REGISTRY=true",
-            ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientError(f"cannot reach registry {self.registry}: {type(exc).__name__}: {exc}") from None
+        except requests.exceptions.RequestException as exc:
+            error = kit.request_error(
+                exc,
+                f"registry {self.registry}",
+                tls_hint="set REQUESTS_CA_BUNDLE to the registry's CA, or KSERVE_OCI_INSECURE_REGISTRY=true",
+            )
+            if error is None:
+                raise
+            raise error from None
 
     def _authorization(self) -> str | None:
         token = self._tokens.get(self.scope)

@@ -33,7 +33,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact
 from storage_initializer.settings import settings_from_env
 from storage_initializer_oci import auth, layers, media
@@ -207,7 +207,9 @@ class OciProvider(Provider):
             )
         raise status_error(response.status_code, what, "", response.reason or "")
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         layer = obj.extra
         if not isinstance(layer, media.Layer):
             raise StorageInitializerError(f"{redact(uri)}: {obj.key} is built from several layers; it has no ranges")
@@ -221,9 +223,9 @@ class OciProvider(Provider):
                 raise TransientError(
                     f"{redact(uri)}: blob {layer.digest} ignored a range request (HTTP {response.status_code})"
                 )
-        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+        return HttpBody(response.raw, self.context.stall_timeout)
 
-    def _open_at(self, uri: str, layer: media.Layer, offset: int) -> IO[bytes]:
+    def _open_at(self, uri: str, layer: media.Layer, offset: int) -> ByteStream:
         """The blob from ``offset`` to its end (a ranged GET after a break)."""
         response = self._open_blob(uri, layer, {"Range": f"bytes={offset}-"} if offset else {})
         if offset and (
@@ -231,7 +233,7 @@ class OciProvider(Provider):
         ):
             response.close()
             raise TransientError(f"{redact(uri)}: blob {layer.digest} ignored a range request at byte {offset}")
-        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+        return HttpBody(response.raw, self.context.stall_timeout)
 
     def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
         if isinstance(obj.extra, media.Layer):

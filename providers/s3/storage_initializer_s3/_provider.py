@@ -22,7 +22,6 @@ How the work is split (the read path is what the benchmarks measure):
 
 from __future__ import annotations
 
-import io
 import logging
 import re
 import ssl
@@ -30,7 +29,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from functools import cached_property
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from storage_initializer.errors import (
@@ -42,7 +41,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
 
 from ._config import S3Settings, credential_source, describe, s3_settings
@@ -443,10 +442,10 @@ class S3Provider(Provider):
             self.__dict__["_tls"] = context
         return context
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = self._ref(uri, obj)
-        if obj.size == 0 or (end is not None and end <= start):
-            return io.BytesIO(b"")  # nothing to read: no request
         headers, ranged = self._range_headers(ref, obj, start, end)
         response = self.wire.get(uri, ref.bucket, ref.key, headers)
         try:
@@ -457,7 +456,7 @@ class S3Provider(Provider):
             response.close()
             response.release_conn()
             raise
-        return HttpBody(response, self.read_timeout)  # type: ignore[return-value]
+        return HttpBody(response, self.read_timeout)
 
     def _check(
         self,

@@ -1,6 +1,6 @@
 """Compare the provider's request path with plain botocore, against a local SeaweedFS.
 
-    python providers/s3/bench_read_paths.py [--small 2000] [--big-mib 300] [--repeats 2]
+    python bench/s3_read_paths.py [--small 2000] [--big-mib 300] [--repeats 2]
 
 Both variants run through the same engine (16 workers) and the same listing
 logic; only the requests differ:
@@ -89,7 +89,7 @@ class BotoProvider(S3Provider):
             self.__dict__["_botocore_client"] = client
         return client
 
-    @property  # type: ignore[override]
+    @property
     def wire(self) -> S3Wire:
         wire = self.__dict__.get("_boto_wire")
         if wire is None:

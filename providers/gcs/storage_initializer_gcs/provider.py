@@ -1,61 +1,19 @@
-"""``gs://``: Google Cloud Storage (and emulators) on ``google-cloud-storage`` and ``google-auth``.
-
-Grammar (see README.md)::
-
-    gs://BUCKET                the whole bucket
-    gs://BUCKET/PATH           the object PATH if it exists, else everything under PATH/
-    gs://BUCKET/PATH/          everything under PATH/ (a directory only)
-
-* Listing: ``Bucket.get_blob(PATH)``; when there is no such object,
-  ``Client.list_blobs(prefix=PATH/, page_size=1000)``, whose pages are fetched
-  one at a time as the engine consumes them, so memory stays flat. A prefix is
-  a directory: ``gs://b/model`` never pulls ``model-v2/`` or ``model.bin``.
-  The library's own retries are off (``retry=None``): the engine retries.
-* Reads: the JSON API's media download (``alt=media``) through the client's
-  authorized session (google-auth adds and refreshes the token), with a
-  ``Range`` header, pinned with ``generation=`` to the generation the listing
-  saw (GCS answers 404 once that generation is replaced in an unversioned
-  bucket) and checked against ``X-Goog-Generation``. The body is read with
-  ``readinto`` straight from the socket into the engine's buffers: the
-  library's ``download_*`` methods buffer whole ranges in memory or write to a
-  file themselves, which the engine already does (atomic, resumable, verified).
-* Objects stored with ``Content-Encoding: gzip`` are written decompressed, as
-  KServe (``download_to_filename``) writes them: one stream, no ranges; their
-  integrity rests on gzip's own CRC, since the listed size and checksums are
-  those of the compressed bytes.
-* Credentials, in google-auth's ``default()`` order but read from the
-  provider's environment (``self.env``) and with a bounded metadata probe:
-  ``STORAGE_EMULATOR_HOST`` -> anonymous, as google-cloud-storage does;
-  ``GOOGLE_APPLICATION_CREDENTIALS`` and then gcloud's application-default file,
-  each loaded by google-auth (service account, external account, impersonation,
-  authorized user); the GCE/GKE metadata server (google-auth's
-  ``compute_engine.Credentials``); else anonymous, which reads public buckets.
-  ``google.auth.default()`` itself is not called: it reads only ``os.environ``
-  (the engine may hand a provider another environment), fixes the probe's
-  timeout at import time as a whole number of seconds and does not bound it by
-  the connect timeout.
-"""
+"""The provider: listing through the JSON API, ranged media reads, typed errors."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
-import io
-import json
 import logging
-import os
-import re
 import threading
-import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import IO, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from storage_initializer import http as kit
-from storage_initializer.config import env_bool, env_int, env_number, env_str
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -66,211 +24,16 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.redact import redact
+
+from .credentials import Credentials, _auth_text, find_credentials
+from .settings import settings_from_env
+from .uri import GRAMMAR, PREFIX, parse_uri
 
 log = logging.getLogger("storage_initializer.gcs")
 
-PREFIX = "gs://"
-GRAMMAR = "gs://BUCKET[/PATH]"
-DEFAULT_ENDPOINT = "https://storage.googleapis.com"
-READ_ONLY_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
-DEFAULT_METADATA_IP = "169.254.169.254"
-DMI_PRODUCT_NAME = "/sys/class/dmi/id/product_name"
-
-# Bucket names: 3-63 characters (up to 222 with dots), lowercase letters,
-# digits, '-', '_' and '.', starting and ending with a letter or digit.
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")
 _LIST_FIELDS = "items(name,size,generation,crc32c,md5Hash,contentEncoding),nextPageToken"
-# Values inside a credentials file that are secrets.
-_SECRET_KEYS = ("private_key", "private_key_id", "client_secret", "refresh_token", "access_token")
-
-
-# -- the URI -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class GcsUri:
-    bucket: str
-    path: str  # "" = the bucket root; a trailing "/" names a directory only
-
-    def __str__(self) -> str:
-        return f"{PREFIX}{self.bucket}/{self.path}" if self.path else f"{PREFIX}{self.bucket}"
-
-
-def parse_uri(uri: str) -> GcsUri:
-    """Split ``gs://BUCKET[/PATH]``; the path is taken literally (no %-decoding), as KServe does."""
-    if not uri.startswith(PREFIX):
-        raise UsageError(f"{redact(uri)} is not a gs:// URI", hint=f"expected {GRAMMAR}")
-    bucket, _, path = uri[len(PREFIX) :].partition("/")
-    if not bucket:
-        raise UsageError(f"{redact(uri)} names no bucket", hint=f"expected {GRAMMAR}")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise UsageError(
-            f"{redact(uri)}: {bucket!r} is not a valid bucket name",
-            hint="bucket names use lowercase letters, digits, '-', '_' and '.' (3-63 characters)",
-        )
-    if path.startswith("/"):
-        raise UsageError(f"{redact(uri)} has an empty path segment after the bucket", hint=f"expected {GRAMMAR}")
-    return GcsUri(bucket, path)
-
-
-# -- configuration -------------------------------------------------------------------
-@dataclass(frozen=True)
-class GcsSettings:
-    """Everything the provider reads from its environment (see README.md)."""
-
-    endpoint: str  # base URL, no trailing slash
-    emulator: bool  # STORAGE_EMULATOR_HOST is set: anonymous, as google-cloud-storage
-    credentials_file: str | None  # GOOGLE_APPLICATION_CREDENTIALS
-    adc_file: str | None  # gcloud's application-default credentials file
-    check_metadata: bool  # not NO_GCE_CHECK
-    metadata_host: str
-    metadata_timeout: float
-    metadata_attempts: int
-
-
-def _with_scheme(value: str) -> str:
-    value = value.strip().rstrip("/")
-    return value if "://" in value else f"http://{value}"
-
-
-def settings_from_env(env: Mapping[str, str]) -> GcsSettings:
-    """Read the provider's configuration; no network, no file access."""
-    emulator_host = env_str(env, "STORAGE_EMULATOR_HOST")
-    override = env_str(env, "API_ENDPOINT_OVERRIDE")
-    if emulator_host:
-        endpoint = _with_scheme(emulator_host)
-    elif override:
-        endpoint = _with_scheme(override)
-    else:
-        endpoint = DEFAULT_ENDPOINT
-    # Where google.auth._cloud_sdk looks for gcloud's file, but from this environment.
-    config_dir = env_str(env, "CLOUDSDK_CONFIG")
-    if not config_dir and env.get("HOME"):
-        config_dir = os.path.join(env["HOME"], ".config", "gcloud")
-    return GcsSettings(
-        endpoint=endpoint,
-        emulator=bool(emulator_host),
-        credentials_file=env_str(env, "GOOGLE_APPLICATION_CREDENTIALS"),
-        adc_file=os.path.join(config_dir, "application_default_credentials.json") if config_dir else None,
-        check_metadata=not env_bool(env, "NO_GCE_CHECK", False),
-        metadata_host=env_str(env, "GCE_METADATA_IP") or env_str(env, "GCE_METADATA_HOST") or DEFAULT_METADATA_IP,
-        metadata_timeout=env_number(env, "GCE_METADATA_TIMEOUT", 3.0, minimum=0.1),
-        metadata_attempts=env_int(env, "GCE_METADATA_DETECT_RETRIES", 3, minimum=1),
-    )
-
-
-# -- credentials -----------------------------------------------------------------------
-@dataclass(frozen=True)
-class Credentials:
-    """The google-auth credentials in use and where they came from (for messages)."""
-
-    credentials: Any
-    source: str
-    anonymous: bool = False
-
-
-def _anonymous(source: str) -> Credentials:
-    from google.auth.credentials import AnonymousCredentials
-
-    return Credentials(AnonymousCredentials(), source, anonymous=True)  # type: ignore[no-untyped-call]
-
-
-def credentials_from_file(path: str, variable: str) -> Credentials:
-    """Load any google-auth JSON credentials file, registering its secrets first.
-
-    The file is read here once (rather than by ``load_credentials_from_file``)
-    so that its secrets are masked before google-auth can quote them in an error.
-    """
-    from google.auth import exceptions, load_credentials_from_dict
-
-    try:
-        with open(path, "rb") as handle:
-            info = json.loads(handle.read())
-    except OSError as exc:
-        raise ConfigError(
-            f"{variable}={path}: cannot read the credentials file ({exc.strerror})",
-            hint="mount the key file and point the variable at it",
-        ) from None
-    except ValueError:
-        raise ConfigError(f"{variable}={path} is not a JSON credentials file") from None
-    if not isinstance(info, dict):
-        raise ConfigError(f"{variable}={path} is not a JSON credentials file")
-    for key in _SECRET_KEYS:
-        if isinstance(info.get(key), str):
-            register_secret(info[key])
-    try:
-        with warnings.catch_warnings():
-            # The file is the operator's own configuration, as for google.auth.default().
-            warnings.simplefilter("ignore", DeprecationWarning)
-            credentials, _project = load_credentials_from_dict(  # type: ignore[no-untyped-call]
-                info, scopes=[READ_ONLY_SCOPE]
-            )
-    except (exceptions.GoogleAuthError, ValueError, KeyError) as exc:
-        raise ConfigError(
-            f"{variable}={path}: not usable Google credentials ({_auth_text(exc)})",
-            hint="use a service-account key, an external-account or an authorized-user JSON file",
-        ) from None
-    who = info.get("client_email") or info.get("type", "credentials")
-    return Credentials(credentials, f"{variable} ({path}, {who})")
-
-
-def _auth_text(exc: BaseException) -> str:
-    """google-auth errors carry (message, detail) tuples; say them as one sentence."""
-    parts = [a for a in exc.args if isinstance(a, (str, BaseException))] or [type(exc).__name__]
-    text = ": ".join(str(a) for a in parts[:2])
-    if exc.__cause__ is not None and str(exc.__cause__) not in text:
-        text = f"{text}: {exc.__cause__}"
-    return redact(text)
-
-
-def _on_gce(settings: GcsSettings, connect_timeout: float) -> bool:
-    """google-auth's ``is_on_gce`` test, with this environment's address and a bounded probe.
-
-    The BIOS saying Google settles it; else ``GET /`` with ``Metadata-Flavor:
-    Google`` must be answered in kind, each attempt bounded by
-    ``GCE_METADATA_TIMEOUT`` and the connect timeout, without sleeping between
-    attempts and never through a proxy.
-    """
-    with contextlib.suppress(OSError), open(DMI_PRODUCT_NAME, encoding="utf-8") as handle:
-        if handle.read().strip().startswith("Google"):
-            return True
-    import requests
-    from google.auth import exceptions
-    from google.auth.transport.requests import Request
-
-    timeout = min(settings.metadata_timeout, connect_timeout)
-    with requests.Session() as session:
-        session.trust_env = False
-        request = Request(session)
-        for attempt in range(1, settings.metadata_attempts + 1):
-            try:
-                response = request(
-                    url=f"http://{settings.metadata_host}/",
-                    method="GET",
-                    headers={"Metadata-Flavor": "Google"},
-                    timeout=(timeout, timeout),
-                )
-                return bool(response.status == 200 and response.headers.get("Metadata-Flavor") == "Google")
-            except exceptions.TransportError as exc:
-                log.debug("metadata server probe %d/%d: %s", attempt, settings.metadata_attempts, exc)
-    return False
-
-
-def find_credentials(settings: GcsSettings, connect_timeout: float) -> Credentials:
-    """The credential chain of google-auth's ``default()``, read from ``settings``."""
-    if settings.emulator:
-        return _anonymous("none: STORAGE_EMULATOR_HOST is set (anonymous, as google-cloud-storage)")
-    if settings.credentials_file:
-        return credentials_from_file(settings.credentials_file, "GOOGLE_APPLICATION_CREDENTIALS")
-    if settings.adc_file and os.path.isfile(settings.adc_file):
-        return credentials_from_file(settings.adc_file, "gcloud application-default credentials")
-    if settings.check_metadata and _on_gce(settings, connect_timeout):
-        from google.auth import compute_engine
-
-        # Scoped as google.auth.default(scopes=...) scopes them; tokens come from GCE_METADATA_HOST.
-        metadata = compute_engine.Credentials(scopes=[READ_ONLY_SCOPE])  # type: ignore[no-untyped-call]
-        return Credentials(metadata, "the metadata server (GCE / GKE Workload Identity)")
-    return _anonymous("none found: anonymous access, public buckets only")
 
 
 # -- reading -------------------------------------------------------------------------
@@ -299,33 +62,17 @@ def _call_text(exc: Any) -> str:
     return redact(message.strip()[:300] or type(exc).__name__)
 
 
-class _GzipBody:
-    """A gzip-encoded media response, decompressed as it is read (written as KServe does)."""
+_GZIP_CHUNK = 256 * 1024
 
-    def __init__(self, response: Any) -> None:
-        self._response = response
-        self._raw = response.raw
-        self._surplus = b""  # decoded bytes beyond what the last caller asked for
 
-    def readinto(self, buffer: memoryview) -> int:
-        # urllib3 1.x may hand back more decoded bytes than asked for (2.x does not).
-        data = self._surplus or self._raw.read(len(buffer), decode_content=True)
-        n = min(len(data), len(buffer))
-        buffer[:n] = data[:n]
-        self._surplus = data[n:]
-        return n
+def _gzip_body(response: Any) -> ChunkStream:
+    """A gzip-encoded media response, decompressed as it is read (written as KServe does).
 
-    def read(self, n: int = -1) -> bytes:
-        if self._surplus:
-            data, self._surplus = (self._surplus, b"") if n < 0 else (self._surplus[:n], self._surplus[n:])
-            return bytes(data)
-        return bytes(self._raw.read(None if n < 0 else n, decode_content=True))
-
-    def __enter__(self) -> _GzipBody:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._response.close()
+    urllib3 1.x may hand back more decoded bytes than asked for (2.x does not): the
+    stream keeps what the buffer cannot take for the next read.
+    """
+    raw = response.raw
+    return ChunkStream(iter(lambda: bytes(raw.read(_GZIP_CHUNK, decode_content=True)), b""), response.close)
 
 
 class GcsProvider(Provider):
@@ -529,13 +276,13 @@ class GcsProvider(Provider):
             checksums["md5"] = md5
         return RemoteObject(key, blob.size, generation, checksums, extra=_Ref(bucket, name))
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra if isinstance(obj.extra, _Ref) else None
         if ref is None:
             location = parse_uri(uri)
             ref = _Ref(location.bucket, location.path)
-        if end is not None and end <= start:
-            return contextlib.nullcontext(io.BytesIO())  # an empty object: nothing to fetch
         params = {"alt": "media"}
         if obj.version:
             params["generation"] = obj.version
@@ -554,8 +301,8 @@ class GcsProvider(Provider):
             response.close()
             raise
         if ref.gzip:
-            return _GzipBody(response)  # type: ignore[return-value]
-        return HttpBody(response.raw, self.context.stall_timeout)  # type: ignore[return-value]
+            return _gzip_body(response)
+        return HttpBody(response.raw, self.context.stall_timeout)
 
     def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
         from google.api_core.exceptions import from_http_response

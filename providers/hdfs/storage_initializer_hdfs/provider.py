@@ -1,50 +1,20 @@
-"""``hdfs://`` and ``webhdfs://``: HDFS through its WebHDFS REST API, configured the way KServe does it.
-
-URI grammar (KServe's): everything after the scheme is an HDFS *path*; the namenode comes from the
-configuration. ``hdfs:///models/iris`` and ``hdfs://models/iris`` both name ``/models/iris``; with
-``HDFS_ROOTPATH`` set, ``hdfs://iris`` is ``iris`` below that root (a relative root is below the
-user's home directory) while ``hdfs:///abs`` stays absolute. Beyond KServe: when no namenode is
-configured, the URI's authority is the namenode's WebHDFS address, ``webhdfs://HOST[:PORT]/path``
-(plain HTTP, port 9870 by default; the same for ``hdfs://``, whose port must then be the HTTP one).
-
-Configuration, one value per file in ``$HDFS_SECRET_DIR`` (default ``/var/secrets/kserve-hdfscreds``)
-or, replacing that directory as in KServe, a storage-spec JSON (``STORAGE_CONFIG`` /
-``STORAGE_OVERRIDE_CONFIG``) of ``type`` ``hdfs`` or ``webhdfs`` whose file secrets are base64:
-``HDFS_NAMENODE`` (``http(s)://host:port``, several separated by ``;`` for an HA pair),
-``HDFS_ROOTPATH``, ``USER_PROXY`` (sent as ``doas``), ``TLS_CERT`` + ``TLS_KEY`` (client
-certificate), ``TLS_CA``, ``TLS_SKIP_VERIFY``, ``HEADERS`` (a JSON object of extra request headers),
-``N_THREADS`` (the most byte ranges read from the cluster at once), ``KERBEROS_PRINCIPAL`` +
-``KERBEROS_KEYTAB`` (the ``kerberos`` extra).
-
-Transfer: the whole tree below a directory (KServe downloads only its top-level entries), each file
-read by the engine as parallel ``OPEN`` ranges (``offset``/``length``, redirected to a datanode).
-Every range is checked against the file's ``fileId``/``modificationTime``/``length`` afterwards, so
-a file replaced mid-download is reported, never spliced. An empty directory or a missing path is an
-error (KServe reports success on an empty directory). The configuration is logged without secrets.
-"""
+"""The provider: namenodes from the URI or the settings, listing, ranged reads, typed errors."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import functools
-import json
 import logging
-import os
 import posixpath
-import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from storage_initializer import http as kit
-from storage_initializer.config import parse_bool, parse_number
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -55,267 +25,18 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
-from storage_initializer.storage_spec import spec_of_type
+
+from .client import _literal, _quiet_hdfs_logging, _RangeStream, _remote_exception, _Resolved, _scrub, _version
+from .config import DEFAULT_HTTP_PORT, HdfsConfig, load_config
 
 log = logging.getLogger("storage_initializer.hdfs")
 
-DEFAULT_SECRET_DIR = "/var/secrets/kserve-hdfscreds"
-DEFAULT_HTTP_PORT = 9870  # dfs.namenode.http-address
-CONFIG_KEYS = (
-    "HDFS_NAMENODE", "HDFS_ROOTPATH", "USER_PROXY", "TLS_CERT", "TLS_KEY", "TLS_CA", "TLS_SKIP_VERIFY",
-    "HEADERS", "N_THREADS", "KERBEROS_KEYTAB", "KERBEROS_PRINCIPAL",
-)  # fmt: skip
-#: Keys whose value is a file: its path in the secret directory, base64 content in a storage spec.
-FILE_KEYS = frozenset({"KERBEROS_KEYTAB", "TLS_CERT", "TLS_KEY", "TLS_CA"})
 _PREFIXES = ("hdfs://", "webhdfs://")
 _ACCESS_EXCEPTIONS = frozenset({"AccessControlException", "AuthorizationException", "SecurityException"})
 _TRANSIENT_EXCEPTIONS = frozenset({"StandbyException", "RetriableException", "SafeModeException"})
-_HTML_TITLE = re.compile(r"<title>\s*(?:Error\s+\d+\s+)?(.*?)\s*</title>", re.IGNORECASE | re.DOTALL)
-_DELEGATION = re.compile(r"(?i)([?&]delegation=)[^&\s'\"]+")
 _FORM = "hdfs:///PATH or webhdfs:///PATH with HDFS_NAMENODE configured, or webhdfs://NAMENODE[:PORT]/PATH"
-
-
-@dataclass(frozen=True)
-class HdfsConfig:
-    """KServe's HDFS settings, parsed and checked (see the module docstring)."""
-
-    namenodes: tuple[str, ...] = ()
-    root: str | None = None
-    user_proxy: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_ca: str | None = None
-    tls_skip_verify: bool = False
-    headers: Mapping[str, str] = field(default_factory=dict)
-    n_threads: int | None = None
-    kerberos_principal: str | None = None
-    kerberos_keytab: str | None = None
-    source: str = "no configuration"
-
-    def describe(self) -> str:
-        """A one-line summary for the log: header names only, never their values."""
-        tls = "no verification" if self.tls_skip_verify else (f"CA {self.tls_ca}" if self.tls_ca else "default CAs")
-        parts = [
-            f"namenode {';'.join(self.namenodes) or '(from the URI)'}",
-            f"root {self.root or '/'}",
-            f"proxy user {self.user_proxy or '-'}",
-            f"TLS {tls}" + (", client certificate" if self.tls_cert else ""),
-            f"headers {sorted(self.headers) or '-'}",
-            f"N_THREADS {self.n_threads or '-'}",
-            f"Kerberos {self.kerberos_principal or 'off'}",
-        ]
-        return f"hdfs configuration from {self.source}: " + ", ".join(parts)
-
-
-def load_config(env: Mapping[str, str], scratch: Callable[[], str]) -> HdfsConfig:
-    """Read the configuration as KServe does: a ``hdfs``/``webhdfs`` storage spec replaces the directory.
-
-    ``scratch`` returns a private directory where a storage spec's base64 file secrets are written.
-    """
-    spec = spec_of_type(env, "hdfs", "webhdfs")
-    if spec:
-        return parse_config(_values_from_spec(spec, scratch), "STORAGE_CONFIG")
-    directory = env.get("HDFS_SECRET_DIR") or DEFAULT_SECRET_DIR
-    return parse_config(_values_from_dir(directory), directory)
-
-
-def _values_from_dir(directory: str) -> dict[str, str]:
-    values: dict[str, str] = {}
-    if not os.path.isdir(directory):
-        return values
-    for key in CONFIG_KEYS:
-        path = os.path.join(directory, key)
-        if not os.path.isfile(path):
-            continue
-        if key in FILE_KEYS:
-            values[key] = path
-            continue
-        try:
-            with open(path, encoding="utf-8") as handle:
-                values[key] = handle.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-    return values
-
-
-def _values_from_spec(spec: Mapping[str, Any], scratch: Callable[[], str]) -> dict[str, str]:
-    values: dict[str, str] = {}
-    for key in CONFIG_KEYS:
-        value = spec.get(key)
-        if value is None or value == "":
-            continue
-        if key not in FILE_KEYS:
-            values[key] = str(value)
-            continue
-        try:
-            content = base64.b64decode(str(value))
-        except (binascii.Error, ValueError):
-            raise ConfigError(
-                f"{key} in STORAGE_CONFIG is not base64", hint="file secrets are base64-encoded"
-            ) from None
-        path = os.path.join(scratch(), key)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(content)
-        values[key] = path
-    return values
-
-
-def parse_config(values: Mapping[str, str], source: str) -> HdfsConfig:
-    """Check every value, naming the key and where it came from on error."""
-
-    def get(key: str) -> str | None:
-        value = values.get(key)
-        return value.strip() if value is not None and value.strip() else None
-
-    namenodes = tuple(
-        _namenode_url(item.strip(), source) for item in (get("HDFS_NAMENODE") or "").split(";") if item.strip()
-    )
-    # KServe compares with "true": "yes" there means false, so only true/false are accepted.
-    skip = parse_bool(get("TLS_SKIP_VERIFY") or "false", f"TLS_SKIP_VERIFY in {source}", true_false_only=True)
-    headers: dict[str, str] = {}
-    if get("HEADERS"):
-        try:
-            parsed = json.loads(values["HEADERS"])
-        except ValueError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise ConfigError(f"HEADERS in {source} is not a JSON object", hint='use {"Header-Name": "value"}')
-        headers = {str(k): str(v) for k, v in parsed.items()}
-        for value in headers.values():
-            register_secret(value)
-    raw_threads = get("N_THREADS")
-    n_threads = None
-    if raw_threads is not None:
-        n_threads = int(parse_number(raw_threads, f"N_THREADS in {source}", minimum=1, integer=True))
-    if get("TLS_KEY") and not get("TLS_CERT"):
-        raise ConfigError(f"TLS_KEY in {source} has no TLS_CERT", hint="a client key needs its certificate")
-    return HdfsConfig(
-        namenodes=namenodes,
-        root=get("HDFS_ROOTPATH"),
-        user_proxy=get("USER_PROXY"),
-        tls_cert=get("TLS_CERT"),
-        tls_key=get("TLS_KEY"),
-        tls_ca=get("TLS_CA"),
-        tls_skip_verify=skip,
-        headers=headers,
-        n_threads=n_threads,
-        kerberos_principal=get("KERBEROS_PRINCIPAL"),
-        kerberos_keytab=get("KERBEROS_KEYTAB"),
-        source=source,
-    )
-
-
-def _namenode_url(value: str, source: str) -> str:
-    url = value if "://" in value else f"http://{value}"
-    parts = urlsplit(url)
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        parts = parts._replace(netloc="")
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"HDFS_NAMENODE in {source} is not a WebHDFS address: {value!r}",
-            hint="use http(s)://HOST:PORT (the namenode's HTTP port, 9870 by default); ';' separates an HA pair",
-        )
-    return url.rstrip("/")
-
-
-def _scrub(text: str) -> str:
-    """Mask WebHDFS delegation tokens (datanode redirect URLs carry them), then the usual secrets."""
-    return redact(_DELEGATION.sub(r"\1***", text))
-
-
-class _Resolved(str):
-    """An absolute HDFS path already resolved: sent as is, never expanded again by ``Client.resolve``.
-
-    ``hdfs.Client.resolve`` (run on every request's path) expands ``#LATEST`` markers: right for the
-    URI the user wrote, wrong for a listed file that is literally named ``#LATEST``.
-    """
-
-
-def _literal_resolve(client: Any) -> Any:
-    """Make ``client`` send :class:`_Resolved` paths unchanged."""
-    resolve = client.resolve
-
-    def literal(hdfs_path: str) -> str:
-        return str(hdfs_path) if isinstance(hdfs_path, _Resolved) else str(resolve(hdfs_path))
-
-    client.resolve = literal
-    return client
-
-
-def _version(status: Mapping[str, Any]) -> str:
-    """What changes whenever a file's content may have: HDFS gives every (re)created file a new fileId."""
-    return f"{status.get('fileId')}:{status.get('modificationTime')}:{status.get('length')}"
-
-
-def _remote_exception(response: Any) -> tuple[str | None, str]:
-    """(exception name, message) from a WebHDFS error: RemoteException JSON, else a Jetty HTML page."""
-    try:
-        payload = response.json()["RemoteException"]
-        return str(payload.get("exception") or "") or None, str(payload.get("message") or "")
-    except (ValueError, KeyError, TypeError):
-        pass
-    text = response.text if isinstance(getattr(response, "text", None), str) else ""
-    match = _HTML_TITLE.search(text)
-    return None, (match.group(1) if match else text.strip()[:200]) or (response.reason or "")
-
-
-class _Quiet(logging.Filter):
-    """Demote the ``hdfs`` package's records to DEBUG (shown only when this tool logs at DEBUG).
-
-    It logs refusals, even a whole HTML 401 page, at ERROR, while this provider reports every
-    failure once, classified and redacted.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.msg, record.args = _scrub(record.getMessage()), None
-        return log.isEnabledFor(logging.DEBUG)
-
-
-def _quiet_hdfs_logging() -> None:
-    for name in ("hdfs.client", "hdfs.util", "hdfs.ext.kerberos"):
-        logger = logging.getLogger(name)
-        if not any(isinstance(f, _Quiet) for f in logger.filters):
-            logger.addFilter(_Quiet())
-
-
-class _RangeStream:
-    """A datanode response body; ``readinto`` goes straight to the socket (no intermediate copy).
-
-    On a clean exit it runs ``finish`` (the version check after the bytes were read); the
-    connection slot is released whatever happens.
-    """
-
-    def __init__(self, response: Any, finish: Callable[[], None], release: Callable[[], None]) -> None:
-        self._response = response
-        self._raw = response.raw
-        fp = getattr(self._raw, "_fp", None)
-        encoded = response.headers.get("Content-Encoding", "identity") not in ("", "identity")
-        self._fast = fp if fp is not None and hasattr(fp, "readinto") and not encoded else None
-        self._finish, self._release = finish, release
-
-    def readinto(self, buffer: memoryview) -> int:
-        source = self._fast if self._fast is not None else self._raw
-        return int(source.readinto(buffer) or 0)
-
-    def read(self, n: int = -1) -> bytes:
-        return bytes(self._raw.read(None if n is None or n < 0 else n))
-
-    def __enter__(self) -> _RangeStream:
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        try:
-            self._response.close()
-        finally:
-            self._release()
-        if exc_type is None:
-            self._finish()
 
 
 class HdfsProvider(Provider):
@@ -386,7 +107,7 @@ class HdfsProvider(Provider):
             client = self._clients.get(namenodes)
             if client is None:
                 log.info(config.describe())
-                client = _literal_resolve(self._new_client(namenodes, config))
+                client = self._new_client(namenodes, config)
                 self._clients[namenodes] = client
             return client
 
@@ -400,7 +121,9 @@ class HdfsProvider(Provider):
         if not config.kerberos_principal:
             if config.kerberos_keytab:
                 log.warning("KERBEROS_KEYTAB is set without KERBEROS_PRINCIPAL: Kerberos stays off (as in KServe)")
-            return hdfs.Client(url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session)
+            return _literal(hdfs.Client)(
+                url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session
+            )
         try:
             from hdfs.ext.kerberos import KerberosClient  # type: ignore[import-untyped]
             from krbcontext.context import krbContext  # type: ignore[import-not-found]
@@ -418,7 +141,9 @@ class HdfsProvider(Provider):
                 f"Kerberos login as {config.kerberos_principal} failed: {type(exc).__name__}: {exc}",
                 hint="check KERBEROS_PRINCIPAL, KERBEROS_KEYTAB and the krb5 configuration",
             ) from None
-        return KerberosClient(url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session)
+        return _literal(KerberosClient)(
+            url, root=config.root, proxy=config.user_proxy, timeout=timeout, session=session
+        )
 
     def _session(self, config: HdfsConfig) -> Any:
         env = self.env
@@ -557,7 +282,9 @@ class HdfsProvider(Provider):
                     log.warning("skipping %s: a %s is neither a file nor a directory", child, kind)
             stack.extend(reversed(subdirs))
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
         namenodes, _ = self.locate(uri)
         client = self.client(namenodes)
         path = _Resolved(obj.extra)
@@ -588,8 +315,7 @@ class HdfsProvider(Provider):
             if slots is not None:
                 slots.release()
 
-        stream = _RangeStream(response, lambda: self._check_unchanged(client, uri, obj), release)
-        return stream  # type: ignore[return-value]
+        return _RangeStream(response, lambda: self._check_unchanged(client, uri, obj), release)
 
     def _check_unchanged(self, client: Any, uri: str, obj: RemoteObject) -> None:
         status = self._status(client, _Resolved(obj.extra), uri)
