@@ -57,6 +57,11 @@ _READS_PER_EVENT = 8
 _SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 _PIPE_SIZE = 1024 * 1024
 _F_SETPIPE_SZ = 1031
+#: A body socket wakes the loop only once this much has arrived (SO_RCVLOWAT; lowered for the
+#: last bytes of a body): with a core to itself the loop would otherwise wake per segment and
+#: spend a syscall or two on every few KiB.
+_LOWAT = 256 * 1024
+_SO_RCVLOWAT = getattr(socket, "SO_RCVLOWAT", 18)
 
 
 class Unsupported(Exception):
@@ -143,6 +148,7 @@ class _Conn:
         "head",
         "headers",
         "keep_alive",
+        "lowat",
         "origin",
         "out",
         "reused",
@@ -165,6 +171,7 @@ class _Conn:
         self.body_left = 0
         self.body_total = 0
         self.keep_alive = True
+        self.lowat = 1
         self.reused = False
         self.tried = 0
         self.deadline = 0.0
@@ -552,6 +559,8 @@ class NetLoop:
             self._complete(conn)
         elif fetch.stop():
             raise CancelledError("stopped")
+        elif conn.body_left < conn.lowat:
+            self._lowat(conn)
         return n
 
     def _head(self, conn: _Conn, data: memoryview) -> None:
@@ -608,6 +617,21 @@ class NetLoop:
             self._body(conn, data[rest_start:])
         elif length == 0:
             self._complete(conn)
+        if conn.fetch is not None:
+            self._lowat(conn)
+
+    @staticmethod
+    def _lowat(conn: _Conn) -> None:
+        """Wake for the body in large steps, never for more than what is left of it."""
+        if conn.origin.tls is not None:
+            return  # TLS records: plaintext and wire sizes differ
+        wanted = max(1, min(_LOWAT, conn.body_left)) if conn.state == "body" else 1
+        if wanted != conn.lowat:
+            try:
+                conn.sock.setsockopt(socket.SOL_SOCKET, _SO_RCVLOWAT, wanted)
+                conn.lowat = wanted
+            except OSError:
+                pass
 
     def _body(self, conn: _Conn, data: memoryview) -> None:
         fetch = conn.fetch
@@ -632,6 +656,8 @@ class NetLoop:
             self._complete(conn)
         elif fetch.stop():
             raise CancelledError("stopped")
+        elif conn.body_left < conn.lowat:
+            self._lowat(conn)
 
     def _error_body(self, conn: _Conn, data: memoryview) -> None:
         room = _ERROR_BODY_LIMIT - len(conn.error_body)
@@ -691,6 +717,7 @@ class NetLoop:
         conn.reused = False
         conn.head = bytearray()
         conn.error_body = bytearray()
+        self._lowat(conn)  # back to 1: the next answer's head may be small
         self._selector.modify(conn.sock, selectors.EVENT_READ, conn)
         self._idle.setdefault(conn.origin.key, []).append(conn)
 
