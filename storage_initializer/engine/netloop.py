@@ -552,15 +552,7 @@ class NetLoop:
             self._splice = False
             os.pwrite(fetch.fd, rest, fetch.offset + moved)
         conn.deadline = time.monotonic() + self._stall
-        fetch.offset += n
-        conn.body_left -= n
-        fetch.on_bytes(n)
-        if conn.body_left == 0:
-            self._complete(conn)
-        elif fetch.stop():
-            raise CancelledError("stopped")
-        elif conn.body_left < conn.lowat:
-            self._lowat(conn)
+        self._landed(conn, fetch, n)
         return n
 
     def _head(self, conn: _Conn, data: memoryview) -> None:
@@ -649,7 +641,11 @@ class NetLoop:
             raise describe_os_error(exc, fetch.where) from None
         if fetch.hasher is not None:
             fetch.hasher.update(data)
-        fetch.offset = offset + n
+        self._landed(conn, fetch, n)
+
+    def _landed(self, conn: _Conn, fetch: Fetch, n: int) -> None:
+        """``n`` more body bytes are in the file: advance, then finish, stop or wake later."""
+        fetch.offset += n
         conn.body_left -= n
         fetch.on_bytes(n)
         if conn.body_left == 0:
