@@ -293,7 +293,17 @@ class NetLoop:
             fetch = conn.fetch
             if fetch is not None and fetch.stop():
                 self._fail(conn, CancelledError("stopped"))
-            elif now > conn.deadline:
+                continue
+            if conn.lowat > 1 and now - (conn.deadline - self._stall) >= 0.5:
+                # Fewer bytes than the wake-up mark arrived (a slow or pausing server): take them
+                # now, so they count as progress and the stall clock sees them.
+                try:
+                    self._receive(conn)
+                except BaseException as exc:
+                    self._fail(conn, exc)
+                if conn.fetch is None:
+                    continue
+            if now > conn.deadline:
                 waited = self._connect if conn.state == "connecting" else self._stall
                 what = "connecting" if conn.state == "connecting" else "no byte arrived"
                 self._fail(conn, TransientError(f"{what} for {waited:.0f}s (stalled connection)"))

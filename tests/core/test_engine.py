@@ -297,7 +297,8 @@ def test_files_read_as_one_stream_resume_from_the_bytes_on_disk(
     dest = tmp_path / "out"
     for name, data in files.items():
         args += [http_server.add(f"/s/{name}", data), str(dest)]
-        http_server.faults[f"/s/{name}"] = Fault(stall_after=3 * MiB, stall_seconds=60, stall_times=1)
+        # Every request stalls after 3 MiB (not only the first: a retried one must not finish the file).
+        http_server.faults[f"/s/{name}"] = Fault(stall_after=3 * MiB, stall_seconds=60, stall_times=100)
     one_stream = {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "64M"}
     env = clean_env({**one_stream, "STORAGE_INITIALIZER_STALL_TIMEOUT": "120"})
     proc = subprocess.Popen([sys.executable, "-m", "storage_initializer", *args], env=env, stderr=subprocess.PIPE)
@@ -306,7 +307,8 @@ def test_files_read_as_one_stream_resume_from_the_bytes_on_disk(
     while not all(t.exists() and t.stat().st_size >= 3 * MiB for t in temps):
         if time.monotonic() > deadline:
             proc.kill()
-            pytest.fail("the downloads never got going")
+            sizes = {t.name: t.stat().st_size if t.exists() else None for t in temps}
+            pytest.fail(f"the downloads never got going: {sizes}, {os.listdir(dest)}")
         time.sleep(0.05)
     proc.send_signal(sig)
     proc.communicate(timeout=30)
