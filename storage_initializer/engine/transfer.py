@@ -363,8 +363,7 @@ class PairTransfer:
         if not self.engine.acquire_slot(self.failed):
             return True  # stopping: nothing more starts
         started = False
-        with self._idle:
-            self._outstanding += 1
+        self._outstanding_add(1)
         try:
             checksum = self._checksum(obj)
             start, hasher = self._open_stream(job, checksum, resume=True)
@@ -385,15 +384,10 @@ class PairTransfer:
             return True
         except BaseException as exc:
             self._fail(classify(exc))
-            started = True
-            self._loop_job_done()
             return True
         finally:
-            if not started:
-                self.engine.release_slot()
-                with self._idle:
-                    self._outstanding -= 1
-                    self._idle.notify_all()
+            if not started:  # the loop will not call _finish_on_loop: give the slot back here
+                self._loop_job_done()
 
     def _finish_on_loop(self, job: _FileJob, checksum: Checksum | None, fetch: Fetch) -> None:
         """In the loop thread: verify and publish, or hand a failed download to a worker."""
