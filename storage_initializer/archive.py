@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import stat
-import tarfile
-import tempfile
-import zipfile
 from collections.abc import Iterator
 from typing import IO
 
@@ -83,6 +79,8 @@ def _copy(source: IO[bytes], target: str, budget: _Budget, mode: int) -> None:
 
 
 def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
+    import tarfile  # the archive modules load only when an archive is extracted
+
     try:
         archive = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as exc:
@@ -120,6 +118,8 @@ def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
 
 
 def _extract_zip(path: str, staging: DestDir, budget: _Budget) -> None:
+    import zipfile
+
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -164,6 +164,9 @@ def extract(path: str, dest: DestDir, max_ratio: float) -> int:
     The archive file itself is removed on success and kept when the archive
     cannot be extracted (hostile, broken, a bomb).
     """
+    import shutil
+    import tempfile
+
     state_dir = os.path.join(dest.root, STATE_DIR_NAME)
     os.makedirs(state_dir, exist_ok=True)
     staging_root = tempfile.mkdtemp(prefix="extract-", dir=state_dir)

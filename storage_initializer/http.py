@@ -23,7 +23,6 @@ No HTTP library is imported with this module: :func:`new_session` imports
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import ipaddress
 import threading
 import time
@@ -101,6 +100,8 @@ def retry_after(headers: Mapping[str, str] | None, *, now: float | None = None) 
         seconds = float(raw)
     else:
         try:
+            import email.utils  # rarely needed: an HTTP-date Retry-After
+
             when = email.utils.parsedate_to_datetime(raw)
         except (TypeError, ValueError, IndexError):
             return None

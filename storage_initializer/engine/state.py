@@ -38,7 +38,6 @@ import errno
 import hashlib
 import json
 import os
-import shutil
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -152,6 +151,8 @@ class DestState:
         self._manifest_fd = os.open(self._manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def close(self, success: bool) -> None:
+        import shutil  # here, not at start-up: shutil loads zlib, bz2 and lzma
+
         if self._manifest_fd is not None:
             os.close(self._manifest_fd)
             self._manifest_fd = None

@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from storage_initializer.cache import NodeCache
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
 from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
 from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
@@ -42,6 +42,9 @@ from storage_initializer.provider import Provider, RemoteObject
 from storage_initializer.redact import redact
 from storage_initializer.settings import Settings
 
+if TYPE_CHECKING:
+    from storage_initializer.cache import NodeCache
+
 log = logging.getLogger("storage_initializer")
 
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0)
@@ -61,11 +64,13 @@ class Engine:
         self._netloop: NetLoop | None = None
         self._netloop_lock = threading.Lock()
         #: The node cache shared by the initializers of this node (STORAGE_INITIALIZER_CACHE_DIR).
-        self.cache = (
-            NodeCache(settings.cache_dir, settings.cache_max_size, settings.cache_verify, settings.cache_link != "copy")
-            if settings.cache_dir
-            else None
-        )
+        self.cache: NodeCache | None = None
+        if settings.cache_dir:
+            from storage_initializer.cache import NodeCache  # imported only where a node cache is set up
+
+            self.cache = NodeCache(
+                settings.cache_dir, settings.cache_max_size, settings.cache_verify, settings.cache_link != "copy"
+            )
 
     def netloop(self) -> NetLoop:
         """The HTTP data plane, started on first use."""

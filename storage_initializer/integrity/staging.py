@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 
 from storage_initializer.engine.dest import DestDir
 from storage_initializer.engine.paths import STATE_DIR_NAME
@@ -85,6 +84,8 @@ class Stage:
     def discard(self) -> None:
         """Remove the staged files and this pair's side files; the staging parent if now empty."""
         for path in (self.root, self.side):
+            import shutil  # lazily: shutil loads zlib, bz2 and lzma
+
             shutil.rmtree(path, ignore_errors=True)
         with contextlib.suppress(OSError):
             os.rmdir(self.parent)

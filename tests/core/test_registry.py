@@ -182,9 +182,22 @@ def test_the_providers_index_spares_importing_every_provider(tmp_path: object, m
     loaded = sorted(name for name, entry in registry.entries.items() if entry.cls is not None)
     assert loaded == ["hf", "http", "s3"]
 
-    # An index of other entry points (a plugin installed since) is ignored.
+    # While nothing was installed since, the index alone names the providers: no metadata scan.
+    import importlib.metadata
+
+    def no_scan(**_kw: object) -> object:
+        raise AssertionError("the index should have spared the scan")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(importlib.metadata, "entry_points", no_scan)
+        registry = Registry.from_entry_points()
+        assert registry.find("s3://bucket/model").name == "s3"
+        assert registry.entries["s3"].distribution.startswith("storage-initializer-s3 ")
+
+    # An index of other entry points (a plugin installed since: a directory on sys.path changed) is ignored.
     data = json.loads(index.read_text())
     data["key"] = data["key"][1:]
+    data["paths"][-1][1] += 1
     index.write_text(json.dumps(data))
     registry = Registry.from_entry_points()
     assert registry.find("s3://bucket/model").name == "s3"
