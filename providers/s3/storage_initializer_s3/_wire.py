@@ -4,9 +4,10 @@ ListObjectsV2, HeadObject and ranged GetObject are bodiless requests with
 small, stable answers. botocore spends 1-3 ms of CPU on each (event hooks,
 generic request objects, signing, a model-driven XML parser that turns every
 ``LastModified`` into a ``datetime`` through dateutil: ~120 us per listed
-key). Here each is a SigV4-signed request (:mod:`._sigv4`) on a ``urllib3``
-pool sized to the engine's workers, parsed with ``ElementTree`` (~20 us per
-listed key) or read with ``readinto`` straight from ``http.client``.
+key). Here each is a SigV4-signed request (:mod:`._sigv4`) on a connection pool
+(:mod:`storage_initializer.httppool`, ``http.client``) sized to the engine's
+workers, parsed with ``ElementTree`` (~20 us per listed key) or read with
+``readinto`` straight from ``http.client``.
 
 botocore still decides *where* a bucket lives: :class:`S3Wire` asks a
 ``locate`` callback (botocore's request for an object of the bucket, built and
@@ -28,8 +29,10 @@ engine retries those, resuming where a part stopped.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import random
+import ssl
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
@@ -40,6 +43,7 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from storage_initializer import http as kit
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, network_error
+from storage_initializer.httppool import Pool
 from storage_initializer.redact import redact
 
 from ._config import S3Settings, proxy_for
@@ -86,7 +90,7 @@ class Target:
     netloc: str  # the Host header
     prefix: str  # the path before the key: "/bucket/" (path-style) or "/" (virtual-hosted)
     signer: SigV4Signer
-    pool: Any  # urllib3 connection pool, or None: send absolute URLs through an HTTP proxy
+    pool: Pool  # keep-alive connections to base_url (through the proxy, if any)
     proxy: str | None
 
     @property
@@ -126,8 +130,8 @@ class S3Wire:
         self._lock = threading.Lock()
         self._targets: dict[str, Target] = {}
         self._shown_uris: dict[str, str] = {}
-        self._managers: dict[str | None, Any] = {}
-        self._timeout: Any = None
+        self._pools: dict[tuple[str, str | None], Pool] = {}
+        self._tls: ssl.SSLContext | None = None
 
     # -- where buckets live ------------------------------------------------------------
     def target(self, bucket: str) -> Target:
@@ -155,38 +159,40 @@ class S3Wire:
             raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {redact(url)}")
         base_url = f"{parts.scheme}://{parts.netloc}"
         proxy = proxy_for(self.settings.proxies, base_url)
-        manager = self._manager(proxy)
-        pool = None if proxy and parts.scheme == "http" else manager.connection_from_url(base_url)
+        pool = self._pools.get((base_url, proxy))
+        if pool is None:
+            # Workers, plus the listing and its HEAD probes running beside them.
+            pool = Pool(
+                base_url,
+                ssl_context=self.tls_context() if parts.scheme == "https" else None,
+                connect_timeout=self._connect_timeout,
+                read_timeout=self._read_timeout,
+                maxsize=self._concurrency + 2,
+                proxy=proxy,
+            )
+            self._pools[(base_url, proxy)] = pool
         return Target(base_url, parts.netloc, parts.path[:-1], SigV4Signer(signing_region), pool, proxy)
 
-    def _manager(self, proxy: str | None) -> Any:
-        manager = self._managers.get(proxy)
-        if manager is not None:
-            return manager
-        import urllib3
-
-        verify = self.settings.verify
-        tls: dict[str, Any]
-        if verify is False:
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-            tls = {"cert_reqs": "CERT_NONE"}
-        else:
-            tls = {"cert_reqs": "CERT_REQUIRED", "ca_certs": verify if isinstance(verify, str) else default_ca()}
-        # Workers, plus the listing and its HEAD probes running beside them: a pool one short
-        # discards a connection ("Connection pool is full" warning) and reconnects.
-        maxsize = self._concurrency + 2
-        common: dict[str, Any] = {"num_pools": 8, "maxsize": maxsize, "block": False, "retries": False}
-        manager = urllib3.ProxyManager(proxy, **common, **tls) if proxy else urllib3.PoolManager(**common, **tls)
-        self._managers[proxy] = manager
-        return manager
+    def tls_context(self) -> ssl.SSLContext:
+        """How HTTPS endpoints are verified: ``S3_VERIFY_SSL``/``AWS_CA_BUNDLE``, else botocore's CAs."""
+        if self._tls is None:
+            verify = self.settings.verify
+            if verify is False:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            else:
+                context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else default_ca())
+            self._tls = context
+        return self._tls
 
     def close(self) -> None:
         with self._lock:
-            managers = list(self._managers.values())
-            self._managers.clear()
+            pools = list(self._pools.values())
+            self._pools.clear()
             self._targets.clear()
-        for manager in managers:
-            manager.clear()
+        for pool in pools:
+            pool.close()
 
     # -- sending -----------------------------------------------------------------------
     def _headers(
@@ -226,38 +232,19 @@ class S3Wire:
         what: str,
     ) -> Any:
         """One request; connection-level failures are typed by :func:`network_error` (TLS: permanent)."""
-        import urllib3
-
         all_headers = self._headers(method, target, path, query, amz)
         if headers:
             all_headers.update(headers)
-        if self._timeout is None:
-            self._timeout = urllib3.Timeout(connect=self._connect_timeout, read=self._read_timeout)
         url = path + ("?" + query if query else "")
-        options: dict[str, Any] = {
-            "headers": all_headers,
-            "preload_content": not stream,
-            "decode_content": False,
-            "redirect": False,
-            "retries": False,
-            "timeout": self._timeout,
-        }
-        if target.pool is None:
-            del all_headers["host"]  # through an HTTP proxy urllib3 sets Host from the (same) URL
 
         def send() -> Any:
-            if target.pool is not None:
-                return target.pool.urlopen(method, url, release_conn=not stream, **options)
-            return self._manager(target.proxy).urlopen(method, target.base_url + url, **options)
+            return target.pool.request(method, url, all_headers, stream=stream)
 
         try:
             return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
-        except urllib3.exceptions.SSLError as exc:
+        except ssl.SSLError as exc:
             raise self.tls_error(what, exc) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            reason = getattr(exc, "reason", None)
-            if isinstance(reason, urllib3.exceptions.SSLError):
-                raise self.tls_error(what, reason) from None
+        except (http.client.HTTPException, OSError) as exc:
             # Says which: DNS name not found and refused are permanent, timeouts transient.
             error = network_error(exc, redact(target.base_url))
             error.message = f"{what}: {error.message}"
