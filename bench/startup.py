@@ -8,7 +8,11 @@
   (from ``python -X importtime``; a provider SDK there is a target miss), and
   the slowest imports (cumulative microseconds);
 * the same for a download's start (``--list-providers`` loads every provider
-  class) so the lead sees what a URI pulls in.
+  class) so the lead sees what a URI pulls in;
+* ``--floor``: the CPU (user + system, on one CPU) of the interpreter alone and
+  of the interpreter importing only the standard-library modules a one-file S3
+  download cannot do without (:data:`FLOOR_MODULES`): what any Python
+  downloader pays before its first byte, to set beside a Go binary's whole run.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ SDK_PREFIXES = (
     "aiohttp",
     "httpx",
     "fsspec",
+)
+#: What a one-file S3 download needs from the standard library, whoever writes it:
+#: sockets and TLS, an HTTP client, XML for the listing, hashes, JSON, logs, threads, typing.
+FLOOR_MODULES = (
+    "socket, ssl, http.client, xml.etree.ElementTree, urllib.parse, hashlib, json, logging, "
+    "threading, dataclasses, typing"
 )
 _LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)")
 
@@ -121,11 +131,45 @@ def imports(args: list[str]) -> tuple[list[str], list[str], list[tuple[int, str]
     return third_party, sdks, slow[:12], total
 
 
+def cpu_ms(argv: list[str], runs: int) -> float:
+    """Median CPU (user + system, ms) of ``argv`` run on one CPU (the last one), as a pod with ``cpu: 1``."""
+    import resource
+
+    cpus = []
+    last_cpu = max(os.sched_getaffinity(0))
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(
+            argv,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+            preexec_fn=lambda: os.sched_setaffinity(0, {last_cpu}),
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append((after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1000)
+    return round(statistics.median(cpus), 1)
+
+
+def floor(python: str, runs: int) -> dict[str, float]:
+    return {
+        "python_pass_cpu_ms": cpu_ms([python, "-c", "pass"], runs),
+        "python_stdlib_floor_cpu_ms": cpu_ms([python, "-c", f"import {FLOOR_MODULES}"], runs),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument(
+        "--floor", metavar="PYTHON", help="only print the interpreter's floor (CPU ms) for this python, then exit"
+    )
     args = parser.parse_args()
+    if args.floor:
+        result = floor(args.floor, args.runs)
+        print(json.dumps(result) if args.json else f"{result} (imports: {FLOOR_MODULES})")
+        return 0
     subprocess.run([str(SCRIPT), "--help"], capture_output=True, check=False)  # warm the page cache / .pyc
     help_times = wall_times([str(SCRIPT), "--help"], args.runs)
     list_times = wall_times([str(SCRIPT), "--list-providers"], max(5, args.runs // 4))
