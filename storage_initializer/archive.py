@@ -16,12 +16,18 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from collections.abc import Iterator
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, TYPE_CHECKING
 
 from storage_initializer.engine.dest import DestDir, describe_os_error
 from storage_initializer.engine.paths import STATE_DIR_NAME, is_own_artifact, safe_relpath
-from storage_initializer.errors import ArchiveError, UnsafePathError
+from storage_initializer.errors import ArchiveError, NotFoundError, UnsafePathError
+
+if TYPE_CHECKING:
+    import tarfile
+
+#: Which member paths to keep (the allow/ignore patterns), for a tree the engine assembled.
+Keep = Callable[[str], bool]
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".zip")
 MAX_MEMBERS = 1_000_000
@@ -78,13 +84,37 @@ def _copy(source: IO[bytes], target: str, budget: _Budget, mode: int) -> None:
                 raise describe_os_error(exc, target) from None
 
 
-def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
-    import tarfile  # the archive modules load only when an archive is extracted
+class _Skipped:
+    """Counts members left out by the patterns."""
+
+    def __init__(self, keep: Keep | None) -> None:
+        self.keep = keep
+        self.count = 0
+
+    def skip(self, relpath: str, is_dir: bool) -> bool:
+        """Leave out a member the patterns do not match (directories then come only with their files)."""
+        if self.keep is None:
+            return False
+        if is_dir or not self.keep(relpath):
+            self.count += 0 if is_dir else 1
+            return True
+        return False
+
+
+def _extract_tar(path: str, staging: DestDir, budget: _Budget, skipped: _Skipped) -> None:
+    import tarfile  # here, not at start-up: the archive modules cost ~5 ms
 
     try:
         archive = tarfile.open(path, "r:*")  # noqa: SIM115 - closed by the with below
     except (tarfile.TarError, OSError) as exc:
         raise ArchiveError(f"cannot open {os.path.basename(path)} as a tar archive: {exc}") from None
+    _extract_members(archive, os.path.basename(path), staging, budget, skipped)
+
+
+def _extract_members(archive: tarfile.TarFile, name: str, staging: DestDir, budget: _Budget, skipped: _Skipped) -> None:
+    """Extract every member of an open tar (a file, or a stream read once in order)."""
+    import tarfile  # here, not at start-up: the archive modules cost ~5 ms
+
     with archive:
         count = 0
         try:
@@ -93,7 +123,7 @@ def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
                 if count > MAX_MEMBERS:
                     raise ArchiveError(f"archive has more than {MAX_MEMBERS} members")
                 relpath = _member_path(member.name)
-                if relpath is None:
+                if relpath is None or skipped.skip(relpath, member.isdir()):
                     continue
                 try:
                     checked = tarfile.data_filter(member, staging.root)
@@ -114,10 +144,10 @@ def _extract_tar(path: str, staging: DestDir, budget: _Budget) -> None:
         except (tarfile.TarError, EOFError, OSError) as exc:
             if isinstance(exc, OSError) and exc.errno is not None:
                 raise describe_os_error(exc, staging.root) from None
-            raise ArchiveError(f"archive {os.path.basename(path)} is corrupt: {exc}") from None
+            raise ArchiveError(f"archive {name} is corrupt: {exc}") from None
 
 
-def _extract_zip(path: str, staging: DestDir, budget: _Budget) -> None:
+def _extract_zip(path: str, staging: DestDir, budget: _Budget, skipped: _Skipped) -> None:
     import zipfile
 
     try:
@@ -130,7 +160,7 @@ def _extract_zip(path: str, staging: DestDir, budget: _Budget) -> None:
             raise ArchiveError(f"archive has more than {MAX_MEMBERS} members")
         for info in infos:
             relpath = _member_path(info.filename)
-            if relpath is None:
+            if relpath is None or skipped.skip(relpath, info.is_dir()):
                 continue
             unix_mode = info.external_attr >> 16
             if stat.S_ISLNK(unix_mode):
@@ -164,6 +194,57 @@ def extract(path: str, dest: DestDir, max_ratio: float) -> int:
     The archive file itself is removed on success and kept when the archive
     cannot be extracted (hostile, broken, a bomb).
     """
+    budget = _Budget(os.path.getsize(path), max_ratio)
+    skipped = _Skipped(None)
+
+    def fill(staging: DestDir) -> None:
+        if path.lower().endswith(".zip"):
+            _extract_zip(path, staging, budget, skipped)
+        else:
+            _extract_tar(path, staging, budget, skipped)
+
+    # Removed before the members move in: one of them may have the archive's own name.
+    return _extract_into(dest, os.path.basename(path), fill, skipped, lambda: os.unlink(path))
+
+
+def extract_stream(
+    stream: IO[bytes],
+    dest: DestDir,
+    input_size: int,
+    max_ratio: float,
+    keep: Keep | None = None,
+    before_publish: Callable[[], None] = lambda: None,
+) -> int:
+    """Extract an uncompressed tar read from ``stream`` (a pipe: read once, in order) into ``dest``.
+
+    The same rules as :func:`extract`; the bomb cap is ``max_ratio`` times
+    ``input_size``, the bytes the stream was made from.
+    ``keep`` (the allow/ignore patterns) leaves out the members whose path it
+    refuses; directories then come only with the files kept. ``before_publish``
+    runs once the stream is read, before anything moves into ``dest``: it may
+    raise to publish nothing (the writer of the stream failed). Returns the
+    number of files.
+    """
+    budget = _Budget(input_size, max_ratio)
+    skipped = _Skipped(keep)
+
+    def fill(staging: DestDir) -> None:
+        import tarfile
+
+        try:
+            archive = tarfile.open(fileobj=stream, mode="r|")  # noqa: SIM115 - closed by _extract_members
+        except (tarfile.TarError, OSError) as exc:
+            raise ArchiveError(f"the assembled tree is not a tar stream: {exc}") from None
+        _extract_members(archive, "of the assembled tree", staging, budget, skipped)
+        before_publish()
+
+    return _extract_into(dest, "of the assembled tree", fill, skipped, lambda: None)
+
+
+def _extract_into(
+    dest: DestDir, name: str, fill: Callable[[DestDir], None], skipped: _Skipped, before_moving: Callable[[], None]
+) -> int:
+    """Extract with ``fill`` into a staging directory in DEST's state directory, then move it all into ``dest``."""
     import shutil
     import tempfile
 
@@ -171,17 +252,17 @@ def extract(path: str, dest: DestDir, max_ratio: float) -> int:
     os.makedirs(state_dir, exist_ok=True)
     staging_root = tempfile.mkdtemp(prefix="extract-", dir=state_dir)
     staging = DestDir(staging_root)
-    budget = _Budget(os.path.getsize(path), max_ratio)
     try:
-        if path.lower().endswith(".zip"):
-            _extract_zip(path, staging, budget)
-        else:
-            _extract_tar(path, staging, budget)
+        fill(staging)
         members = list(_walk(staging_root))
         if not any(not is_dir or os.path.islink(staging.path_of(relpath)) for relpath, is_dir in members):
-            raise ArchiveError(f"archive {os.path.basename(path)} holds no files")
-        # Removed before the members move in: one of them may have the archive's own name.
-        os.unlink(path)
+            if skipped.count:
+                raise NotFoundError(
+                    f"no file matches the allow/ignore patterns ({skipped.count} file(s) filtered out)",
+                    hint="check STORAGE_ALLOW_PATTERNS / STORAGE_IGNORE_PATTERNS",
+                )
+            raise ArchiveError(f"archive {name} holds no files")
+        before_moving()
         files = 0
         for relpath, is_dir in members:
             if is_dir and not os.path.islink(staging.path_of(relpath)):

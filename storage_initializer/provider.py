@@ -27,6 +27,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any, ClassVar, Protocol, TypeAlias, TypeVar
 
+from storage_initializer.errors import StorageInitializerError
+
 __all__ = [
     "ByteStream",
     "ChunkStream",
@@ -38,6 +40,7 @@ __all__ = [
     "RemoteObject",
     "Resolution",
     "Resolver",
+    "StagedObject",
     "StreamBase",
     "UriFormat",
 ]
@@ -207,6 +210,15 @@ class RemoteObject:
     (an HTTP server without Range support): the engine then reads it in one
     stream and restarts it from zero after a failure. ``extra`` is private to
     the provider (a download URL, a full path...) and ignored by the engine.
+
+    ``intermediate`` marks an object that is not a file of the model but an
+    input from which the files are made (an image layer, a bundle): the
+    engine downloads it like any other (ranged, verified, resumable, retried)
+    into a staging area inside DEST's state directory, under its key, never
+    into DEST; allow/ignore patterns do not apply to it. Once every
+    intermediate object of the listing is complete, the engine calls
+    :meth:`Provider.assemble`, extracts the tree it writes (patterns apply to
+    those paths, with the archive rules), and removes the staged objects.
     """
 
     key: str
@@ -215,11 +227,24 @@ class RemoteObject:
     checksums: Mapping[str, str] = field(default_factory=dict, hash=False)
     supports_ranges: bool = True
     extra: Any = field(default=None, compare=False, hash=False)
+    intermediate: bool = False
 
     @property
     def is_dir_marker(self) -> bool:
         """A ``dir/`` marker object (or the marker of the listed directory itself, key ``""``)."""
         return self.key == "" or self.key.endswith("/")
+
+
+@dataclass(frozen=True)
+class StagedObject:
+    """An intermediate object (see :class:`RemoteObject`) the engine downloaded and verified.
+
+    ``path`` is where its bytes are, on DEST's filesystem; it is read-only input to
+    :meth:`Provider.assemble` and removed by the engine afterwards.
+    """
+
+    obj: RemoteObject
+    path: str
 
 
 @dataclass(frozen=True)
@@ -386,6 +411,29 @@ class Provider(Plugin):
         Never called for an empty range.
         """
         return None
+
+    def assemble(self, uri: str, staged: Sequence[StagedObject], out: IO[bytes]) -> None:
+        """Make the model's files from the intermediate objects of the listing of ``uri``.
+
+        Called once, on a thread of its own, after every object listed with
+        ``intermediate=True`` is downloaded and verified; ``staged`` holds them
+        in listing order. Write the resulting tree to ``out`` as an
+        uncompressed tar stream (``tarfile.open(fileobj=out, mode="w|")``; it
+        is a pipe, do not seek or close it): the engine extracts it as it
+        arrives, with its archive rules (nothing outside DEST, no devices,
+        links kept inside, the bomb cap), keeps only the paths the allow/ignore
+        patterns match, publishes them only once this method has returned, and
+        then removes the staged objects. A rerun that lists the same
+        intermediate objects (same keys, sizes, versions and checksums) with
+        the same patterns finds them already assembled and downloads nothing.
+        Raise the typed errors (``ArchiveError`` for bad content,
+        ``NotFoundError`` when the objects make no file). Only a provider that
+        lists intermediate objects needs this; the default refuses.
+        """
+        raise StorageInitializerError(
+            f"{type(self).__name__} listed intermediate objects but has no assemble() step",
+            hint="a provider bug: report it to the provider's authors",
+        )
 
     def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
         """Optionally place the whole object at ``path`` by a faster route.

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 
 from storage_initializer import archive
 from storage_initializer.atomic_dir import AtomicDir
+from storage_initializer.engine.assembly import Assembly
 from storage_initializer.engine.dest import DestDir, prepare_dest
 from storage_initializer.engine.progress import Progress, Reporter, human_bytes, human_rate, plural
 from storage_initializer.engine.state import DestState
@@ -109,14 +110,21 @@ class Runner:
             listed = provider  # narrowed, for the closures
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
-                checks.listed_from(listed.source_details())
-                checks.downloaded()
             else:
                 transfer.run(lambda: listed.list(source))
+            # Intermediate objects (image layers) become the files the checks below see.
+            assembled = Assembly(transfer).run(destdir, self.settings.max_extract_ratio)
+            if checks is not None:
+                checks.listed_from(listed.source_details())
+                checks.downloaded()
             result = transfer.result
             result.uri = redact(uri)
             if checks is not None and checks.stage is not None:
                 result.dest = checks.stage.dest_root  # not the stage: where the model will be
+            if assembled is not None:
+                result.files += assembled
+                if checks is not None:
+                    checks.extracted(assembled)
             self._maybe_extract(transfer, destdir, state, checks)
             if checks is not None:
                 checks.verify()

@@ -162,8 +162,13 @@ class DestState:
             self._save_extracted()
             # DEST holds the model and nothing else: what a rerun needs is on the files.
             shutil.rmtree(self.dir, ignore_errors=True)
-        elif not self.previous_run_interrupted and not self._entries and not os.listdir(self.partial_dir):
+        elif not self.previous_run_interrupted and not self._entries and not self._holds_work():
             shutil.rmtree(self.dir, ignore_errors=True)  # nothing to resume from: leave DEST as it was
+
+    def _holds_work(self) -> bool:
+        """Partial files, or anything besides our own bookkeeping (intermediate objects staged here)."""
+        own = {os.path.basename(self._manifest_path), os.path.basename(self._running_path), "partial"}
+        return bool(os.listdir(self.partial_dir)) or any(name not in own for name in os.listdir(self.dir))
 
     # -- extended attributes -------------------------------------------------
     def _get_xattr(self, path: str, name: str) -> dict[str, Any] | None:

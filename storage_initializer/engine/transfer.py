@@ -194,6 +194,7 @@ class PairTransfer:
         uri: str,
         dest: DestDir,
         state: DestState,
+        patterns: PathFilter | None = None,
     ) -> None:
         self.engine = engine
         self.settings = engine.settings
@@ -204,7 +205,12 @@ class PairTransfer:
         self.source = source_key(uri)
         self.dest = dest
         self.state = state
-        self.filter = PathFilter(self.settings.allow_patterns, self.settings.ignore_patterns)
+        # ``patterns``: other than the run's allow/ignore patterns (none, for staged intermediate objects).
+        self.filter = (
+            patterns
+            if patterns is not None
+            else PathFilter(self.settings.allow_patterns, self.settings.ignore_patterns)
+        )
         self.layout = state.layout  # shared with other pairs writing to this DEST
         self.failed = threading.Event()
         self.error: StorageInitializerError | None = None
@@ -215,6 +221,8 @@ class PairTransfer:
         self.result = PairResult(uri=self.shown, dest=dest.root)
         self.matched = 0
         self.first_match: tuple[str, RemoteObject] | None = None
+        #: The listing's intermediate objects by key, in listing order (engine/assembly.py stages them).
+        self.intermediate: dict[str, RemoteObject] = {}
         self.markers = 0
         self.filtered = 0
         self._has_fast_path = type(provider).download_to is not Provider.download_to
@@ -266,7 +274,7 @@ class PairTransfer:
         if self.error is not None:
             self._cleanup_after_failure()
             raise self.error
-        if not self.matched:
+        if not self.matched and not self.intermediate:
             self._raise_nothing_matched()
 
     def _raise_nothing_matched(self) -> None:
@@ -284,6 +292,9 @@ class PairTransfer:
             return
         if is_own_artifact(obj.key):
             log.debug("skipping %s: state or temporary file of an earlier run", obj.key)
+            return
+        if obj.intermediate:
+            self.intermediate[safe_relpath(obj.key)] = obj  # a relisting replaces it
             return
         relpath = safe_relpath(obj.key)
         if not self.filter.keep(relpath):

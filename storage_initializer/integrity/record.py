@@ -58,7 +58,8 @@ class Listing:
 
     def observe(self, objects: Iterable[RemoteObject]) -> Iterator[RemoteObject]:
         for obj in objects:
-            if not obj.is_dir_marker and not is_own_artifact(obj.key) and self._filter.keep(obj.key):
+            keep = obj.intermediate or self._filter.keep(obj.key)  # patterns apply to assembled files
+            if not obj.is_dir_marker and not is_own_artifact(obj.key) and keep:
                 with self._lock:
                     self._sizes[obj.key] = obj.size or 0
                     if self._keep:

@@ -57,6 +57,7 @@ class FaultProxy:
         self.bytes_down = 0  # server -> client, as relayed
         self.injected: list[str] = []
         self.requests: list[tuple[float, str]] = []  # (monotonic time, first request line) per connection
+        self.heads: list[str] = []  # the whole request head per connection (e.g. to read its Range)
         self.injected_at: list[tuple[float, str]] = []  # (monotonic time, first request line) per fault
         self._tls: ssl.SSLContext | None = None
         if tls is not None:
@@ -138,6 +139,7 @@ class FaultProxy:
         with self.lock:
             self.connections += 1
             self.requests.append((time.monotonic(), first_line))
+            self.heads.append(head)
             for fault in self.faults:
                 if fault.times == 0 or (fault.match and fault.match not in first_line):
                     continue

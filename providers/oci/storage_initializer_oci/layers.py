@@ -9,14 +9,15 @@ once and nothing is written twice: a member is emitted unless an upper layer
 already decided its path or hid one of its ancestors. For a modelcar image
 only what lies under ``/models/`` is kept, at the root.
 
-The output is an uncompressed tar that the engine then extracts with its
-safe archive rules (:mod:`storage_initializer.archive`: nothing outside
+The output is an uncompressed tar stream that the engine extracts as it
+arrives, with its safe archive rules (:mod:`storage_initializer.archive`: nothing outside
 DEST, no devices, links kept inside, bomb cap), so those rules live in one
 place.
 
-Every blob is hashed as it streams and checked against its digest and size
-before the merge goes on: a mismatch fails the download, and the engine
-publishes nothing.
+The blobs come from DEST's staging area, where the engine downloaded and
+verified them against their digests (ranged, resumable, retried); the merge
+checks each one's size again (and, with ``verify``, its digest), so a blob
+altered on disk in between fails the merge and nothing is published.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import posixpath
 import tarfile
 import zlib
@@ -50,9 +50,9 @@ BlobOpener = Callable[[Layer], AbstractContextManager[IO[bytes]]]
 class _Digesting(io.RawIOBase):
     """Hashes and counts every byte read from a blob stream."""
 
-    def __init__(self, stream: IO[bytes], algorithm: str) -> None:
+    def __init__(self, stream: IO[bytes], algorithm: str | None) -> None:
         self.stream = stream
-        self.hasher = hashlib.new(algorithm)
+        self.hasher = hashlib.new(algorithm) if algorithm else None
         self.count = 0
 
     def readable(self) -> bool:
@@ -62,7 +62,8 @@ class _Digesting(io.RawIOBase):
         data = self.stream.read(len(buffer))
         n = len(data)
         buffer[:n] = data
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.count += n
         return n
 
@@ -82,8 +83,11 @@ def _normalise(name: str) -> str:
 class Merger:
     """Writes the merged tree of layers, given top layer first, into ``out``."""
 
-    def __init__(self, out: tarfile.TarFile, open_blob: BlobOpener, max_bytes: int, root: str) -> None:
+    def __init__(
+        self, out: tarfile.TarFile, open_blob: BlobOpener, max_bytes: int, root: str, verify: bool = True
+    ) -> None:
         self.out = out
+        self.verify = verify
         self.root = root
         self.open_blob = open_blob
         self.max_bytes = max_bytes
@@ -118,7 +122,7 @@ class Merger:
         """Stream one blob into the merge and verify its digest."""
         algorithm, _, expected = layer.digest.partition(":")
         with self.open_blob(layer) as stream:
-            source = _Digesting(stream, algorithm)
+            source = _Digesting(stream, algorithm if self.verify else None)
             reader = io.BufferedReader(source, _CHUNK)
             try:
                 if layer.kind == "raw":
@@ -133,10 +137,11 @@ class Merger:
                     raise
                 failure = exc
             source.drain()
-        if source.count != layer.size or source.hasher.hexdigest() != expected:
+        actual = source.hasher.hexdigest() if source.hasher is not None else expected
+        if source.count != layer.size or actual != expected:
             raise IntegrityError(
                 f"blob {layer.digest} does not match its digest: received {source.count} bytes "
-                f"hashing to {algorithm}:{source.hasher.hexdigest()[:16]}..., the manifest announced {layer.size}",
+                f"hashing to {algorithm}:{actual[:16]}..., the manifest announced {layer.size}",
                 hint="the registry's storage is corrupt or something altered the blob in transit",
             )
         if failure is not None:
@@ -236,14 +241,18 @@ class Merger:
             )
 
 
-def merge(path: str, layers: list[Layer], open_blob: BlobOpener, max_ratio: float) -> int:
-    """Write the merged tree of ``layers`` (bottom first, as in a manifest) to the tar at ``path``.
+def merge(
+    out: IO[bytes], layers: list[Layer], open_blob: BlobOpener, max_ratio: float, root: str, verify: bool = True
+) -> int:
+    """Write the merged tree of ``layers`` (bottom first, as in a manifest) to ``out`` as a tar stream.
 
-    Returns the number of files written.
+    Returns the number of files written. ``root`` is the directory the links are
+    checked against (they must stay below it). ``verify=False`` checks sizes
+    only (the engine already verified each blob's digest while downloading it).
     """
     total = sum(layer.size for layer in layers)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as out:
-        merger = Merger(out, open_blob, int(max(total, 1) * max_ratio) + _CHUNK, os.path.dirname(path))
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        merger = Merger(tar, open_blob, int(max(total, 1) * max_ratio) + _CHUNK, root, verify)
         for number, layer in enumerate(reversed(layers), 1):
             log.info("layer %d/%d %s (%s, %d bytes)", number, len(layers), layer.digest, layer.media_type, layer.size)
             merger.add(layer)

@@ -7,10 +7,13 @@ one platform) and decides what lands in DEST:
 * raw files (ORAS artifacts, ModelPack ``.raw`` layers): each layer is one
   object, read by the engine as parallel ranged ``GET``s of its blob and
   verified against its digest like any other checksum;
-* tar layers (modelcar images, ModelPack tar layers): one object, the merged
-  tree as a plain tar, built by :meth:`OciProvider.download_to` while the
-  blobs stream (each verified against its digest) and extracted by the
-  engine with its safe archive rules.
+* tar layers (modelcar images, ModelPack tar layers): each blob is an
+  *intermediate* object, downloaded by the engine like a raw blob (ranged,
+  verified against its digest while streaming, resumable, retried) into
+  DEST's state directory; :meth:`OciProvider.assemble` then applies them in
+  order (whiteouts, opaque directories, only ``/models/`` of an image) into
+  one plain tar stream, which the engine extracts as it arrives with its safe
+  archive rules and the allow/ignore patterns.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
@@ -33,18 +37,22 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import (
+    ByteStream,
+    Provider,
+    ProviderContext,
+    RemoteObject,
+    StagedObject,
+    UriFormat,
+)
 from storage_initializer.redact import redact
 from storage_initializer.settings import settings_from_env
 from storage_initializer_oci import auth, layers, media
-from storage_initializer_oci.blobstream import ResumingStream
 from storage_initializer_oci.client import RegistryClient, status_error
 from storage_initializer_oci.reference import Reference, parse
 
 log = logging.getLogger("storage_initializer.oci")
 
-#: The name of the merged tree of tar layers; the engine extracts it and removes it.
-MERGED_NAME = "oci-layers.tar"
 DEFAULT_PLATFORM = "linux/amd64"
 _MAX_MANIFEST = 4 * 1024 * 1024
 
@@ -179,19 +187,24 @@ class OciProvider(Provider):
         if not found:
             raise NotFoundError(f"{redact(uri)}: the {flavour} {digest} has no layers")
         log.info("%s: %s %s with %d layers", redact(uri), flavour, digest, len(found))
-        if all(layer.kind == "raw" for layer in found):
-            for layer in found:
-                algorithm, _, hexdigest = layer.digest.partition(":")
+        # Raw files land as they are; with any tar layer every layer is an input to the merge
+        # (a tar layer may replace or delete a file of the layers below).
+        merged = any(layer.kind != "raw" for layer in found)
+        for number, layer in enumerate(found, 1):
+            algorithm, _, hexdigest = layer.digest.partition(":")
+            if merged:
+                key = f"layer-{number}-{algorithm}-{hexdigest}"
+            else:
                 assert layer.path is not None
-                yield RemoteObject(
-                    key=_clean_path(layer.path),
-                    size=layer.size,
-                    version=layer.digest,
-                    checksums={algorithm: hexdigest},
-                    extra=layer,
-                )
-            return
-        yield RemoteObject(MERGED_NAME, None, version=digest, supports_ranges=False, extra=found)
+                key = _clean_path(layer.path)
+            yield RemoteObject(
+                key=key,
+                size=layer.size,
+                version=layer.digest,
+                checksums={algorithm: hexdigest},
+                extra=layer,
+                intermediate=merged,
+            )
 
     def _open_blob(self, uri: str, layer: media.Layer, headers: dict[str, str]) -> Any:
         client = self.client(parse(uri))
@@ -211,8 +224,7 @@ class OciProvider(Provider):
         self, uri: str, obj: RemoteObject, start: int, end: int | None
     ) -> AbstractContextManager[ByteStream]:
         layer = obj.extra
-        if not isinstance(layer, media.Layer):
-            raise StorageInitializerError(f"{redact(uri)}: {obj.key} is built from several layers; it has no ranges")
+        assert isinstance(layer, media.Layer), "objects come from this provider's list()"
         ranged = start > 0 or (end is not None and end != obj.size)
         headers = {"Range": f"bytes={start}-" + ("" if end is None else str(end - 1))} if ranged else {}
         response = self._open_blob(uri, layer, headers)
@@ -225,37 +237,25 @@ class OciProvider(Provider):
                 )
         return HttpBody(response.raw, self.context.stall_timeout)
 
-    def _open_at(self, uri: str, layer: media.Layer, offset: int) -> ByteStream:
-        """The blob from ``offset`` to its end (a ranged GET after a break)."""
-        response = self._open_blob(uri, layer, {"Range": f"bytes={offset}-"} if offset else {})
-        if offset and (
-            response.status_code != 206 or not response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
-        ):
-            response.close()
-            raise TransientError(f"{redact(uri)}: blob {layer.digest} ignored a range request at byte {offset}")
-        return HttpBody(response.raw, self.context.stall_timeout)
-
-    def download_to(self, uri: str, obj: RemoteObject, path: str) -> bool:
-        if isinstance(obj.extra, media.Layer):
-            return False  # a plain blob: the engine reads it in ranged parts
+    def assemble(self, uri: str, staged: Sequence[StagedObject], out: IO[bytes]) -> None:
+        """Merge the staged layers (manifest order, bottom first) into the plain tar stream ``out``."""
         settings = settings_from_env(self.env)
+        found: list[media.Layer] = []
+        blobs: dict[media.Layer, str] = {}  # a layer listed twice is one blob: either copy serves
+        for item in staged:
+            layer = item.obj.extra
+            assert isinstance(layer, media.Layer), "objects come from this provider's list()"
+            found.append(layer)
+            blobs[layer] = item.path
 
-        @contextlib.contextmanager
-        def open_blob(layer: media.Layer) -> Iterator[IO[bytes]]:
-            stream = ResumingStream(
-                lambda offset: self._open_at(uri, layer, offset),
-                layer.size,
-                layer.digest,
-                settings.retries,
-                settings.retry_backoff,
-            )
-            with contextlib.closing(stream):
-                yield stream  # type: ignore[misc]
+        def open_blob(layer: media.Layer) -> AbstractContextManager[IO[bytes]]:
+            return open(blobs[layer], "rb")
 
-        files = layers.merge(path, list(obj.extra), open_blob, settings.max_extract_ratio)
-        if files == 0 and any(layer.image for layer in obj.extra):
+        # The engine verified every digest while downloading (or was told not to): sizes only here.
+        root = os.path.dirname(staged[0].path)
+        files = layers.merge(out, found, open_blob, settings.max_extract_ratio, root, verify=False)
+        if files == 0 and any(layer.image for layer in found):
             raise NotFoundError(
                 f"{redact(uri)}: the image has no files under /models/",
                 hint="a modelcar image keeps the model in /models/",
             )
-        return True
