@@ -19,6 +19,7 @@ import socket
 import ssl
 from collections.abc import Iterator
 from typing import ClassVar
+from urllib.parse import urlsplit
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -155,7 +156,17 @@ _TRANSIENT_EXCEPTION_NAMES = frozenset(
         "ResponseStreamingError",
         "EndpointConnectionError",
         "IncompleteReadError",
+        # httpx, azure-core and google-auth: their transport failures
+        "ConnectError",
+        "NetworkError",
+        "TransportError",
+        "ServiceRequestError",
+        "ServiceResponseError",
     }
+)
+#: Exceptions (by class name) that say the URL itself is malformed: a usage error, not a network one.
+_INVALID_URL_NAMES = frozenset(
+    {"InvalidURL", "InvalidSchema", "MissingSchema", "LocationParseError", "UnsupportedProtocol", "LocationValueError"}
 )
 
 
@@ -174,10 +185,22 @@ def classify(exc: BaseException) -> StorageInitializerError:
         return exc
     if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
         return StorageInitializerError(f"local file error on {exc.filename}: {exc.strerror or exc}")
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, (OSError, EOFError, TimeoutError)) or names & _TRANSIENT_EXCEPTION_NAMES:
+    if is_network_failure(exc):
         return network_error(exc)
     return StorageInitializerError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def is_network_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure to talk to a server (what :func:`network_error` maps).
+
+    Socket-level ``OSError``s, and the usual HTTP-library exceptions recognised by
+    class name (requests, urllib3, botocore, httpx, azure-core, google-auth), so
+    the core imports none of these libraries.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (OSError, EOFError, TimeoutError)) or bool(names & _TRANSIENT_EXCEPTION_NAMES)
 
 
 #: What to check when a server's certificate is not trusted (providers add their own variable).
@@ -200,51 +223,79 @@ _TLS_SETUP_REASONS = frozenset(
     }
 )
 _RESOLVE_RE = re.compile(r"Failed to resolve '([^']+)'")
+_HOST_TEXT_RE = re.compile(r"(?i)could not resolve host:? '?([A-Za-z0-9.-]+)")
 _NOT_FOUND_EAI = frozenset(
     code for code in (getattr(socket, n, None) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")) if code
 )
 
 
 def network_error(
-    exc: BaseException, target: str | None = None, *, ca_hint: str | None = None
+    exc: BaseException,
+    target: str | None = None,
+    *,
+    ca_hint: str | None = None,
+    hint: str | None = None,
 ) -> StorageInitializerError:
-    """A typed error for a failure to talk to a server, saying which failure it was.
+    """The typed error for a failure to talk to a server, saying which failure it was.
 
-    SDKs wrap the socket's own error several layers deep (requests ->
-    urllib3 -> socket, botocore, azure-core): the chain of causes, contexts,
-    ``reason``/``error``/``inner_exception`` attributes and exception
-    arguments is searched for the innermost telling one.
+    The one mapping of connection failures: every provider passes its SDK's or
+    transport's exception here (``storage_initializer.http.request_error`` is a
+    thin alias for ``requests``). SDKs wrap the socket's own error several
+    layers deep (requests -> urllib3 -> socket, botocore, azure-core, httpx):
+    the chain of causes, contexts, ``reason``/``error``/``inner_exception``
+    attributes and exception arguments is searched for the innermost telling
+    one; a library that kept only text (``Could not resolve host``,
+    ``Connection refused``, ``SSL certificate problem``) is read by its words.
 
-    - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer
-      (a temporary resolver failure, ``EAI_AGAIN``, is retried);
+    - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer.
+      In a pod that is almost always a typo or a missing namespace, and a name
+      that appears a moment later is covered by the kubelet restarting the init
+      container. A temporary resolver failure (``EAI_AGAIN``) is retried;
     - connection refused: permanent, nothing listens there (providers retry
       it for a few seconds first, :func:`storage_initializer.connect.retry_refused`,
       for a server that is restarting; the kubelet restarts a failed init
       container, which covers one still starting, and the rerun resumes);
     - TLS certificate verification: permanent, with ``ca_hint`` (or
       :data:`CA_HINT`) naming the CA settings to check;
+    - a malformed URL: a :class:`UsageError`;
     - timeout, reset, broken connection: transient (retried).
 
     ``target`` (a redacted URL or endpoint) starts the message: ``cannot
-    reach TARGET: connection refused``.
+    reach TARGET: connection refused``. ``hint`` (what to check for this store,
+    e.g. its endpoint variable) is added to the hint.
     """
     chain = list(_causes(exc))
     prefix = f"cannot reach {target}: " if target else ""
-    outer = f"{type(exc).__name__}: {exc}"
+    outer = f"{type(exc).__name__}: {_short(exc)}"
+    text = " ".join(str(c) for c in chain).lower()
+
+    def hinted(what: str | None) -> str | None:
+        return f"{what}; {hint}" if what and hint else what or hint
+
     cert: BaseException | None = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
     cert = cert or next((c for c in reversed(chain) if "CERTIFICATE_VERIFY_FAILED" in str(c)), None)
     if cert is not None:
         detail = getattr(cert, "verify_message", None) or _short(cert)
         return StorageInitializerError(f"{prefix}TLS verification failed ({detail})", hint=ca_hint or CA_HINT)
+    if "ssl certificate problem" in text or "certificate verify failed" in text:  # curl's and git's words
+        detail = next(_short(c) for c in chain if "certificate" in str(c).lower())
+        return StorageInitializerError(f"{prefix}TLS verification failed ({detail})", hint=ca_hint or CA_HINT)
     for cause in chain:
         if isinstance(cause, socket.gaierror):
-            host = next((m.group(1) for c in chain if (m := _RESOLVE_RE.search(str(c)))), None)
+            host = _resolved_host(chain)
             name = f" {host}" if host else ""
             if cause.errno in _NOT_FOUND_EAI:
-                return StorageInitializerError(f"{prefix}DNS name{name} not found ({cause.strerror})", hint=DNS_HINT)
-            return TransientError(f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})")
+                return StorageInitializerError(
+                    f"{prefix}DNS name{name} not found ({cause.strerror})", hint=hinted(DNS_HINT)
+                )
+            return TransientError(
+                f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})", hint=hint
+            )
     if is_connection_refused(exc):
-        return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
+        return StorageInitializerError(f"{prefix}connection refused", hint=hinted(REFUSED_HINT))
+    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
+    if names & _INVALID_URL_NAMES:
+        return UsageError(f"{prefix}invalid URL ({outer})", hint=hint)
     for cause in chain:
         # Only a handshake that can never succeed is permanent: a TLS record cut mid-body
         # (SSLEOFError, bad record MAC) is a broken connection like any other.
@@ -253,11 +304,13 @@ def network_error(
                 f"{prefix}TLS handshake failed ({_short(cause)})",
                 hint="check http:// against https:// and the port; a proxy may intercept TLS",
             )
-    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
-    text = " ".join(str(c) for c in chain).lower()
-    if "refused" in text:  # a library that kept only the message
-        return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=REFUSED_HINT)
-    return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})")
+    # Libraries that kept only the message (a git or curl subprocess, some SDK wrappers).
+    if "could not resolve host" in text or "name or service not known" in text:
+        host = next((m.group(1) for c in chain if (m := _HOST_TEXT_RE.search(str(c)))), None)
+        return StorageInitializerError(f"{prefix}DNS name{' ' + host if host else ''} not found", hint=hinted(DNS_HINT))
+    if "refused" in text:
+        return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=hinted(REFUSED_HINT))
+    return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})", hint=hint)
 
 
 def is_connection_refused(exc: BaseException) -> bool:
@@ -266,6 +319,20 @@ def is_connection_refused(exc: BaseException) -> bool:
         isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
         for cause in _causes(exc)
     )
+
+
+def _resolved_host(chain: list[BaseException]) -> str | None:
+    """The host name a failed lookup was for: urllib3 says it, httpx keeps the request."""
+    host = next((m.group(1) for c in chain if (m := _RESOLVE_RE.search(str(c)))), None)
+    for cause in chain:
+        if host:
+            break
+        try:
+            url = getattr(getattr(cause, "request", None), "url", None)  # httpx raises when unset
+        except Exception:
+            continue
+        host = getattr(url, "host", None) or (urlsplit(str(url)).hostname if url is not None else None)
+    return str(host) if host else None
 
 
 def _short(exc: BaseException) -> str:

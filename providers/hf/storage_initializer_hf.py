@@ -21,6 +21,7 @@ Grammar (see README.md)::
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from urllib.parse import quote, urlsplit
 from storage_initializer import __version__
 from storage_initializer import http as kit
 from storage_initializer.config import env_bool, env_seconds
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -42,6 +44,8 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    is_network_failure,
+    network_error,
 )
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
@@ -201,10 +205,13 @@ def map_error(exc: BaseException, uri: str, hf: HfUri, settings: HfSettings) -> 
             headers = getattr(getattr(exc, "response", None), "headers", None)
             return kit.transient_error(f"{shown}: the Hub answered {detail}", headers)
         return StorageInitializerError(f"{shown}: the Hub answered {detail}")
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "TransportError" in names or isinstance(exc, OSError):
-        what = "no data" if "TimeoutException" in names else type(exc).__name__
-        return TransientError(f"{shown}: {what} from {settings.endpoint} ({exc})".replace(" ()", ""))
+    if is_network_failure(exc):
+        return network_error(
+            exc,
+            settings.endpoint,
+            ca_hint="set SSL_CERT_FILE to the CA bundle that signed the Hub's certificate",
+            hint="check HF_ENDPOINT",
+        )
     return StorageInitializerError(f"{shown}: unexpected {type(exc).__name__}: {exc}")
 
 
@@ -306,8 +313,10 @@ class HfProvider(Provider):
         from huggingface_hub.hf_api import RepoFile
 
         api = HfApi(endpoint=self.settings.endpoint, token=self._auth, library_name="storage-initializer")
-        info = api.repo_info(
-            hf.repo_id, repo_type=hf.repo_type, revision=hf.revision, timeout=self._timeout(self.settings.api_timeout)
+        timeout = self._timeout(self.settings.api_timeout)
+        info = retry_refused(
+            lambda: api.repo_info(hf.repo_id, repo_type=hf.repo_type, revision=hf.revision, timeout=timeout),
+            self.settings.endpoint,
         )
         commit, repo_id = str(info.sha), str(info.id or hf.repo_id)
         self._source_details = {"repo": repo_id, "revision": hf.revision, "commit": commit}
@@ -447,7 +456,8 @@ class HfProvider(Provider):
             request = client.build_request(
                 "GET", url, headers=headers, timeout=self._timeout(self.settings.read_timeout)
             )
-            response = client.send(request, stream=True, follow_redirects=True)
+            send = functools.partial(client.send, request, stream=True, follow_redirects=True)
+            response = retry_refused(send, url)
             if response.status_code in (200, 206):
                 try:
                     self._check_response(ref, obj, response, start)

@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 from storage_initializer import __version__
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -48,6 +49,7 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
@@ -269,7 +271,8 @@ class ModelScopeProvider(Provider):
             sent["Cookie"] = f"m_session_id={self.settings.token}"
         no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
         direct = bool(no_proxy) and requests.utils.should_bypass_proxies(url, no_proxy=no_proxy)
-        try:
+
+        def send() -> Any:
             return self._session().get(
                 url,
                 headers=sent,
@@ -278,14 +281,17 @@ class ModelScopeProvider(Provider):
                 timeout=(self.settings.connect_timeout, read_timeout),
                 **({"proxies": {"http": "", "https": ""}} if direct else {}),
             )
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for {redact(url)}: {exc}",
-                hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate",
+
+        try:
+            return retry_refused(send, url)
+        except requests.exceptions.RequestException as exc:
+            server = urlsplit(url)
+            raise network_error(
+                exc,
+                f"{server.scheme}://{server.netloc}",
+                ca_hint="set REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) to the CA that signed the server's certificate",
+                hint="check MODELSCOPE_ENDPOINT" if self.settings.configured else None,
             ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            what = "no answer in time" if isinstance(exc, requests.exceptions.Timeout) else "cannot connect"
-            raise TransientError(f"{what}: {redact(url)} ({type(exc).__name__})") from None
 
     def _api(self, url: str, params: Mapping[str, str]) -> tuple[int, Any]:
         """GET an ``/api/v1`` JSON answer: (status, parsed body or the response on an error)."""

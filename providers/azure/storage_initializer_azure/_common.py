@@ -32,6 +32,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
     classify,
+    network_error,
 )
 from storage_initializer.provider import ChunkStream, ProviderContext
 from storage_initializer.redact import redact
@@ -67,7 +68,7 @@ def make_transport(context: ProviderContext, env: Mapping[str, str]) -> Any:
     """
     from azure.core.pipeline.transport import RequestsTransport
 
-    session = kit.new_session(env, pool_size=context.concurrency + 2)
+    session = kit.new_session(env, pool_size=context.concurrency + 2, retry_refused=True)
     verify = session.verify
     return RequestsTransport(
         session=session,
@@ -128,18 +129,13 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
             hint="check AZURE_CLIENT_ID / AZURE_TENANT_ID and the secret, certificate, federated token "
             "file or managed identity they refer to",
         )
-    if isinstance(exc, ServiceRequestError) and ("SSLError" in str(exc) or "CERTIFICATE_VERIFY" in str(exc)):
-        return StorageInitializerError(
-            f"{what}: TLS verification of {redact(access.endpoint)} failed ({message})",
-            hint="set REQUESTS_CA_BUNDLE to the CA that signed the endpoint's certificate",
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return network_error(
+            exc,
+            access.endpoint,
+            hint="check the storage account name in the URI (or the endpoint of "
+            "AZURE_STORAGE_CONNECTION_STRING), proxies and network policies",
         )
-    if isinstance(exc, ServiceRequestError):
-        return TransientError(
-            f"{what}: cannot reach {redact(access.endpoint)} ({message})",
-            hint="check the storage account name in the URI, DNS, proxies and network policies",
-        )
-    if isinstance(exc, ServiceResponseError):
-        return TransientError(f"{what}: the connection to {redact(access.endpoint)} failed ({message})")
     if isinstance(exc, ValueError) and "HTTPS" in str(exc):
         return ConfigError(f"{what}: {message}", hint="Azure AD credentials need an https:// endpoint")
     if isinstance(exc, AzureError):

@@ -22,6 +22,7 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
@@ -119,6 +120,7 @@ class GcsProvider(Provider):
                 base=AuthorizedSession,
                 args=(creds.credentials,),
                 kwargs={"refresh_status_codes": refresh_on},
+                retry_refused=True,
             )
             self._local.session = session
             with self._lock:
@@ -172,11 +174,12 @@ class GcsProvider(Provider):
             error.retryable = bool(getattr(exc, "retryable", False))
             raise error from None
         except auth.TransportError as exc:
-            raise TransientError(f"could not reach the token service: {_auth_text(exc)}") from None
+            raise network_error(exc, "the token service", hint="check GCE_METADATA_HOST and the network") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(
-                f"cannot reach the GCS endpoint {self.settings.endpoint} ({type(exc).__name__})",
-                hint="check the network, proxy settings and STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE",
+            raise network_error(
+                exc,
+                f"the GCS endpoint {self.settings.endpoint}",
+                hint="check STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE, the proxy settings and the network",
             ) from None
 
     def _api_error(self, exc: Any, what: str) -> StorageInitializerError:

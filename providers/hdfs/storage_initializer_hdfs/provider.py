@@ -24,6 +24,7 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import redact, register_secret
@@ -156,7 +157,7 @@ class HdfsProvider(Provider):
         # a plain requests.Session lets REQUESTS_CA_BUNDLE override it); proxies from env per URL.
         verify = False if config.tls_skip_verify else kit.ca_bundle(env, config.tls_ca)
         size = max(4, self.context.concurrency) + 2  # workers, plus the listing beside them
-        session = kit.new_session(env, pool_size=size, verify=verify)
+        session = kit.new_session(env, pool_size=size, verify=verify, retry_refused=True)
         if config.tls_cert:
             session.cert = (config.tls_cert, config.tls_key) if config.tls_key else config.tls_cert
         # The engine reads raw bytes: a compressing gateway (Knox, nginx) must not gzip them.
@@ -177,13 +178,14 @@ class HdfsProvider(Provider):
             response = action()
         except HdfsError as exc:
             raise self._from_hdfs_error(exc, uri) from None
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS with the cluster failed for {redact(uri)}: {_scrub(str(exc))}",
-                hint="check TLS_CA (or TLS_SKIP_VERIFY), and TLS_CERT/TLS_KEY if a client certificate is required",
-            ) from None
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"cannot reach the cluster for {redact(uri)}: {_scrub(str(exc))}") from None
+            raise network_error(
+                exc,
+                f"the cluster for {uri}",
+                ca_hint="set TLS_CA to the CA that signed the namenode's and datanodes' certificates (or "
+                "TLS_SKIP_VERIFY), and TLS_CERT/TLS_KEY if a client certificate is required",
+                hint="check HDFS_NAMENODE",
+            ) from None
         if response is not None and hasattr(response, "status_code"):
             for url in (response.url, *(r.headers.get("Location", "") for r in response.history)):
                 for key, value in parse_qsl(urlsplit(url).query):

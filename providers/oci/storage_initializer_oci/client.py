@@ -14,12 +14,13 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from storage_initializer import http as kit
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     StorageInitializerError,
     TransientError,
+    network_error,
 )
 from storage_initializer.redact import redact
 from storage_initializer_oci.auth import (
@@ -109,19 +110,21 @@ class RegistryClient:
     def _send(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
         import requests
 
-        try:
+        def send() -> Any:
             return self.session().request(
                 method, url, headers=dict(headers), stream=True, timeout=self.timeouts, **kwargs
             )
+
+        try:
+            return retry_refused(send, url)
         except requests.exceptions.RequestException as exc:
-            error = kit.request_error(
+            raise network_error(
                 exc,
                 f"registry {self.registry}",
-                tls_hint="set REQUESTS_CA_BUNDLE to the registry's CA, or KSERVE_OCI_INSECURE_REGISTRY=true",
-            )
-            if error is None:
-                raise
-            raise error from None
+                ca_hint="set SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) to the registry's CA, "
+                "or KSERVE_OCI_INSECURE_REGISTRY=true",
+                hint="check the registry host and port in the URI",
+            ) from None
 
     def _authorization(self) -> str | None:
         token = self._tokens.get(self.scope)

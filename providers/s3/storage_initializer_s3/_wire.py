@@ -47,6 +47,10 @@ from ._errors import ENDPOINT_HINT, error_for, parse_error_body
 from ._sigv4 import SigV4Signer, canonical_query
 
 log = logging.getLogger("storage_initializer.s3")
+_CA_HINT = (
+    "set AWS_CA_BUNDLE (or CA_BUNDLE_CONFIGMAP_NAME) to the CA that signed the endpoint's "
+    "certificate, or S3_VERIFY_SSL=0 to skip verification"
+)
 
 #: Keys per ListObjectsV2 page (the S3 maximum).
 PAGE_SIZE = 1000
@@ -252,24 +256,17 @@ class S3Wire:
 
         try:
             return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
-        except urllib3.exceptions.SSLError as exc:
-            raise self.tls_error(what, exc) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
+            # Says which: DNS name not found, refused and TLS verification are permanent, timeouts transient.
+            error = network_error(exc, target.base_url, ca_hint=_CA_HINT, hint=ENDPOINT_HINT)
             reason = getattr(exc, "reason", None)
-            if isinstance(reason, urllib3.exceptions.SSLError):
-                raise self.tls_error(what, reason) from None
-            # Says which: DNS name not found and refused are permanent, timeouts transient.
-            error = network_error(exc, redact(target.base_url))
+            if error.retryable and isinstance(reason or exc, urllib3.exceptions.SSLError):
+                raise self.tls_error(what, reason or exc) from None  # any other TLS failure: permanent too
             error.message = f"{what}: {error.message}"
-            error.hint = f"{error.hint}; {ENDPOINT_HINT}" if error.hint else ENDPOINT_HINT
             raise error from None
 
     def tls_error(self, what: str, exc: BaseException) -> StorageInitializerError:
-        return StorageInitializerError(
-            f"{what}: TLS verification of {redact(self.endpoint)} failed: {exc}",
-            hint="set AWS_CA_BUNDLE (or CA_BUNDLE_CONFIGMAP_NAME) to the CA that signed the endpoint's "
-            "certificate, or S3_VERIFY_SSL=0 to skip verification",
-        )
+        return StorageInitializerError(f"{what}: TLS with {self.endpoint} failed: {exc}", hint=_CA_HINT)
 
     def error(
         self, response: Any, *, uri: str, bucket: str, key: str | None, streamed: bool = False
