@@ -519,7 +519,8 @@ def test_managed_identity_end_to_end(azurite_https: Azurite, tmp_path: Path) -> 
         assert imds.requests and "client_id=my-client-id" in imds.requests[0]
         untrusted = {k: v for k, v in env.items() if k != "REQUESTS_CA_BUNDLE"}
         result = run_cli([uri(container, "m"), str(tmp_path / "untrusted")], untrusted)
-        assert result.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in result.stderr
+        assert result.returncode == 1 and "TLS verification failed" in result.stderr
+        assert "set REQUESTS_CA_BUNDLE" in result.stderr
         assert "set REQUESTS_CA_BUNDLE" in result.stderr
     finally:
         imds.stop()

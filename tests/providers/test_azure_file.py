@@ -355,4 +355,4 @@ def test_unreachable_endpoint(tmp_path: Path) -> None:
     }
     result = run_cli([uri("share", "m"), str(tmp_path)], env)
     assert result.returncode == 1
-    assert "cannot reach http://127.0.0.1:9/devstoreaccount1: connection refused" in result.stderr
+    assert f"cannot reach http://127.0.0.1:9/{DEFAULT_ACCOUNT}: connection refused" in result.stderr

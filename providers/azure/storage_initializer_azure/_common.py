@@ -133,6 +133,7 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
         return network_error(
             exc,
             access.endpoint,
+            ca_hint="set REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) to the CA that signed the endpoint's certificate",
             hint="check the storage account name in the URI (or the endpoint of "
             "AZURE_STORAGE_CONNECTION_STRING), proxies and network policies",
         )

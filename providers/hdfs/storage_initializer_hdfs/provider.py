@@ -33,6 +33,10 @@ from .client import _literal, _quiet_hdfs_logging, _RangeStream, _remote_excepti
 from .config import DEFAULT_HTTP_PORT, HdfsConfig, load_config
 
 log = logging.getLogger("storage_initializer.hdfs")
+_TLS_HINT = (
+    "set TLS_CA to the CA that signed the namenode's and datanodes' certificates (or TLS_SKIP_VERIFY), "
+    "and TLS_CERT/TLS_KEY if a client certificate is required"
+)
 
 _PREFIXES = ("hdfs://", "webhdfs://")
 _ACCESS_EXCEPTIONS = frozenset({"AccessControlException", "AuthorizationException", "SecurityException"})
@@ -179,13 +183,12 @@ class HdfsProvider(Provider):
         except HdfsError as exc:
             raise self._from_hdfs_error(exc, uri) from None
         except requests.exceptions.RequestException as exc:
-            raise network_error(
-                exc,
-                f"the cluster for {uri}",
-                ca_hint="set TLS_CA to the CA that signed the namenode's and datanodes' certificates (or "
-                "TLS_SKIP_VERIFY), and TLS_CERT/TLS_KEY if a client certificate is required",
-                hint="check HDFS_NAMENODE",
-            ) from None
+            error = network_error(exc, f"the cluster for {uri}", ca_hint=_TLS_HINT, hint="check HDFS_NAMENODE")
+            if error.retryable and isinstance(exc, requests.exceptions.SSLError):
+                # Sending the request: the handshake itself failed (a client certificate missing
+                # or refused), which no retry heals.
+                error = StorageInitializerError(f"TLS with the cluster failed for {uri}: {exc}", hint=_TLS_HINT)
+            raise error from None
         if response is not None and hasattr(response, "status_code"):
             for url in (response.url, *(r.headers.get("Location", "") for r in response.history)):
                 for key, value in parse_qsl(urlsplit(url).query):
