@@ -5,10 +5,12 @@ Every error says whether repeating the same operation may succeed
 these (or let the engine classify plain ``OSError``s as transient); the engine
 retries only what is retryable and reports the rest at once.
 
-Messages must never contain secrets: pass URIs through
-:func:`storage_initializer.redact.redact` before putting them in a message
-(the logging and termination-log paths redact again, as a second line of
-defence).
+Messages never carry secrets: an error redacts its message and hint when it
+is made (and when they are set), with
+:func:`storage_initializer.redact.redact`, so a provider puts the URI in a
+message as it is, and an error raised through the Python API is as safe as
+the command's output. ``str(error)`` redacts again, for a secret registered
+after the error was made.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Iterator
 from typing import ClassVar
 from urllib.parse import urlsplit
 
+from storage_initializer.redact import redact
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -32,6 +36,7 @@ class StorageInitializerError(Exception):
 
     ``hint`` says what the user should check or do; it is printed after the
     cause. ``retryable`` overrides the class default for one instance.
+    ``message`` and ``hint`` are redacted when set: secrets never enter an error.
     """
 
     retryable_default: ClassVar[bool] = False
@@ -44,15 +49,33 @@ class StorageInitializerError(Exception):
         hint: str | None = None,
         retryable: bool | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__()
         self.message = message
         self.hint = hint
         self.retryable = self.retryable_default if retryable is None else retryable
 
+    @property
+    def message(self) -> str:
+        """What failed (redacted)."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = redact(str(value))
+        self.args = (self._message,)
+
+    @property
+    def hint(self) -> str | None:
+        """What to check or do (redacted), or ``None``."""
+        return self._hint
+
+    @hint.setter
+    def hint(self, value: str | None) -> None:
+        self._hint = None if value is None else redact(str(value))
+
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message} ({self.hint})"
-        return self.message
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        return redact(text)  # again: a secret may have been registered since
 
 
 class UsageError(StorageInitializerError):
