@@ -48,7 +48,7 @@ from storage_initializer.errors import (
     network_error,
 )
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 log = logging.getLogger("storage_initializer.hf")
 
@@ -76,7 +76,7 @@ def parse_uri(uri: str) -> HfUri:
     """Split an ``hf://`` URI; raise :class:`UsageError` naming the expected form."""
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"{redact(uri)}: {why}", hint=f"expected {GRAMMAR}")
+        return UsageError(f"{uri}: {why}", hint=f"expected {GRAMMAR}")
 
     if not uri.startswith(PREFIX):
         raise bad("not an hf:// URI")
@@ -168,7 +168,7 @@ def map_error(exc: BaseException, uri: str, hf: HfUri, settings: HfSettings) -> 
         RevisionNotFoundError,
     )
 
-    shown, repo = redact(uri), hf.display_repo
+    shown, repo = uri, hf.display_repo
     page = f"{settings.endpoint}/{repo}"
     if isinstance(exc, StorageInitializerError):
         return exc
@@ -278,7 +278,7 @@ class HfProvider(Provider):
     def _check_online(self, uri: str) -> None:
         if self.settings.offline:
             raise ConfigError(
-                f"{redact(uri)}: HF_HUB_OFFLINE is set, nothing can be downloaded",
+                f"{uri}: HF_HUB_OFFLINE is set, nothing can be downloaded",
                 hint="unset HF_HUB_OFFLINE (it forbids every request to the Hub)",
             )
 
@@ -320,9 +320,9 @@ class HfProvider(Provider):
         )
         commit, repo_id = str(info.sha), str(info.id or hf.repo_id)
         self._source_details = {"repo": repo_id, "revision": hf.revision, "commit": commit}
-        log.info("%s: %s at %s is commit %s", redact(uri), hf.display_repo, hf.revision, commit)
+        log.info("%s: %s at %s is commit %s", uri, hf.display_repo, hf.revision, commit)
         if repo_id != hf.repo_id:
-            log.info("%s: %s was renamed %s", redact(uri), hf.repo_id, repo_id)
+            log.info("%s: %s was renamed %s", uri, hf.repo_id, repo_id)
 
         def entry(file: Any, key: str) -> RemoteObject:
             lfs = file.lfs.sha256 if file.lfs is not None else None
@@ -362,7 +362,7 @@ class HfProvider(Provider):
             yield obj
         if not found:
             where = f"{hf.path} in " if hf.path else ""
-            raise NotFoundError(f"{redact(uri)}: no files in {where}{hf.display_repo} at {hf.revision}")
+            raise NotFoundError(f"{uri}: no files in {where}{hf.display_repo} at {hf.revision}")
 
     def _single_file(self, uri: str, hf: HfUri, repo_id: str, commit: str, entry: Any) -> RemoteObject:
         """The path is not a folder: look for a file of that name in its parent folder."""
@@ -372,7 +372,7 @@ class HfProvider(Provider):
         for file in self._tree(hf, repo_id, commit, parent, recursive=False):
             if isinstance(file, RepoFile) and file.path == hf.path:
                 return entry(file, name)  # type: ignore[no-any-return]
-        raise NotFoundError(f"{redact(uri)}: {hf.path} not found in {hf.display_repo} at {hf.revision}")
+        raise NotFoundError(f"{uri}: {hf.path} not found in {hf.display_repo} at {hf.revision}")
 
     def _check_access(self, uri: str, hf: HfUri, obj: RemoteObject) -> None:
         """A gated repo lists its files to anyone: fail now, clearly, if they cannot be read."""

@@ -35,7 +35,6 @@ from storage_initializer.errors import (
     network_error,
 )
 from storage_initializer.provider import ChunkStream, ProviderContext
-from storage_initializer.redact import redact
 
 from ._config import Access
 
@@ -105,7 +104,7 @@ def error_code(exc: BaseException) -> str | None:
 def map_error(exc: BaseException, what: str, access: Access, container_kind: str) -> StorageInitializerError:
     """Turn an SDK/transport exception into the project's error, saying what to check.
 
-    ``what`` names the URI or object (already redacted).
+    ``what`` names the URI or object (the error redacts it).
     """
     from azure.core.exceptions import (
         AzureError,
@@ -117,7 +116,7 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
 
     if isinstance(exc, StorageInitializerError):
         return exc
-    message = redact(str(exc).split("\n", 1)[0])
+    message = str(exc).split("\n", 1)[0]
     response = getattr(exc, "response", None)
     status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
     if isinstance(exc, HttpResponseError) and status:
@@ -195,6 +194,6 @@ def chunk_stream(chunks: Iterator[bytes], close: Callable[[], None], what: str) 
     """A streamed body; errors while reading (timeouts, resets, short bodies) become retryable."""
 
     def on_error(exc: Exception) -> BaseException:
-        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {redact(str(exc))})")
+        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {exc!s})")
 
     return ChunkStream(chunks, close, on_error)

@@ -26,7 +26,6 @@ from storage_initializer.errors import (
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact
 
 from .credentials import Credentials, _auth_text, find_credentials
 from .settings import settings_from_env
@@ -60,7 +59,7 @@ def _call_text(exc: Any) -> str:
     request = getattr(getattr(exc, "response", None), "request", None)
     if request is not None:
         message = message.removeprefix(f"{request.method} {request.url}: ")
-    return redact(message.strip()[:300] or type(exc).__name__)
+    return message.strip()[:300] or type(exc).__name__
 
 
 _GZIP_CHUNK = 256 * 1024
@@ -227,7 +226,7 @@ class GcsProvider(Provider):
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
         location = parse_uri(uri)
-        shown = redact(uri)
+        shown = uri
         if location.path and not location.path.endswith("/"):
             with self._calls(shown):
                 # None for no such object (or no bucket: the listing tells).
@@ -293,7 +292,7 @@ class GcsProvider(Provider):
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
             headers["Range"] = kit.range_header(start, end)
-        shown = redact(uri)
+        shown = uri
         with self._calls(shown):
             response = self.session().get(
                 self._media_url(ref), params=params, headers=headers, stream=True, timeout=self._timeout

@@ -11,7 +11,6 @@ from storage_initializer import http as kit
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import AccessDeniedError, StorageInitializerError, network_error
 from storage_initializer.provider import ProviderContext
-from storage_initializer.redact import redact
 
 from .settings import RegistrySettings
 
@@ -93,7 +92,7 @@ class _RegistryClient:
                 body = None
         message = body.get("message") if isinstance(body, dict) else None
         detail = f": {message}" if isinstance(message, str) and message else ""
-        where = redact(url)
+        where = url
         if status == 200:
             if body is None:
                 raise StorageInitializerError(
@@ -132,7 +131,7 @@ class _RegistryClient:
             body = self.get(path, query)
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
-                raise StorageInitializerError(f"{redact(self.base_url)}{API_PREFIX}{path} did not answer a list")
+                raise StorageInitializerError(f"{self.base_url}{API_PREFIX}{path} did not answer a list")
             yield from (item for item in items if isinstance(item, dict))
             token = str(body.get("nextPageToken") or "")
             if not token:

@@ -22,7 +22,6 @@ from storage_initializer.errors import (
     TransientError,
     network_error,
 )
-from storage_initializer.redact import redact
 from storage_initializer_oci.auth import (
     ConfigLookup,
     TokenCache,
@@ -184,23 +183,21 @@ class RegistryClient:
             response = self._send("GET", realm, headers, params=query)
         with response:
             if response.status_code in (401, 403):
-                raise refused(
-                    self.registry, f"{what} (token service {redact(realm)})", self.config, response.status_code
-                )
+                raise refused(self.registry, f"{what} (token service {realm})", self.config, response.status_code)
             if response.status_code >= 500 or response.status_code == 429:
-                raise TransientError(f"token service {redact(realm)} answered HTTP {response.status_code}")
+                raise TransientError(f"token service {realm} answered HTTP {response.status_code}")
             if response.status_code != 200:
                 raise AccessDeniedError(
-                    f"{what}: token service {redact(realm)} answered HTTP {response.status_code}",
+                    f"{what}: token service {realm} answered HTTP {response.status_code}",
                     hint=self.config.describe(self.registry),
                 )
             try:
                 body = response.json()
             except ValueError:
-                raise AccessDeniedError(f"token service {redact(realm)} answered no JSON") from None
+                raise AccessDeniedError(f"token service {realm} answered no JSON") from None
         token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
-            raise AccessDeniedError(f"token service {redact(realm)} answered no token")
+            raise AccessDeniedError(f"token service {realm} answered no token")
         expires = body.get("expires_in")
         self._tokens.put(self.scope, token, float(expires) if isinstance(expires, (int, float)) else 60.0)
         log.debug("got a registry token for %s", scope)

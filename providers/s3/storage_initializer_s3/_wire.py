@@ -40,7 +40,6 @@ from urllib.parse import quote, unquote_plus, urlsplit
 from storage_initializer import http as kit
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, network_error
-from storage_initializer.redact import redact
 
 from ._config import S3Settings, proxy_for
 from ._errors import ENDPOINT_HINT, error_for, parse_error_body
@@ -149,14 +148,14 @@ class S3Wire:
         with self._lock:
             target = self._make_target(bucket, region)
             self._targets[bucket] = target
-        log.info("bucket %s is in region %s: requests now go to %s", bucket, region, redact(target.base_url))
+        log.info("bucket %s is in region %s: requests now go to %s", bucket, region, target.base_url)
         return target
 
     def _make_target(self, bucket: str, region: str | None) -> Target:
         url, signing_region = self._locate(bucket, region)
         parts = urlsplit(url)
         if not parts.path.endswith("/k"):
-            raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {redact(url)}")
+            raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {url}")
         base_url = f"{parts.scheme}://{parts.netloc}"
         proxy = proxy_for(self.settings.proxies, base_url)
         manager = self._manager(proxy)
@@ -255,7 +254,7 @@ class S3Wire:
             return self._manager(target.proxy).urlopen(method, target.base_url + url, **options)
 
         try:
-            return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
+            return retry_refused(send, target.base_url)  # a server restarting: a few seconds
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # Says which: DNS name not found, refused and TLS verification are permanent, timeouts transient.
             error = network_error(exc, target.base_url, ca_hint=_CA_HINT, hint=ENDPOINT_HINT)
@@ -279,7 +278,7 @@ class S3Wire:
             body = b""
         code, message, region = parse_error_body(body or b"")
         if code == "TemporaryRedirect" or (response.status == 307 and not code):
-            return TransientError(f"{redact(uri)}: S3 asked to retry at another endpoint (HTTP 307)")
+            return TransientError(f"{uri}: S3 asked to retry at another endpoint (HTTP 307)")
         return error_for(
             response.status,
             code,
@@ -312,7 +311,7 @@ class S3Wire:
             attempt += 1
             target = self.target(bucket)
             try:
-                response = self.send(method, target, path_of(target), query=query, amz=amz, what=redact(uri))
+                response = self.send(method, target, path_of(target), query=query, amz=amz, what=uri)
                 if 200 <= response.status < 300:
                     return Response(response.status, response.headers, response.data or b"")
                 region = self._redirect_region(response, target)
@@ -327,7 +326,7 @@ class S3Wire:
                     raise
                 delay = min(0.25 * 2 ** (attempt - 1), 5.0) * random.uniform(0.5, 1.0)
                 delay = max(delay, getattr(error, "retry_after", None) or 0.0)
-                log.debug("retrying %s %s in %.2fs after: %s", method, redact(uri), delay, error)
+                log.debug("retrying %s %s in %.2fs after: %s", method, uri, delay, error)
                 kit.sleep(delay, self._cancelled)  # a SIGTERM ends the wait
 
     @staticmethod
@@ -354,7 +353,7 @@ class S3Wire:
         try:
             return parse_list_page(response.body)
         except ET.ParseError as exc:
-            raise TransientError(f"{redact(uri)}: the listing of bucket {bucket!r} is not valid XML ({exc})") from None
+            raise TransientError(f"{uri}: the listing of bucket {bucket!r} is not valid XML ({exc})") from None
 
     def head(self, uri: str, bucket: str, key: str) -> Mapping[str, str]:
         """The object's headers, with its additional checksums (``x-amz-checksum-mode``)."""
@@ -377,10 +376,10 @@ class S3Wire:
         )
 
     def _shown(self, uri: str) -> str:
-        """``redact(uri)``, computed once per URI: every GET of a listing carries the same one."""
+        """The URI as messages show it (errors and log records redact it where they are made)."""
         shown = self._shown_uris.get(uri)
         if shown is None:
-            shown = self._shown_uris[uri] = redact(uri)
+            shown = self._shown_uris[uri] = uri
         return shown
 
 
