@@ -57,7 +57,7 @@ class StorageInitializerError(Exception):
     @property
     def message(self) -> str:
         """What failed (redacted)."""
-        return self._message
+        return getattr(self, "_message", "")
 
     @message.setter
     def message(self, value: str) -> None:
@@ -67,7 +67,7 @@ class StorageInitializerError(Exception):
     @property
     def hint(self) -> str | None:
         """What to check or do (redacted), or ``None``."""
-        return self._hint
+        return getattr(self, "_hint", None)
 
     @hint.setter
     def hint(self, value: str | None) -> None:
@@ -283,7 +283,7 @@ def network_error(
     - a malformed URL: a :class:`UsageError`;
     - timeout, reset, broken connection: transient (retried).
 
-    ``target`` (a redacted URL or endpoint) starts the message: ``cannot
+    ``target`` (a URL or endpoint, redacted by the error) starts the message: ``cannot
     reach TARGET: connection refused``. ``hint`` (what to check for this store,
     e.g. its endpoint variable) is added to the hint.
     """

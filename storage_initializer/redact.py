@@ -54,7 +54,8 @@ _SECRET_QUERY = (
     r"api_key|apikey|key|password|secret|code|delegation"
 )
 _QUERY_RE = re.compile(rf"(?i)([?&;](?:{_SECRET_QUERY})=)[^&#\s'\"]*")
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"]+@")
+# Not the "[USER@]" of a grammar a hint shows.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?!\[user\b)[^/?#\s'\"]+@")
 _AUTH_HEADER_RE = re.compile(r"(?i)\b(authorization|x-api-key|cookie)(['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")
 _ACCOUNT_KEY_RE = re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s'\"]+")
 

@@ -155,6 +155,8 @@ def test_an_error_redacts_its_message_and_hint_whenever_they_are_set() -> None:
     _assert_clean(f"{error} {error!r} {error.args}", "the error")
     copy = pickle.loads(pickle.dumps(error))  # errors cross process and thread boundaries
     assert str(copy) == str(error) and type(copy) is NotFoundError
+    grammar = "expected https://[USER@]HOST[:PORT]/PATH.git"  # a hint's grammar is not userinfo
+    assert StorageInitializerError("bad URI", hint=grammar).hint == grammar
     later = "registered-after-the-error-was-made"
     late = StorageInitializerError(f"found {later}")
     register_secret(later)
