@@ -19,6 +19,7 @@ import pickle
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +66,7 @@ LEAKY_SOURCE = textwrap.dedent(
 )
 namespace: dict[str, object] = {}
 exec(compile(LEAKY_SOURCE, "storage_initializer_leaky.py", "exec"), namespace)  # the same class in-process
-LeakyProvider = namespace["LeakyProvider"]
+LeakyProvider: Any = namespace["LeakyProvider"]
 
 
 def _assert_clean(text: str, where: str) -> None:
