@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from storage_initializer.redact import install as _install_log_redaction
+
 __version__ = "0.1.0"
+_install_log_redaction()  # every record of the package's loggers is redacted when made
 
 if TYPE_CHECKING:
     from storage_initializer.provider import Provider, ProviderContext, RemoteObject, Resolution, UriFormat

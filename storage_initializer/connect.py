@@ -27,13 +27,13 @@ T = TypeVar("T")
 REFUSED_RETRY_SECONDS = 3.0
 
 
-def retry_refused(call: Callable[[], T], what: str, budget: float = REFUSED_RETRY_SECONDS) -> T:
+def retry_refused(call: Callable[[], T], what: str, budget: float | None = None) -> T:
     """``call()``, called again (0.2 s, 0.4 s, 0.8 s... apart) while its connection is refused.
 
-    ``what`` (redacted) names the server in the debug log. After ``budget`` seconds the
-    last error is raised as it is.
+    ``what`` names the server in the debug log (redacted there). After ``budget`` seconds
+    (default :data:`REFUSED_RETRY_SECONDS`, read at each call) the last error is raised as it is.
     """
-    deadline = time.monotonic() + budget
+    deadline = time.monotonic() + (REFUSED_RETRY_SECONDS if budget is None else budget)
     delay = 0.2
     while True:
         try:

@@ -5,10 +5,12 @@ Every error says whether repeating the same operation may succeed
 these (or let the engine classify plain ``OSError``s as transient); the engine
 retries only what is retryable and reports the rest at once.
 
-Messages must never contain secrets: pass URIs through
-:func:`storage_initializer.redact.redact` before putting them in a message
-(the logging and termination-log paths redact again, as a second line of
-defence).
+Messages never carry secrets: an error redacts its message and hint when it
+is made (and when they are set), with
+:func:`storage_initializer.redact.redact`, so a provider puts the URI in a
+message as it is, and an error raised through the Python API is as safe as
+the command's output. ``str(error)`` redacts again, for a secret registered
+after the error was made.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ import socket
 import ssl
 from collections.abc import Iterator
 from typing import ClassVar
+from urllib.parse import urlsplit
+
+from storage_initializer.redact import redact
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,6 +36,7 @@ class StorageInitializerError(Exception):
 
     ``hint`` says what the user should check or do; it is printed after the
     cause. ``retryable`` overrides the class default for one instance.
+    ``message`` and ``hint`` are redacted when set: secrets never enter an error.
     """
 
     retryable_default: ClassVar[bool] = False
@@ -43,15 +49,33 @@ class StorageInitializerError(Exception):
         hint: str | None = None,
         retryable: bool | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__()
         self.message = message
         self.hint = hint
         self.retryable = self.retryable_default if retryable is None else retryable
 
+    @property
+    def message(self) -> str:
+        """What failed (redacted)."""
+        return getattr(self, "_message", "")
+
+    @message.setter
+    def message(self, value: str) -> None:
+        self._message = redact(str(value))
+        self.args = (self._message,)
+
+    @property
+    def hint(self) -> str | None:
+        """What to check or do (redacted), or ``None``."""
+        return getattr(self, "_hint", None)
+
+    @hint.setter
+    def hint(self, value: str | None) -> None:
+        self._hint = None if value is None else redact(str(value))
+
     def __str__(self) -> str:
-        if self.hint:
-            return f"{self.message} ({self.hint})"
-        return self.message
+        text = f"{self.message} ({self.hint})" if self.hint else self.message
+        return redact(text)  # again: a secret may have been registered since
 
 
 class UsageError(StorageInitializerError):
@@ -155,7 +179,17 @@ _TRANSIENT_EXCEPTION_NAMES = frozenset(
         "ResponseStreamingError",
         "EndpointConnectionError",
         "IncompleteReadError",
+        # httpx, azure-core and google-auth: their transport failures
+        "ConnectError",
+        "NetworkError",
+        "TransportError",
+        "ServiceRequestError",
+        "ServiceResponseError",
     }
+)
+#: Exceptions (by class name) that say the URL itself is malformed: a usage error, not a network one.
+_INVALID_URL_NAMES = frozenset(
+    {"InvalidURL", "InvalidSchema", "MissingSchema", "LocationParseError", "UnsupportedProtocol", "LocationValueError"}
 )
 
 
@@ -174,10 +208,22 @@ def classify(exc: BaseException) -> StorageInitializerError:
         return exc
     if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
         return StorageInitializerError(f"local file error on {exc.filename}: {exc.strerror or exc}")
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if isinstance(exc, (OSError, EOFError, TimeoutError)) or names & _TRANSIENT_EXCEPTION_NAMES:
+    if is_network_failure(exc):
         return network_error(exc)
     return StorageInitializerError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+def is_network_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a failure to talk to a server (what :func:`network_error` maps).
+
+    Socket-level ``OSError``s, and the usual HTTP-library exceptions recognised by
+    class name (requests, urllib3, botocore, httpx, azure-core, google-auth), so
+    the core imports none of these libraries.
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return False
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, (OSError, EOFError, TimeoutError)) or bool(names & _TRANSIENT_EXCEPTION_NAMES)
 
 
 #: What to check when a server's certificate is not trusted (providers add their own variable).
@@ -200,51 +246,79 @@ _TLS_SETUP_REASONS = frozenset(
     }
 )
 _RESOLVE_RE = re.compile(r"Failed to resolve '([^']+)'")
+_HOST_TEXT_RE = re.compile(r"(?i)could not resolve host:? '?([A-Za-z0-9.-]+)")
 _NOT_FOUND_EAI = frozenset(
     code for code in (getattr(socket, n, None) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")) if code
 )
 
 
 def network_error(
-    exc: BaseException, target: str | None = None, *, ca_hint: str | None = None
+    exc: BaseException,
+    target: str | None = None,
+    *,
+    ca_hint: str | None = None,
+    hint: str | None = None,
 ) -> StorageInitializerError:
-    """A typed error for a failure to talk to a server, saying which failure it was.
+    """The typed error for a failure to talk to a server, saying which failure it was.
 
-    SDKs wrap the socket's own error several layers deep (requests ->
-    urllib3 -> socket, botocore, azure-core): the chain of causes, contexts,
-    ``reason``/``error``/``inner_exception`` attributes and exception
-    arguments is searched for the innermost telling one.
+    The one mapping of connection failures: every provider passes its SDK's or
+    transport's exception here (``storage_initializer.http.request_error`` is a
+    thin alias for ``requests``). SDKs wrap the socket's own error several
+    layers deep (requests -> urllib3 -> socket, botocore, azure-core, httpx):
+    the chain of causes, contexts, ``reason``/``error``/``inner_exception``
+    attributes and exception arguments is searched for the innermost telling
+    one; a library that kept only text (``Could not resolve host``,
+    ``Connection refused``, ``SSL certificate problem``) is read by its words.
 
-    - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer
-      (a temporary resolver failure, ``EAI_AGAIN``, is retried);
+    - DNS name not found (NXDOMAIN): permanent, a retry gives the same answer.
+      In a pod that is almost always a typo or a missing namespace, and a name
+      that appears a moment later is covered by the kubelet restarting the init
+      container. A temporary resolver failure (``EAI_AGAIN``) is retried;
     - connection refused: permanent, nothing listens there (providers retry
       it for a few seconds first, :func:`storage_initializer.connect.retry_refused`,
       for a server that is restarting; the kubelet restarts a failed init
       container, which covers one still starting, and the rerun resumes);
     - TLS certificate verification: permanent, with ``ca_hint`` (or
       :data:`CA_HINT`) naming the CA settings to check;
+    - a malformed URL: a :class:`UsageError`;
     - timeout, reset, broken connection: transient (retried).
 
-    ``target`` (a redacted URL or endpoint) starts the message: ``cannot
-    reach TARGET: connection refused``.
+    ``target`` (a URL or endpoint, redacted by the error) starts the message: ``cannot
+    reach TARGET: connection refused``. ``hint`` (what to check for this store,
+    e.g. its endpoint variable) is added to the hint.
     """
     chain = list(_causes(exc))
     prefix = f"cannot reach {target}: " if target else ""
-    outer = f"{type(exc).__name__}: {exc}"
+    outer = f"{type(exc).__name__}: {_short(exc)}"
+    text = " ".join(str(c) for c in chain).lower()
+
+    def hinted(what: str | None) -> str | None:
+        return f"{what}; {hint}" if what and hint else what or hint
+
     cert: BaseException | None = next((c for c in chain if isinstance(c, ssl.SSLCertVerificationError)), None)
     cert = cert or next((c for c in reversed(chain) if "CERTIFICATE_VERIFY_FAILED" in str(c)), None)
     if cert is not None:
         detail = getattr(cert, "verify_message", None) or _short(cert)
         return StorageInitializerError(f"{prefix}TLS verification failed ({detail})", hint=ca_hint or CA_HINT)
+    if "ssl certificate problem" in text or "certificate verify failed" in text:  # curl's and git's words
+        detail = next(_short(c) for c in chain if "certificate" in str(c).lower())
+        return StorageInitializerError(f"{prefix}TLS verification failed ({detail})", hint=ca_hint or CA_HINT)
     for cause in chain:
         if isinstance(cause, socket.gaierror):
-            host = next((m.group(1) for c in chain if (m := _RESOLVE_RE.search(str(c)))), None)
+            host = _resolved_host(chain)
             name = f" {host}" if host else ""
             if cause.errno in _NOT_FOUND_EAI:
-                return StorageInitializerError(f"{prefix}DNS name{name} not found ({cause.strerror})", hint=DNS_HINT)
-            return TransientError(f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})")
+                return StorageInitializerError(
+                    f"{prefix}DNS name{name} not found ({cause.strerror})", hint=hinted(DNS_HINT)
+                )
+            return TransientError(
+                f"{prefix}DNS lookup{' of' + name if host else ''} failed ({cause.strerror})", hint=hint
+            )
     if is_connection_refused(exc):
-        return StorageInitializerError(f"{prefix}connection refused", hint=REFUSED_HINT)
+        return StorageInitializerError(f"{prefix}connection refused", hint=hinted(REFUSED_HINT))
+    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
+    if names & _INVALID_URL_NAMES:
+        return UsageError(f"{prefix}invalid URL ({outer})", hint=hint)
     for cause in chain:
         # Only a handshake that can never succeed is permanent: a TLS record cut mid-body
         # (SSLEOFError, bad record MAC) is a broken connection like any other.
@@ -253,11 +327,13 @@ def network_error(
                 f"{prefix}TLS handshake failed ({_short(cause)})",
                 hint="check http:// against https:// and the port; a proxy may intercept TLS",
             )
-    names = {cls.__name__ for cause in chain for cls in type(cause).__mro__}
-    text = " ".join(str(c) for c in chain).lower()
-    if "refused" in text:  # a library that kept only the message
-        return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=REFUSED_HINT)
-    return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})")
+    # Libraries that kept only the message (a git or curl subprocess, some SDK wrappers).
+    if "could not resolve host" in text or "name or service not known" in text:
+        host = next((m.group(1) for c in chain if (m := _HOST_TEXT_RE.search(str(c)))), None)
+        return StorageInitializerError(f"{prefix}DNS name{' ' + host if host else ''} not found", hint=hinted(DNS_HINT))
+    if "refused" in text:
+        return StorageInitializerError(f"{prefix}connection refused ({outer})", hint=hinted(REFUSED_HINT))
+    return TransientError(f"{prefix}{_network_cause(names, text)} ({outer})", hint=hint)
 
 
 def is_connection_refused(exc: BaseException) -> bool:
@@ -266,6 +342,20 @@ def is_connection_refused(exc: BaseException) -> bool:
         isinstance(cause, ConnectionRefusedError) or getattr(cause, "errno", None) == errno.ECONNREFUSED
         for cause in _causes(exc)
     )
+
+
+def _resolved_host(chain: list[BaseException]) -> str | None:
+    """The host name a failed lookup was for: urllib3 says it, httpx keeps the request."""
+    host = next((m.group(1) for c in chain if (m := _RESOLVE_RE.search(str(c)))), None)
+    for cause in chain:
+        if host:
+            break
+        try:
+            url = getattr(getattr(cause, "request", None), "url", None)  # httpx raises when unset
+        except Exception:
+            continue
+        host = getattr(url, "host", None) or (urlsplit(str(url)).hostname if url is not None else None)
+    return str(host) if host else None
 
 
 def _short(exc: BaseException) -> str:

@@ -36,9 +36,9 @@ from storage_initializer.errors import (
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
-    UsageError,
+    network_error,
 )
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 __all__ = [
     "CA_VARIABLES",
@@ -121,21 +121,19 @@ def transient_error(
 def request_error(
     exc: BaseException, where: str, *, tls_hint: str, reach_hint: str | None = None
 ) -> StorageInitializerError | None:
-    """The typed error for a ``requests`` failure before any answer; ``None`` for any other exception.
+    """:func:`storage_initializer.errors.network_error` for a ``requests`` failure; ``None`` for any other exception.
 
-    ``where`` names the server or URL (redacted) in the message. A failed TLS
-    verification is permanent (``tls_hint`` names the CA setting to fix), a
-    malformed URL is a usage error, a refused or timed-out connection is transient.
+    A thin alias kept for plugins written against it: the one mapping of
+    connection failures is ``network_error`` (DNS name not found, connection
+    refused, TLS verification with ``tls_hint``, timeouts; a malformed URL is a
+    usage error). ``where`` names the server (redacted), ``reach_hint`` what to
+    check for this store.
     """
     import requests
 
-    if isinstance(exc, requests.exceptions.SSLError):
-        return StorageInitializerError(f"TLS verification failed for {where}: {redact(str(exc))}", hint=tls_hint)
-    if isinstance(exc, requests.exceptions.InvalidURL):
-        return UsageError(f"invalid URL for {where}: {redact(str(exc))}")
-    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout)):
-        return TransientError(f"cannot reach {where}: {type(exc).__name__}", hint=reach_hint)
-    return None
+    if not isinstance(exc, requests.exceptions.RequestException):
+        return None
+    return network_error(exc, where, ca_hint=tls_hint, hint=reach_hint)
 
 
 # -- status to error --------------------------------------------------------------------------
@@ -304,12 +302,16 @@ def new_session(
     base: type | None = None,
     args: tuple[Any, ...] = (),
     kwargs: Mapping[str, Any] | None = None,
+    retry_refused: bool = False,
 ) -> Any:
     """A ``requests.Session`` (or ``base(*args, **kwargs)``, a subclass) configured from ``env``.
 
     Proxies per URL with ``NO_PROXY`` (:func:`proxies_for`), ``verify`` from
     :func:`ca_bundle` unless given, a connection pool of ``pool_size`` per
-    host, and no hidden retries (the engine retries).
+    host, and no hidden retries (the engine retries). ``retry_refused``: a
+    refused connection is tried again for a few seconds
+    (:func:`storage_initializer.connect.retry_refused`, a server restarting),
+    for an SDK that sends its requests itself; leave it off for a probe.
     """
     import requests
     from requests.adapters import HTTPAdapter
@@ -319,10 +321,29 @@ def new_session(
     session.provider_env = env
     session.trust_env = False
     session.verify = ca_bundle(env) if verify is None else verify
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0)
+    adapter_class = _refused_retrying_adapter() if retry_refused else HTTPAdapter
+    adapter = adapter_class(pool_connections=4, pool_maxsize=max(1, pool_size), max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+_ADAPTER: list[type] = []
+
+
+def _refused_retrying_adapter() -> type:
+    """An ``HTTPAdapter`` whose ``send`` rides out a few seconds of refused connections."""
+    with _CLASSES_LOCK:
+        if not _ADAPTER:
+            from requests.adapters import HTTPAdapter
+
+            from storage_initializer.connect import retry_refused
+
+            def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+                return retry_refused(lambda: HTTPAdapter.send(self, request, *args, **kwargs), str(request.url))
+
+            _ADAPTER.append(type("RefusedRetryingAdapter", (HTTPAdapter,), {"send": send}))
+        return _ADAPTER[0]
 
 
 # -- waiting ----------------------------------------------------------------------------------

@@ -1,5 +1,14 @@
 """Keep secrets out of every line this tool prints.
 
+Redaction is a property of the boundaries, so providers need not call
+:func:`redact` themselves: every :class:`~storage_initializer.errors.StorageInitializerError`
+redacts its message and hint, every log record of the ``storage_initializer``
+loggers (the core's, ``storage_initializer.<provider>``, and a plugin's
+``storage_initializer_<name>``) is redacted when it is made (:func:`install`,
+done on import), and the command redacts each line it writes, the
+termination log and the record file once more. Providers register the
+secrets they read or build with :func:`register_secret`.
+
 Two mechanisms, both applied to every log line, error message and the
 termination log:
 
@@ -13,6 +22,7 @@ termination log:
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Mapping
@@ -44,7 +54,8 @@ _SECRET_QUERY = (
     r"api_key|apikey|key|password|secret|code|delegation"
 )
 _QUERY_RE = re.compile(rf"(?i)([?&;](?:{_SECRET_QUERY})=)[^&#\s'\"]*")
-_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\s'\"]+@")
+# Not the "[USER@]" of a grammar a hint shows.
+_USERINFO_RE = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)(?!\[user\b)[^/?#\s'\"]+@")
 _AUTH_HEADER_RE = re.compile(r"(?i)\b(authorization|x-api-key|cookie)(['\"]?\s*[:=]\s*['\"]?)[^'\"\n,}]+")
 _ACCOUNT_KEY_RE = re.compile(r"(?i)(AccountKey=|SharedAccessSignature=)[^;\s'\"]+")
 
@@ -120,3 +131,66 @@ def clear_registered_secrets() -> None:
     with _lock:
         _secrets.clear()
         _pattern = None
+
+
+# -- the logging boundary ----------------------------------------------------------------------
+#: Loggers whose records are redacted when made: ``storage_initializer`` and every name that
+#: starts with it (``storage_initializer.s3``, a plugin's ``storage_initializer_ftp``).
+LOGGER_PREFIX = "storage_initializer"
+_REDACTED = "_storage_initializer_redacted"
+
+
+def redact_record(record: logging.LogRecord) -> logging.LogRecord:
+    """Render ``record``'s message and traceback text, masked, in place (once)."""
+    if getattr(record, _REDACTED, False):
+        return record
+    try:
+        message = record.getMessage()
+    except Exception:  # a broken format string: logging reports it when the record is emitted
+        return record
+    record.msg, record.args = redact(message), None
+    if record.exc_info and not record.exc_text:
+        record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+    if record.stack_info:
+        record.stack_info = redact(record.stack_info)
+    setattr(record, _REDACTED, True)
+    return record
+
+
+class RedactFilter(logging.Filter):
+    """A ``logging.Filter`` masking secrets in every record it sees (it drops none).
+
+    Add it to any logger or handler, e.g. a third-party library's logger a
+    provider drives (``logging.getLogger("hdfs.client").addFilter(RedactFilter())``).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact_record(record)
+        return True
+
+
+_FILTER = RedactFilter()
+
+
+def install() -> None:
+    """Redact every record of the package's loggers as it is made, whatever the handlers (idempotent).
+
+    Through the log record factory, not a filter on the ``storage_initializer``
+    logger: logging runs a logger's filters only for records logged on that very
+    logger, not for those of its children (``storage_initializer.s3``), nor of
+    loggers a plugin makes later. The factory sees each record of those names
+    once, before any handler, so an application's own handlers (the Python API)
+    get masked records too.
+    """
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, _REDACTED, False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        if record.name.startswith(LOGGER_PREFIX):
+            _FILTER.filter(record)
+        return record
+
+    setattr(factory, _REDACTED, True)
+    logging.setLogRecordFactory(factory)

@@ -16,4 +16,4 @@ pytest_plugins = [
     f"tests.servers.{module.name}"
     for module in pkgutil.iter_modules([str(_SERVERS)])
     if not module.name.startswith(("test_", "_"))
-]
+] + ["tests.unreachable"]

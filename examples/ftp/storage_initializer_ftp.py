@@ -33,7 +33,7 @@ from storage_initializer.errors import (
     UsageError,
 )
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 __all__ = ["FtpLocation", "FtpProvider", "FtpSettings"]
 
@@ -52,17 +52,17 @@ class FtpLocation:
     def parse(cls, uri: str) -> FtpLocation:
         parts = urlsplit(uri)
         if parts.scheme != "ftp":
-            raise UsageError(f"{redact(uri)} is not an ftp:// URI", hint=USAGE)
+            raise UsageError(f"{uri} is not an ftp:// URI", hint=USAGE)
         try:
             port = parts.port or 21
         except ValueError:
-            raise UsageError(f"{redact(uri)} has an invalid port", hint=USAGE) from None
+            raise UsageError(f"{uri} has an invalid port", hint=USAGE) from None
         if not parts.hostname:
-            raise UsageError(f"{redact(uri)} names no host", hint=USAGE)
+            raise UsageError(f"{uri} names no host", hint=USAGE)
         if "\r" in uri or "\n" in uri:
             raise UsageError("an ftp:// URI cannot contain line breaks", hint=USAGE)
         if parts.query or parts.fragment:
-            raise UsageError(f"{redact(uri)}: ftp:// URIs take no query or fragment", hint=USAGE)
+            raise UsageError(f"{uri}: ftp:// URIs take no query or fragment", hint=USAGE)
         path = posixpath.normpath("/" + unquote(parts.path).strip("/"))
         if path.startswith("//"):
             path = path[1:]
@@ -161,7 +161,7 @@ class FtpProvider(Provider):
     @contextmanager
     def _errors(uri: str) -> Iterator[None]:
         """Map ftplib's replies and socket errors onto the error hierarchy."""
-        shown = redact(uri)
+        shown = uri
         try:
             yield
         except ftplib.error_perm as exc:
@@ -195,15 +195,13 @@ class FtpProvider(Provider):
         with self._session(uri) as (ftp, loc), self._errors(uri):
             facts = self._mlst(ftp, loc.path)
             if facts is None:
-                raise NotFoundError(
-                    f"{redact(uri)}: no such file or directory on the FTP server", hint="check the path"
-                )
+                raise NotFoundError(f"{uri}: no such file or directory on the FTP server", hint="check the path")
             kind = facts.get("type", "").lower()
             if kind == "file":
                 yield self._object(posixpath.basename(loc.path), loc.path, facts)
                 return
             if kind not in ("dir", "cdir"):
-                raise NotFoundError(f"{redact(uri)} is neither a file nor a directory (type={kind})")
+                raise NotFoundError(f"{uri} is neither a file nor a directory (type={kind})")
             found = False
             pending = [""]
             while pending:
@@ -218,7 +216,7 @@ class FtpProvider(Provider):
                         found = True
                         yield self._object(key, posixpath.join(loc.path, key), entry)
             if not found:
-                raise NotFoundError(f"{redact(uri)}: the directory holds no files", hint="check the path")
+                raise NotFoundError(f"{uri}: the directory holds no files", hint="check the path")
 
     @staticmethod
     def _object(key: str, path: str, facts: Mapping[str, str]) -> RemoteObject:
@@ -237,9 +235,9 @@ class FtpProvider(Provider):
             with self._errors(uri):
                 facts = self._mlst(ftp, path)
                 if facts is None:
-                    raise NotFoundError(f"{redact(uri)}: {path} disappeared from the FTP server")
+                    raise NotFoundError(f"{uri}: {path} disappeared from the FTP server")
                 if obj.version is not None and _version(facts) != obj.version:
-                    raise ObjectChangedError(f"{redact(uri)}: {path} changed on the FTP server since it was listed")
+                    raise ObjectChangedError(f"{uri}: {path} changed on the FTP server since it was listed")
                 conn = ftp.transfercmd(f"RETR {path}", rest=start or None)
             with conn:
                 conn.settimeout(self.context.stall_timeout)

@@ -21,6 +21,7 @@ Grammar (see README.md)::
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from urllib.parse import quote, urlsplit
 from storage_initializer import __version__
 from storage_initializer import http as kit
 from storage_initializer.config import env_bool, env_seconds
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -42,9 +44,11 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    is_network_failure,
+    network_error,
 )
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 log = logging.getLogger("storage_initializer.hf")
 
@@ -72,7 +76,7 @@ def parse_uri(uri: str) -> HfUri:
     """Split an ``hf://`` URI; raise :class:`UsageError` naming the expected form."""
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"{redact(uri)}: {why}", hint=f"expected {GRAMMAR}")
+        return UsageError(f"{uri}: {why}", hint=f"expected {GRAMMAR}")
 
     if not uri.startswith(PREFIX):
         raise bad("not an hf:// URI")
@@ -164,7 +168,7 @@ def map_error(exc: BaseException, uri: str, hf: HfUri, settings: HfSettings) -> 
         RevisionNotFoundError,
     )
 
-    shown, repo = redact(uri), hf.display_repo
+    shown, repo = uri, hf.display_repo
     page = f"{settings.endpoint}/{repo}"
     if isinstance(exc, StorageInitializerError):
         return exc
@@ -201,10 +205,13 @@ def map_error(exc: BaseException, uri: str, hf: HfUri, settings: HfSettings) -> 
             headers = getattr(getattr(exc, "response", None), "headers", None)
             return kit.transient_error(f"{shown}: the Hub answered {detail}", headers)
         return StorageInitializerError(f"{shown}: the Hub answered {detail}")
-    names = {cls.__name__ for cls in type(exc).__mro__}
-    if "TransportError" in names or isinstance(exc, OSError):
-        what = "no data" if "TimeoutException" in names else type(exc).__name__
-        return TransientError(f"{shown}: {what} from {settings.endpoint} ({exc})".replace(" ()", ""))
+    if is_network_failure(exc):
+        return network_error(
+            exc,
+            settings.endpoint,
+            ca_hint="set SSL_CERT_FILE to the CA bundle that signed the Hub's certificate",
+            hint="check HF_ENDPOINT",
+        )
     return StorageInitializerError(f"{shown}: unexpected {type(exc).__name__}: {exc}")
 
 
@@ -271,7 +278,7 @@ class HfProvider(Provider):
     def _check_online(self, uri: str) -> None:
         if self.settings.offline:
             raise ConfigError(
-                f"{redact(uri)}: HF_HUB_OFFLINE is set, nothing can be downloaded",
+                f"{uri}: HF_HUB_OFFLINE is set, nothing can be downloaded",
                 hint="unset HF_HUB_OFFLINE (it forbids every request to the Hub)",
             )
 
@@ -306,14 +313,16 @@ class HfProvider(Provider):
         from huggingface_hub.hf_api import RepoFile
 
         api = HfApi(endpoint=self.settings.endpoint, token=self._auth, library_name="storage-initializer")
-        info = api.repo_info(
-            hf.repo_id, repo_type=hf.repo_type, revision=hf.revision, timeout=self._timeout(self.settings.api_timeout)
+        timeout = self._timeout(self.settings.api_timeout)
+        info = retry_refused(
+            lambda: api.repo_info(hf.repo_id, repo_type=hf.repo_type, revision=hf.revision, timeout=timeout),
+            self.settings.endpoint,
         )
         commit, repo_id = str(info.sha), str(info.id or hf.repo_id)
         self._source_details = {"repo": repo_id, "revision": hf.revision, "commit": commit}
-        log.info("%s: %s at %s is commit %s", redact(uri), hf.display_repo, hf.revision, commit)
+        log.info("%s: %s at %s is commit %s", uri, hf.display_repo, hf.revision, commit)
         if repo_id != hf.repo_id:
-            log.info("%s: %s was renamed %s", redact(uri), hf.repo_id, repo_id)
+            log.info("%s: %s was renamed %s", uri, hf.repo_id, repo_id)
 
         def entry(file: Any, key: str) -> RemoteObject:
             lfs = file.lfs.sha256 if file.lfs is not None else None
@@ -353,7 +362,7 @@ class HfProvider(Provider):
             yield obj
         if not found:
             where = f"{hf.path} in " if hf.path else ""
-            raise NotFoundError(f"{redact(uri)}: no files in {where}{hf.display_repo} at {hf.revision}")
+            raise NotFoundError(f"{uri}: no files in {where}{hf.display_repo} at {hf.revision}")
 
     def _single_file(self, uri: str, hf: HfUri, repo_id: str, commit: str, entry: Any) -> RemoteObject:
         """The path is not a folder: look for a file of that name in its parent folder."""
@@ -363,7 +372,7 @@ class HfProvider(Provider):
         for file in self._tree(hf, repo_id, commit, parent, recursive=False):
             if isinstance(file, RepoFile) and file.path == hf.path:
                 return entry(file, name)  # type: ignore[no-any-return]
-        raise NotFoundError(f"{redact(uri)}: {hf.path} not found in {hf.display_repo} at {hf.revision}")
+        raise NotFoundError(f"{uri}: {hf.path} not found in {hf.display_repo} at {hf.revision}")
 
     def _check_access(self, uri: str, hf: HfUri, obj: RemoteObject) -> None:
         """A gated repo lists its files to anyone: fail now, clearly, if they cannot be read."""
@@ -447,7 +456,8 @@ class HfProvider(Provider):
             request = client.build_request(
                 "GET", url, headers=headers, timeout=self._timeout(self.settings.read_timeout)
             )
-            response = client.send(request, stream=True, follow_redirects=True)
+            send = functools.partial(client.send, request, stream=True, follow_redirects=True)
+            response = retry_refused(send, url)
             if response.status_code in (200, 206):
                 try:
                     self._check_response(ref, obj, response, start)

@@ -41,7 +41,7 @@ from storage_initializer.errors import (
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 log = logging.getLogger("storage_initializer.http")
 
@@ -61,7 +61,7 @@ def error_for_status(
     """The error a failed HTTP status stands for."""
     return kit.error_for_status(
         status,
-        redact(url),
+        url,
         reason=reason,
         headers=headers,
         access_hint="check the credentials or the <hostname>-headers variable",
@@ -155,10 +155,10 @@ class HttpProvider(Provider):
                     stream=True,
                     timeout=(self.context.connect_timeout, self.context.stall_timeout),
                 ),
-                redact(url),
+                url,
             )
         except requests.exceptions.InvalidURL as exc:
-            raise UsageError(f"invalid URL {redact(url)}: {exc}") from None
+            raise UsageError(f"invalid URL {url}: {exc}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             # DNS name not found, refused, TLS verification: permanent; timeouts: transient.
             server = urlsplit(url)
@@ -169,15 +169,13 @@ class HttpProvider(Provider):
     def validate(self, uri: str) -> None:
         parts = urlsplit(uri)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise UsageError(f"{redact(uri)} is not an http(s) URL", hint="expected http(s)://HOST[:PORT]/PATH/FILE")
+            raise UsageError(f"{uri} is not an http(s) URL", hint="expected http(s)://HOST[:PORT]/PATH/FILE")
         try:
             parts.port  # noqa: B018 - raises on a malformed port
         except ValueError:
-            raise UsageError(
-                f"{redact(uri)} has an invalid port", hint="expected http(s)://HOST[:PORT]/PATH/FILE"
-            ) from None
+            raise UsageError(f"{uri} has an invalid port", hint="expected http(s)://HOST[:PORT]/PATH/FILE") from None
         if not self.file_name(uri):
-            raise UsageError(f"no file name in {redact(uri)}", hint="the URL path must end with the file's name")
+            raise UsageError(f"no file name in {uri}", hint="the URL path must end with the file's name")
 
     @staticmethod
     def file_name(uri: str) -> str:
@@ -205,7 +203,7 @@ class HttpProvider(Provider):
                 ranges = False
         if not ranges:
             level = logging.INFO if size is None or size >= _NO_RANGES_NOTICE_SIZE else logging.DEBUG
-            log.log(level, "%s does not serve byte ranges: one stream, restarted on failure", redact(uri))
+            log.log(level, "%s does not serve byte ranges: one stream, restarted on failure", uri)
         yield RemoteObject(
             key=self.file_name(uri),
             size=size,
@@ -279,16 +277,16 @@ class HttpProvider(Provider):
     ) -> None:
         """Is this answer the range and version asked for? Raise the matching error if not."""
         if status == 416:
-            raise ObjectChangedError(f"{redact(uri)} is shorter than when listed (HTTP 416)")
+            raise ObjectChangedError(f"{uri} is shorter than when listed (HTTP 416)")
         if status not in (200, 206):
             raise error_for_status(status, uri, reason, headers)
         if ranged:
-            kit.check_partial(status, headers, start, redact(uri))
+            kit.check_partial(status, headers, start, uri)
         extra = obj.extra if isinstance(obj.extra, dict) else {}
         for header, listed in (("ETag", extra.get("etag")), ("Last-Modified", extra.get("last_modified"))):
             now = headers.get(header)
             if listed and now and now != listed:
                 raise ObjectChangedError(
-                    f"{redact(uri)} changed during the download ({header} was {listed}, now {now})",
+                    f"{uri} changed during the download ({header} was {listed}, now {now})",
                     hint="run again to download the new version",
                 )

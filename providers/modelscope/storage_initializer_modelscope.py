@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 from storage_initializer import __version__
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     ConfigError,
@@ -48,10 +49,11 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, StreamBase, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 log = logging.getLogger("storage_initializer.modelscope")
 
@@ -86,7 +88,7 @@ def parse_uri(uri: str) -> MsUri:
     """Split a ``modelscope://`` URI; raise :class:`UsageError` naming the expected form."""
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"{redact(uri)}: {why}", hint=f"expected {GRAMMAR}")
+        return UsageError(f"{uri}: {why}", hint=f"expected {GRAMMAR}")
 
     if not uri.startswith(PREFIX):
         raise bad("not a modelscope:// URI")
@@ -269,7 +271,8 @@ class ModelScopeProvider(Provider):
             sent["Cookie"] = f"m_session_id={self.settings.token}"
         no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
         direct = bool(no_proxy) and requests.utils.should_bypass_proxies(url, no_proxy=no_proxy)
-        try:
+
+        def send() -> Any:
             return self._session().get(
                 url,
                 headers=sent,
@@ -278,14 +281,17 @@ class ModelScopeProvider(Provider):
                 timeout=(self.settings.connect_timeout, read_timeout),
                 **({"proxies": {"http": "", "https": ""}} if direct else {}),
             )
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS verification failed for {redact(url)}: {exc}",
-                hint="set REQUESTS_CA_BUNDLE to the CA that signed the server's certificate",
+
+        try:
+            return retry_refused(send, url)
+        except requests.exceptions.RequestException as exc:
+            server = urlsplit(url)
+            raise network_error(
+                exc,
+                f"{server.scheme}://{server.netloc}",
+                ca_hint="set REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) to the CA that signed the server's certificate",
+                hint="check MODELSCOPE_ENDPOINT" if self.settings.configured else None,
             ) from None
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            what = "no answer in time" if isinstance(exc, requests.exceptions.Timeout) else "cannot connect"
-            raise TransientError(f"{what}: {redact(url)} ({type(exc).__name__})") from None
 
     def _api(self, url: str, params: Mapping[str, str]) -> tuple[int, Any]:
         """GET an ``/api/v1`` JSON answer: (status, parsed body or the response on an error)."""
@@ -300,17 +306,17 @@ class ModelScopeProvider(Provider):
             try:
                 content = response.content
             except Exception as exc:
-                raise TransientError(f"{redact(url)}: the answer broke off ({type(exc).__name__})") from None
+                raise TransientError(f"{url}: the answer broke off ({type(exc).__name__})") from None
             if response.status_code != 200:
                 return response.status_code, response
             try:
                 return 200, json.loads(content)
             except ValueError:
-                raise TransientError(f"{redact(url)}: the Hub answered something that is not JSON") from None
+                raise TransientError(f"{url}: the Hub answered something that is not JSON") from None
 
     def _error(self, uri: str, ms: MsUri, status: int, response: Any, what: str) -> StorageInitializerError:
         detail = f"HTTP {status}" + (f": {msg}" if (msg := _server_message(response)) else "")
-        shown = redact(uri)
+        shown = uri
         if status in (401, 403):
             hint = (
                 f"check {TOKEN_VARIABLE}: the Hub refused it for {ms.repo_id}"
@@ -350,7 +356,7 @@ class ModelScopeProvider(Provider):
                 return endpoint
         sites = " or ".join(self.settings.endpoints)
         raise NotFoundError(
-            f"{redact(uri)}: repository {ms.repo_id} not found on {sites}",
+            f"{uri}: repository {ms.repo_id} not found on {sites}",
             hint=f"check the name; a private repository needs {TOKEN_VARIABLE}; "
             "a private Hub needs MODELSCOPE_ENDPOINT",
         )
@@ -366,11 +372,11 @@ class ModelScopeProvider(Provider):
         if status != 200:
             raise self._error(uri, ms, status, answer, f"the files of {ms.repo_id}")
         if isinstance(answer, dict) and answer.get("Success") is False:
-            raise StorageInitializerError(f"{redact(uri)}: the Hub refused the listing: {answer.get('Message')}")
+            raise StorageInitializerError(f"{uri}: the Hub refused the listing: {answer.get('Message')}")
         data = answer.get("Data", answer) if isinstance(answer, dict) else answer
         files = (data.get("Files") or data.get("files") or []) if isinstance(data, dict) else data
         if not isinstance(files, list):
-            raise TransientError(f"{redact(uri)}: the Hub's file listing has an unexpected shape")
+            raise TransientError(f"{uri}: the Hub's file listing has an unexpected shape")
         return [f for f in files if isinstance(f, dict)]
 
     def _tree(self, uri: str, endpoint: str, ms: MsUri, root: str) -> list[dict[str, Any]] | None:
@@ -378,14 +384,11 @@ class ModelScopeProvider(Provider):
         entries = self._page(uri, endpoint, ms, root, recursive=True)
         if entries is None or len(entries) < LISTING_LIMIT:
             return entries
-        log.info(
-            "%s: %s lists %d entries, the Hub's cap: listing folder by folder", redact(uri), root or "/", len(entries)
-        )
+        log.info("%s: %s lists %d entries, the Hub's cap: listing folder by folder", uri, root or "/", len(entries))
         shallow = self._page(uri, endpoint, ms, root, recursive=False) or []
         if len(shallow) >= LISTING_LIMIT:
             raise StorageInitializerError(
-                f"{redact(uri)}: the folder {root or '/'} holds {LISTING_LIMIT} or more entries, "
-                "more than the Hub can list",
+                f"{uri}: the folder {root or '/'} holds {LISTING_LIMIT} or more entries, more than the Hub can list",
                 hint="download its sub-folders one by one (modelscope://OWNER/MODEL/PATH)",
             )
         found: dict[str, dict[str, Any]] = {}
@@ -422,7 +425,7 @@ class ModelScopeProvider(Provider):
             objects = [*self._single_file(uri, endpoint, ms)]
         if not objects:
             raise self._nothing(uri, endpoint, ms, listed=entries is not None)
-        log.info("%s: %d files in %s at %s on %s", redact(uri), len(objects), ms.repo_id, ms.revision, endpoint)
+        log.info("%s: %d files in %s at %s on %s", uri, len(objects), ms.repo_id, ms.revision, endpoint)
         yield from objects
 
     def _single_file(self, uri: str, endpoint: str, ms: MsUri) -> tuple[RemoteObject, ...]:
@@ -435,7 +438,7 @@ class ModelScopeProvider(Provider):
 
     def _nothing(self, uri: str, endpoint: str, ms: MsUri, listed: bool) -> StorageInitializerError:
         """Why nothing was found: the repository, the revision, or the path is missing."""
-        shown = redact(uri)
+        shown = uri
         if not self._repo_exists(uri, endpoint, ms):
             hint = (
                 f"check the name and that {TOKEN_VARIABLE} can read it"
@@ -510,7 +513,7 @@ class ModelScopeProvider(Provider):
             ms = MsUri(owner, name, ref.path, ref.revision)
             if status == 404:
                 raise ObjectChangedError(
-                    f"{redact(uri)}: {ref.path} at {ref.revision} is gone from {ref.repo_id} (HTTP 404: {message})",
+                    f"{uri}: {ref.path} at {ref.revision} is gone from {ref.repo_id} (HTTP 404: {message})",
                     hint="the repository changed since it was listed; run again",
                 )
             raise self._error(uri, ms, status, response, ref.path)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import email.utils
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -283,11 +284,11 @@ def test_lower_case_no_proxy_wins_through_the_cli(
     assert tree(tmp_path / "a") == {"model.bin": b"direct"} and forward_proxy.seen == []
 
 
-# -- request_error: one mapping of requests' failures before any answer --------------
+# -- request_error: an alias of network_error, the one mapping of connection failures --------------
 def test_request_error_maps_refused_connections_tls_and_bad_urls() -> None:
     import requests
 
-    from storage_initializer.errors import StorageInitializerError, TransientError, UsageError
+    from storage_initializer.errors import StorageInitializerError, UsageError, network_error
 
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -296,9 +297,18 @@ def test_request_error_maps_refused_connections_tls_and_bad_urls() -> None:
         requests.get(f"http://127.0.0.1:{port}/m.bin", timeout=5)
     except requests.exceptions.RequestException as exc:
         refused = http.request_error(exc, "the store", tls_hint="-", reach_hint="check the host")
-    assert isinstance(refused, TransientError) and refused.retryable
-    assert "cannot reach the store: ConnectionError" in str(refused) and refused.hint == "check the host"
-    tls = http.request_error(requests.exceptions.SSLError("certificate verify failed"), "x", tls_hint="set CA")
+        assert refused is not None and str(refused) == str(network_error(exc, "the store", hint="check the host"))
+    assert not refused.retryable  # nothing listens: a retry a moment later cannot heal it
+    assert "cannot reach the store: connection refused" in str(refused) and refused.hint is not None
+    assert refused.hint.endswith("; check the host")
+    try:
+        requests.get("http://model-store.invalid/m.bin", timeout=5)
+    except requests.exceptions.RequestException as exc:
+        dns = http.request_error(exc, "the store", tls_hint="-")
+    assert dns is not None and not dns.retryable and "DNS name model-store.invalid not found" in str(dns)
+    cert = ssl.SSLCertVerificationError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    tls = http.request_error(requests.exceptions.SSLError(cert), "x", tls_hint="set CA")
     assert isinstance(tls, StorageInitializerError) and not tls.retryable and tls.hint == "set CA"
+    assert "TLS verification failed" in str(tls)
     assert isinstance(http.request_error(requests.exceptions.InvalidURL("bad"), "x", tls_hint="-"), UsageError)
     assert http.request_error(ValueError("not a request failure"), "x", tls_hint="-") is None

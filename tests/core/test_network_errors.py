@@ -140,3 +140,16 @@ def test_retry_refused_rides_out_a_restart_and_nothing_else() -> None:
     with pytest.raises(ConnectionRefusedError):
         retry_refused(down, "server", budget=0.5)
     assert time.monotonic() - started < 1.0
+
+
+def test_tools_that_keep_only_text_are_read_by_their_words() -> None:
+    """curl and the git command line report the cause as text only (no exception chain)."""
+    dns = network_error(OSError("unable to access 'https://x.invalid/r.git/': Could not resolve host: x.invalid"))
+    assert not dns.retryable and "DNS name x.invalid not found" in str(dns)
+    refused = network_error(OSError("Failed to connect to 127.0.0.1 port 1 after 0 ms: Connection refused"), "git")
+    assert not refused.retryable and str(refused).startswith("cannot reach git: connection refused")
+    tls = network_error(OSError("SSL certificate problem: self-signed certificate in certificate chain"), ca_hint="X")
+    assert not tls.retryable and "TLS verification failed (SSL certificate problem: self-signed" in str(tls)
+    assert tls.hint == "X"
+    reset = network_error(OSError("Recv failure: Connection reset by peer"), hint="check the proxy")
+    assert reset.retryable and reset.hint == "check the proxy"

@@ -29,7 +29,7 @@ from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     ObjectChangedError,
-    TransientError,
+    StorageInitializerError,
     UsageError,
 )
 from storage_initializer.provider import ProviderContext, RemoteObject
@@ -519,7 +519,8 @@ def test_managed_identity_end_to_end(azurite_https: Azurite, tmp_path: Path) -> 
         assert imds.requests and "client_id=my-client-id" in imds.requests[0]
         untrusted = {k: v for k, v in env.items() if k != "REQUESTS_CA_BUNDLE"}
         result = run_cli([uri(container, "m"), str(tmp_path / "untrusted")], untrusted)
-        assert result.returncode == 1 and "CERTIFICATE_VERIFY_FAILED" in result.stderr
+        assert result.returncode == 1 and "TLS verification failed" in result.stderr
+        assert "set REQUESTS_CA_BUNDLE" in result.stderr
         assert "set REQUESTS_CA_BUNDLE" in result.stderr
     finally:
         imds.stop()
@@ -545,12 +546,14 @@ def test_token_choice_follows_default_azure_credential_order() -> None:
     assert aliased is not None and aliased.client_id == "az-cid"  # AZ_* wins, as in KServe
 
 
+@pytest.mark.usefixtures("short_refused_retry")
 def test_proxy_variables_take_effect(azurite: Azurite, tmp_path: Path) -> None:
     container = azurite.create_container()
     azurite.upload(container, "f", b"f")
     dead_proxy = {**azurite.env(), "HTTP_PROXY": "http://127.0.0.1:9", "STORAGE_INITIALIZER_RETRIES": "0"}
-    with pytest.raises(TransientError, match="cannot reach"):
+    with pytest.raises(StorageInitializerError, match="connection refused") as refused:
         fetch(dead_proxy, uri(container, "f"), tmp_path / "proxied")
+    assert not refused.value.retryable
     fetch({**dead_proxy, "NO_PROXY": "127.0.0.1"}, uri(container, "f"), tmp_path / "direct")
     assert tree(tmp_path / "direct") == {"f": b"f"}
 
@@ -580,4 +583,5 @@ def test_missing_container_and_unreachable_endpoint(azurite: Azurite, tmp_path: 
         "STORAGE_INITIALIZER_RETRIES": "0",
     }
     result = run_cli([uri("cont", "m"), str(tmp_path / "b")], unreachable)
-    assert result.returncode == 1 and "cannot reach http://127.0.0.1:9" in result.stderr
+    assert result.returncode == 1
+    assert "cannot reach http://127.0.0.1:9/devstoreaccount1: connection refused" in result.stderr

@@ -335,6 +335,7 @@ def test_ha_namenodes_fail_over_from_a_standby(make_fake_webhdfs: MakeFake, tmp_
     assert isinstance(error, TransientError) and "StandbyException" in str(error)
 
 
+@pytest.mark.usefixtures("short_refused_retry")
 def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
     fake = make_fake_webhdfs(tls=True)
     _seed(fake)
@@ -349,7 +350,7 @@ def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFak
     env["STORAGE_CONFIG"] = json.dumps({**spec, "type": "webhdfs", "TLS_CA": "%%% not base64"})
     assert isinstance(_fetch("hdfs://iris", tmp_path / "b", env).error, ConfigError)
     env["STORAGE_CONFIG"] = json.dumps({"type": "s3", "bucket": "b"})  # another type: the directory counts
-    assert isinstance(_fetch("hdfs://iris", tmp_path / "c", env).error, TransientError)  # port 1 refuses
+    assert "connection refused" in str(_fetch("hdfs://iris", tmp_path / "c", env).error)  # port 1 refuses
 
 
 def test_default_secret_dir_and_spec_file_secrets(tmp_path: Path) -> None:
@@ -374,12 +375,13 @@ def test_default_secret_dir_and_spec_file_secrets(tmp_path: Path) -> None:
     assert config.namenodes == ("https://nn.example:9871",)
 
 
+@pytest.mark.usefixtures("short_refused_retry")
 def test_proxy_variables_come_from_the_provider_env(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:
     _seed(fake_webhdfs)
     env = _secrets(tmp_path / "secret", HDFS_NAMENODE=fake_webhdfs.url)
     env["HTTP_PROXY"] = "http://127.0.0.1:1"  # a proxy that refuses every connection
     refused = _fetch("hdfs:///models/iris", tmp_path / "a", env, retries=0).error
-    assert isinstance(refused, TransientError) and "ProxyError" in str(refused)
+    assert refused is not None and not refused.retryable and "connection refused" in str(refused)
     env["NO_PROXY"] = "localhost,127.0.0.0/8"
     assert _ok("hdfs:///models/iris", tmp_path / "b", env) == EXPECTED
 
@@ -445,10 +447,13 @@ def test_a_file_replaced_mid_download_is_detected(fake_webhdfs: FakeWebHDFS, tmp
     assert _ok("hdfs:///models/iris", tmp_path / "out", env)["model.joblib"] == MODEL[::-1]  # a rerun heals
 
 
-def test_unreachable_namenode_is_transient(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("short_refused_retry")
+def test_unreachable_namenode_is_refused_and_not_retried(tmp_path: Path) -> None:
     env = _secrets(tmp_path / "secret", HDFS_NAMENODE="http://127.0.0.1:1")
-    error = _fetch("hdfs:///models/iris", tmp_path / "out", env, retries=1)
-    assert isinstance(error.error, TransientError) and "cannot reach" in str(error.error)
+    error = _fetch("hdfs:///models/iris", tmp_path / "out", env, retries=1).error
+    assert error is not None and not error.retryable
+    assert "cannot reach the cluster for hdfs:///models/iris: connection refused" in str(error)
+    assert "check HDFS_NAMENODE" in str(error)
 
 
 def test_config_summary_is_logged_without_secrets(fake_webhdfs: FakeWebHDFS, tmp_path: Path) -> None:

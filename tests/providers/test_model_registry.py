@@ -480,11 +480,13 @@ def test_base_url_forms_and_non_registry_host(registry: FakeModelRegistry) -> No
         resolve("model-registry://iris", {**env, "MODEL_REGISTRY_SCHEME": "ftp"})
 
 
+@pytest.mark.usefixtures("short_refused_retry")
 def test_no_proxy_bypasses_the_proxy(registry: FakeModelRegistry) -> None:
     env = {**registry.env(), **FAST, "HTTP_PROXY": "http://127.0.0.1:9", "NO_PROXY": "127.0.0.1"}
     assert resolve("model-registry://iris", env) == "s3://models/iris/v2"
-    with pytest.raises(TransientError, match="cannot reach"):
+    with pytest.raises(StorageInitializerError, match="connection refused") as refused:
         resolve("model-registry://iris", {**env, "NO_PROXY": "", "STORAGE_INITIALIZER_RETRIES": "0"})
+    assert not refused.value.retryable
 
 
 def test_settings_defaults() -> None:

@@ -32,9 +32,9 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
     classify,
+    network_error,
 )
 from storage_initializer.provider import ChunkStream, ProviderContext
-from storage_initializer.redact import redact
 
 from ._config import Access
 
@@ -67,7 +67,7 @@ def make_transport(context: ProviderContext, env: Mapping[str, str]) -> Any:
     """
     from azure.core.pipeline.transport import RequestsTransport
 
-    session = kit.new_session(env, pool_size=context.concurrency + 2)
+    session = kit.new_session(env, pool_size=context.concurrency + 2, retry_refused=True)
     verify = session.verify
     return RequestsTransport(
         session=session,
@@ -104,7 +104,7 @@ def error_code(exc: BaseException) -> str | None:
 def map_error(exc: BaseException, what: str, access: Access, container_kind: str) -> StorageInitializerError:
     """Turn an SDK/transport exception into the project's error, saying what to check.
 
-    ``what`` names the URI or object (already redacted).
+    ``what`` names the URI or object (the error redacts it).
     """
     from azure.core.exceptions import (
         AzureError,
@@ -116,7 +116,7 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
 
     if isinstance(exc, StorageInitializerError):
         return exc
-    message = redact(str(exc).split("\n", 1)[0])
+    message = str(exc).split("\n", 1)[0]
     response = getattr(exc, "response", None)
     status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
     if isinstance(exc, HttpResponseError) and status:
@@ -128,18 +128,14 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
             hint="check AZURE_CLIENT_ID / AZURE_TENANT_ID and the secret, certificate, federated token "
             "file or managed identity they refer to",
         )
-    if isinstance(exc, ServiceRequestError) and ("SSLError" in str(exc) or "CERTIFICATE_VERIFY" in str(exc)):
-        return StorageInitializerError(
-            f"{what}: TLS verification of {redact(access.endpoint)} failed ({message})",
-            hint="set REQUESTS_CA_BUNDLE to the CA that signed the endpoint's certificate",
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return network_error(
+            exc,
+            access.endpoint,
+            ca_hint="set REQUESTS_CA_BUNDLE (or SSL_CERT_FILE) to the CA that signed the endpoint's certificate",
+            hint="check the storage account name in the URI (or the endpoint of "
+            "AZURE_STORAGE_CONNECTION_STRING), proxies and network policies",
         )
-    if isinstance(exc, ServiceRequestError):
-        return TransientError(
-            f"{what}: cannot reach {redact(access.endpoint)} ({message})",
-            hint="check the storage account name in the URI, DNS, proxies and network policies",
-        )
-    if isinstance(exc, ServiceResponseError):
-        return TransientError(f"{what}: the connection to {redact(access.endpoint)} failed ({message})")
     if isinstance(exc, ValueError) and "HTTPS" in str(exc):
         return ConfigError(f"{what}: {message}", hint="Azure AD credentials need an https:// endpoint")
     if isinstance(exc, AzureError):
@@ -198,6 +194,6 @@ def chunk_stream(chunks: Iterator[bytes], close: Callable[[], None], what: str) 
     """A streamed body; errors while reading (timeouts, resets, short bodies) become retryable."""
 
     def on_error(exc: Exception) -> BaseException:
-        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {redact(str(exc))})")
+        return TransientError(f"{what}: reading failed ({type(exc).__name__}: {exc!s})")
 
     return ChunkStream(chunks, close, on_error)

@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from storage_initializer.config import env_str
 from storage_initializer.errors import ConfigError, UsageError
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 Service = Literal["blob", "file"]
 
@@ -94,7 +94,7 @@ class AzureUri:
 
     @property
     def shown(self) -> str:
-        return redact(f"{self.account_url}/{self.container}/{self.path}".rstrip("/"))
+        return f"{self.account_url}/{self.container}/{self.path}".rstrip("/")
 
 
 def parse_uri(uri: str, service: Service) -> AzureUri:
@@ -105,26 +105,26 @@ def parse_uri(uri: str, service: Service) -> AzureUri:
     parts = urlsplit(uri)
     host = (parts.netloc or "").lower()
     if parts.scheme != "https" or not re.fullmatch(host_pattern(service) + r"(:[0-9]+)?", host):
-        raise UsageError(f"{redact(uri)} is not an Azure {service} URI", hint=f"expected {expected}")
+        raise UsageError(f"{uri} is not an Azure {service} URI", hint=f"expected {expected}")
     segments = parts.path.lstrip("/").split("/", 1)
     container = unquote(segments[0])
     if not container:
-        raise UsageError(f"{redact(uri)} names no container", hint=f"expected {expected}")
+        raise UsageError(f"{uri} names no container", hint=f"expected {expected}")
     if not re.fullmatch(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}|\$root|\$web", container):
         what = "container" if service == "blob" else "share"
         raise UsageError(
-            f"{redact(uri)}: {container!r} is not a valid {what} name",
+            f"{uri}: {container!r} is not a valid {what} name",
             hint="3-63 characters: lowercase letters, digits and single hyphens",
         )
     path = unquote(segments[1]) if len(segments) > 1 else ""
     if path.startswith("/") or "//" in path:
-        raise UsageError(f"{redact(uri)} has an empty path segment", hint=f"expected {expected}")
+        raise UsageError(f"{uri} has an empty path segment", hint=f"expected {expected}")
     sas = None
     if parts.query:
         keys = {k for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
         if "sig" not in keys or not keys <= _SAS_KEYS:
             raise UsageError(
-                f"{redact(uri)}: only a SAS token may follow '?'", hint="append the SAS exactly as Azure issued it"
+                f"{uri}: only a SAS token may follow '?'", hint="append the SAS exactly as Azure issued it"
             )
         sas = parts.query
         register_secret(sas)

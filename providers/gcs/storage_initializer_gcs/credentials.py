@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from storage_initializer.errors import ConfigError
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 from .settings import GcsSettings
 
@@ -84,7 +84,7 @@ def _auth_text(exc: BaseException) -> str:
     text = ": ".join(str(a) for a in parts[:2])
     if exc.__cause__ is not None and str(exc.__cause__) not in text:
         text = f"{text}: {exc.__cause__}"
-    return redact(text)
+    return text
 
 
 def _on_gce(settings: GcsSettings, connect_timeout: float) -> bool:

@@ -22,10 +22,10 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact
 
 from .credentials import Credentials, _auth_text, find_credentials
 from .settings import settings_from_env
@@ -59,7 +59,7 @@ def _call_text(exc: Any) -> str:
     request = getattr(getattr(exc, "response", None), "request", None)
     if request is not None:
         message = message.removeprefix(f"{request.method} {request.url}: ")
-    return redact(message.strip()[:300] or type(exc).__name__)
+    return message.strip()[:300] or type(exc).__name__
 
 
 _GZIP_CHUNK = 256 * 1024
@@ -119,6 +119,7 @@ class GcsProvider(Provider):
                 base=AuthorizedSession,
                 args=(creds.credentials,),
                 kwargs={"refresh_status_codes": refresh_on},
+                retry_refused=True,
             )
             self._local.session = session
             with self._lock:
@@ -172,11 +173,12 @@ class GcsProvider(Provider):
             error.retryable = bool(getattr(exc, "retryable", False))
             raise error from None
         except auth.TransportError as exc:
-            raise TransientError(f"could not reach the token service: {_auth_text(exc)}") from None
+            raise network_error(exc, "the token service", hint="check GCE_METADATA_HOST and the network") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
-            raise TransientError(
-                f"cannot reach the GCS endpoint {self.settings.endpoint} ({type(exc).__name__})",
-                hint="check the network, proxy settings and STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE",
+            raise network_error(
+                exc,
+                f"the GCS endpoint {self.settings.endpoint}",
+                hint="check STORAGE_EMULATOR_HOST / API_ENDPOINT_OVERRIDE, the proxy settings and the network",
             ) from None
 
     def _api_error(self, exc: Any, what: str) -> StorageInitializerError:
@@ -224,7 +226,7 @@ class GcsProvider(Provider):
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
         location = parse_uri(uri)
-        shown = redact(uri)
+        shown = uri
         if location.path and not location.path.endswith("/"):
             with self._calls(shown):
                 # None for no such object (or no bucket: the listing tells).
@@ -290,7 +292,7 @@ class GcsProvider(Provider):
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
             headers["Range"] = kit.range_header(start, end)
-        shown = redact(uri)
+        shown = uri
         with self._calls(shown):
             response = self.session().get(
                 self._media_url(ref), params=params, headers=headers, stream=True, timeout=self._timeout

@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 
 from storage_initializer.errors import UsageError
-from storage_initializer.redact import redact
 
 PREFIX = "gs://"
 GRAMMAR = "gs://BUCKET[/PATH]"
@@ -28,15 +27,15 @@ class GcsUri:
 def parse_uri(uri: str) -> GcsUri:
     """Split ``gs://BUCKET[/PATH]``; the path is taken literally (no %-decoding), as KServe does."""
     if not uri.startswith(PREFIX):
-        raise UsageError(f"{redact(uri)} is not a gs:// URI", hint=f"expected {GRAMMAR}")
+        raise UsageError(f"{uri} is not a gs:// URI", hint=f"expected {GRAMMAR}")
     bucket, _, path = uri[len(PREFIX) :].partition("/")
     if not bucket:
-        raise UsageError(f"{redact(uri)} names no bucket", hint=f"expected {GRAMMAR}")
+        raise UsageError(f"{uri} names no bucket", hint=f"expected {GRAMMAR}")
     if not _BUCKET.match(bucket) or ".." in bucket:
         raise UsageError(
-            f"{redact(uri)}: {bucket!r} is not a valid bucket name",
+            f"{uri}: {bucket!r} is not a valid bucket name",
             hint="bucket names use lowercase letters, digits, '-', '_' and '.' (3-63 characters)",
         )
     if path.startswith("/"):
-        raise UsageError(f"{redact(uri)} has an empty path segment after the bucket", hint=f"expected {GRAMMAR}")
+        raise UsageError(f"{uri} has an empty path segment after the bucket", hint=f"expected {GRAMMAR}")
     return GcsUri(bucket, path)

@@ -20,16 +20,18 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
+    network_error,
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ProviderContext
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 from storage_initializer_git.remote import CREDENTIAL_HINT, Credentials
 
 MEDIA_TYPE = "application/vnd.git-lfs+json"
@@ -115,12 +117,17 @@ class LfsClient:
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         import requests
 
+        timeout = (self.context.connect_timeout, self.context.stall_timeout)
         try:
-            return self._session().request(
-                method, url, timeout=(self.context.connect_timeout, self.context.stall_timeout), **kwargs
-            )
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
-            raise TransientError(f"cannot reach the LFS server {redact(url)}: {type(exc).__name__}") from None
+            return retry_refused(lambda: self._session().request(method, url, timeout=timeout, **kwargs), url)
+        except requests.exceptions.RequestException as exc:
+            server = urlsplit(url)
+            raise network_error(
+                exc,
+                f"the LFS server {server.scheme}://{server.netloc}",
+                ca_hint="set GIT_SSL_CAINFO (or SSL_CERT_FILE) to the CA bundle that signed the LFS server's "
+                "certificate, or GIT_SSL_NO_VERIFY=true",
+            ) from None
 
     # -- the batch API --------------------------------------------------------------------
     def register(self, pointers: Iterable[Pointer], refname: str | None) -> None:

@@ -24,7 +24,6 @@ from typing import Any
 
 from storage_initializer.errors import NotFoundError, StorageInitializerError
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact
 from storage_initializer_git.lfs import LfsClient, Pointer, lfs_verify, parse_pointer
 from storage_initializer_git.remote import TMPDIR_HINT, Remote, Target, credentials
 from storage_initializer_git.uri import URI_REGEX, GitUri, parse_uri
@@ -141,7 +140,7 @@ class GitProvider(Provider):
         creds = credentials(git, self.env)
         remote = Remote(git, creds, self.env, self.context)
         target = remote.resolve()
-        log.info("%s: %s is commit %s", redact(uri), git.ref or "the default branch", target.commit)
+        log.info("%s: %s is commit %s", uri, git.ref or "the default branch", target.commit)
         self._source_details = {"ref": git.ref or "(default branch)", "commit": target.commit}
         snapshot = self._fetch(remote, target)
         commit = snapshot.repo.object_store[target.commit.encode()]
@@ -153,14 +152,14 @@ class GitProvider(Provider):
         pointers: list[tuple[str, Pointer]] = []
         for path, mode, sha in snapshot.files(commit.tree):
             if any(part.lower() == ".git" for part in path.split("/")):
-                log.warning("%s: skipping %s (git itself refuses paths inside .git)", redact(uri), path)
+                log.warning("%s: skipping %s (git itself refuses paths inside .git)", uri, path)
                 continue
             if stat.S_ISLNK(mode):
-                log.warning("%s: skipping symlink %s (links are not created in DEST)", redact(uri), path)
+                log.warning("%s: skipping symlink %s (links are not created in DEST)", uri, path)
                 continue
             if mode == 0o160000:
                 log.warning(
-                    "%s: skipping submodule %s (commit %s; submodules are not fetched)", redact(uri), path, sha.decode()
+                    "%s: skipping submodule %s (commit %s; submodules are not fetched)", uri, path, sha.decode()
                 )
                 continue
             data = snapshot.raw(sha)
@@ -180,7 +179,7 @@ class GitProvider(Provider):
                     )
                 )
         if not ordinary and not pointers:
-            raise NotFoundError(f"{redact(uri)}: no files in commit {target.commit}")
+            raise NotFoundError(f"{uri}: no files in commit {target.commit}")
         yield from ordinary
         if pointers:
             yield from self._lfs_objects(git, creds, target, pointers)

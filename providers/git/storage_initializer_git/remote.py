@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     StorageInitializerError,
     TransientError,
+    is_network_failure,
+    network_error,
 )
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import register_secret
@@ -138,15 +141,17 @@ class Remote:
                 hint=TMPDIR_HINT,
             )
         cause = exc.__cause__
-        names = {cls.__name__ for cls in type(cause).__mro__} if cause is not None else set()
-        if "SSLError" in names:
-            return StorageInitializerError(
-                f"{repo}: TLS verification failed ({cause})", hint="set SSL_CERT_FILE to the CA of the git server"
+        if is_network_failure(exc) or (cause is not None and is_network_failure(cause)):
+            origin = urlsplit(repo)
+            return network_error(
+                exc,
+                f"{origin.scheme}://{origin.hostname}" + (f":{origin.port}" if origin.port else ""),
+                ca_hint="set GIT_SSL_CAINFO (or SSL_CERT_FILE) to the CA bundle that signed the git server's "
+                "certificate, or GIT_SSL_NO_VERIFY=true",
+                hint="check the host and port in the URI",
             )
-        if "HTTPError" in names or isinstance(exc, (OSError, HangupException)):
-            return TransientError(
-                f"{repo}: network error while {doing} ({type(cause or exc).__name__}: {cause or exc})"
-            )
+        if isinstance(exc, HangupException):
+            return TransientError(f"{repo}: the server hung up while {doing} ({exc})")
         if isinstance(exc, GitProtocolError):
             text = str(exc)
             status = text.rsplit("unexpected http resp ", 1)[-1].split()[0] if "unexpected http resp" in text else ""
@@ -165,7 +170,7 @@ class Remote:
     def _call(self, doing: str, action: Any) -> Any:
         """Run a dulwich call, mapping its failures (the engine retries the transient ones)."""
         try:
-            return action()
+            return retry_refused(action, self.uri.repo_url)  # a server restarting: a few seconds
         except Exception as exc:
             raise self.error(exc, doing) from None
 

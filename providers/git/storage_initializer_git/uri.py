@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from storage_initializer.errors import UsageError
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 GRAMMAR = "https://[USER@]HOST[:PORT]/PATH.git[@REF] (REF: a branch, a tag or a commit sha)"
 #: What the provider declares (Go-regexp compatible): a path ending in ``.git``, then ``@REF`` or ``/``.
@@ -47,7 +47,7 @@ def parse_uri(uri: str) -> GitUri:
     """Split a git URI; raise :class:`UsageError` naming the expected form."""
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"{redact(uri)}: {why}", hint=f"expected {GRAMMAR}")
+        return UsageError(f"{uri}: {why}", hint=f"expected {GRAMMAR}")
 
     match = _SPLIT.match(uri)
     if match is None:

@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from storage_initializer.redact import redact
+from storage_initializer.redact import RedactFilter
 
 log = logging.getLogger("storage_initializer.hdfs")
 
@@ -16,8 +16,8 @@ _DELEGATION = re.compile(r"(?i)([?&]delegation=)[^&\s'\"]+")
 
 
 def _scrub(text: str) -> str:
-    """Mask WebHDFS delegation tokens (datanode redirect URLs carry them), then the usual secrets."""
-    return redact(_DELEGATION.sub(r"\1***", text))
+    """Mask WebHDFS delegation tokens (datanode redirect URLs carry them) in a message."""
+    return _DELEGATION.sub(r"\1***", text)
 
 
 class _Resolved(str):
@@ -74,6 +74,7 @@ def _quiet_hdfs_logging() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _Quiet) for f in logger.filters):
             logger.addFilter(_Quiet())
+            logger.addFilter(RedactFilter())  # not a storage_initializer logger: masked here
 
 
 class _RangeStream:

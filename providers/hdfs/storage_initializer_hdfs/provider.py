@@ -24,14 +24,19 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
     UsageError,
+    network_error,
 )
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 from .client import _literal, _quiet_hdfs_logging, _RangeStream, _remote_exception, _Resolved, _scrub, _version
 from .config import DEFAULT_HTTP_PORT, HdfsConfig, load_config
 
 log = logging.getLogger("storage_initializer.hdfs")
+_TLS_HINT = (
+    "set TLS_CA to the CA that signed the namenode's and datanodes' certificates (or TLS_SKIP_VERIFY), "
+    "and TLS_CERT/TLS_KEY if a client certificate is required"
+)
 
 _PREFIXES = ("hdfs://", "webhdfs://")
 _ACCESS_EXCEPTIONS = frozenset({"AccessControlException", "AuthorizationException", "SecurityException"})
@@ -73,7 +78,7 @@ class HdfsProvider(Provider):
         """(namenode URLs, HDFS path) for a URI; the path is relative when it is below HDFS_ROOTPATH."""
         prefix = next((p for p in _PREFIXES if uri.startswith(p)), None)
         if prefix is None:
-            raise UsageError(f"{redact(uri)} is not an hdfs:// or webhdfs:// URI", hint=f"expected {_FORM}")
+            raise UsageError(f"{uri} is not an hdfs:// or webhdfs:// URI", hint=f"expected {_FORM}")
         rest = uri[len(prefix) :]
         config = self.config
         if config.namenodes:  # KServe: everything after the scheme is the path
@@ -83,16 +88,16 @@ class HdfsProvider(Provider):
         netloc, _, path = rest.partition("/")
         if not netloc:
             raise ConfigError(
-                f"no namenode for {redact(uri)}: HDFS_NAMENODE is not configured in {config.source}",
+                f"no namenode for {uri}: HDFS_NAMENODE is not configured in {config.source}",
                 hint=f"mount the HDFS secret (or set STORAGE_CONFIG), or name the namenode: {_FORM}",
             )
         parts = urlsplit(f"//{netloc}")
         try:
             port = parts.port
         except ValueError:
-            raise UsageError(f"{redact(uri)} has an invalid namenode port", hint=f"expected {_FORM}") from None
+            raise UsageError(f"{uri} has an invalid namenode port", hint=f"expected {_FORM}") from None
         if parts.username is not None or not parts.hostname:
-            raise UsageError(f"{redact(uri)} names no usable namenode", hint=f"expected {_FORM}")
+            raise UsageError(f"{uri} names no usable namenode", hint=f"expected {_FORM}")
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return (f"http://{host}:{port or DEFAULT_HTTP_PORT}",), "/" + path
 
@@ -156,7 +161,7 @@ class HdfsProvider(Provider):
         # a plain requests.Session lets REQUESTS_CA_BUNDLE override it); proxies from env per URL.
         verify = False if config.tls_skip_verify else kit.ca_bundle(env, config.tls_ca)
         size = max(4, self.context.concurrency) + 2  # workers, plus the listing beside them
-        session = kit.new_session(env, pool_size=size, verify=verify)
+        session = kit.new_session(env, pool_size=size, verify=verify, retry_refused=True)
         if config.tls_cert:
             session.cert = (config.tls_cert, config.tls_key) if config.tls_key else config.tls_cert
         # The engine reads raw bytes: a compressing gateway (Knox, nginx) must not gzip them.
@@ -177,13 +182,13 @@ class HdfsProvider(Provider):
             response = action()
         except HdfsError as exc:
             raise self._from_hdfs_error(exc, uri) from None
-        except requests.exceptions.SSLError as exc:
-            raise StorageInitializerError(
-                f"TLS with the cluster failed for {redact(uri)}: {_scrub(str(exc))}",
-                hint="check TLS_CA (or TLS_SKIP_VERIFY), and TLS_CERT/TLS_KEY if a client certificate is required",
-            ) from None
         except requests.exceptions.RequestException as exc:
-            raise TransientError(f"cannot reach the cluster for {redact(uri)}: {_scrub(str(exc))}") from None
+            error = network_error(exc, f"the cluster for {uri}", ca_hint=_TLS_HINT, hint="check HDFS_NAMENODE")
+            if error.retryable and isinstance(exc, requests.exceptions.SSLError):
+                # Sending the request: the handshake itself failed (a client certificate missing
+                # or refused), which no retry heals.
+                error = StorageInitializerError(f"TLS with the cluster failed for {uri}: {exc}", hint=_TLS_HINT)
+            raise error from None
         if response is not None and hasattr(response, "status_code"):
             for url in (response.url, *(r.headers.get("Location", "") for r in response.history)):
                 for key, value in parse_qsl(urlsplit(url).query):
@@ -200,7 +205,7 @@ class HdfsProvider(Provider):
     def _from_response(self, response: Any, uri: str) -> StorageInitializerError:
         status = response.status_code
         exception, message = _remote_exception(response)
-        shown = redact(uri)
+        shown = uri
         detail = _scrub(f"HTTP {status}" + (f" {exception}" if exception else "") + (f": {message}" if message else ""))
         if status == 404 or exception == "FileNotFoundException":
             return NotFoundError(f"{shown} does not exist ({detail})", hint="check the path and HDFS_ROOTPATH")
@@ -225,7 +230,7 @@ class HdfsProvider(Provider):
 
     def _from_hdfs_error(self, exc: Any, uri: str) -> StorageInitializerError:
         """The client's own errors: failover exhausted (StandbyException...) or a 401."""
-        shown = redact(uri)
+        shown = uri
         message = _scrub(str(getattr(exc, "message", exc)))
         exception = getattr(exc, "exception", None)
         if message.startswith("Authentication failure"):
@@ -257,14 +262,12 @@ class HdfsProvider(Provider):
         full = _Resolved(self._call(uri, lambda: client.resolve(path)))
         status = self._status(client, full, uri)
         if status is None:
-            raise NotFoundError(
-                f"{redact(uri)} does not exist (HDFS path {full})", hint="check the path and HDFS_ROOTPATH"
-            )
+            raise NotFoundError(f"{uri} does not exist (HDFS path {full})", hint="check the path and HDFS_ROOTPATH")
         if status.get("type") == "FILE":
             yield RemoteObject(posixpath.basename(full), int(status["length"]), _version(status), extra=full)
             return
         if status.get("type") != "DIRECTORY":
-            raise UsageError(f"{redact(uri)} is a {status.get('type')}, not a file or directory")
+            raise UsageError(f"{uri} is a {status.get('type')}, not a file or directory")
         stack = [("", full)]
         while stack:
             prefix, directory = stack.pop()
@@ -305,7 +308,7 @@ class HdfsProvider(Provider):
             if expected is not None and announced is not None and announced.isdigit() and int(announced) != expected:
                 response.close()
                 self._check_unchanged(client, uri, obj)
-                raise TransientError(f"{redact(uri)}: the datanode announced {announced} bytes for {expected}")
+                raise TransientError(f"{uri}: the datanode announced {announced} bytes for {expected}")
         except BaseException:
             if slots is not None:
                 slots.release()
@@ -320,10 +323,10 @@ class HdfsProvider(Provider):
     def _check_unchanged(self, client: Any, uri: str, obj: RemoteObject) -> None:
         status = self._status(client, _Resolved(obj.extra), uri)
         if status is None:
-            raise ObjectChangedError(f"{redact(uri)}: {obj.key} was deleted during the download")
+            raise ObjectChangedError(f"{uri}: {obj.key} was deleted during the download")
         if _version(status) != obj.version:
             raise ObjectChangedError(
-                f"{redact(uri)}: {obj.key} changed during the download "
+                f"{uri}: {obj.key} changed during the download "
                 f"(fileId:modificationTime:length was {obj.version}, now {_version(status)})",
                 hint="run again to download the new version",
             )

@@ -8,9 +8,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from storage_initializer import http as kit
-from storage_initializer.errors import AccessDeniedError, StorageInitializerError
+from storage_initializer.connect import retry_refused
+from storage_initializer.errors import AccessDeniedError, StorageInitializerError, network_error
 from storage_initializer.provider import ProviderContext
-from storage_initializer.redact import redact
 
 from .settings import RegistrySettings
 
@@ -36,24 +36,32 @@ class _RegistryClient:
         self.context = context
         self.session = session
 
-    def _request(self, url: str, params: Mapping[str, str], *, token: str | None, timeout: tuple[float, float]) -> Any:
+    def _request(
+        self,
+        url: str,
+        params: Mapping[str, str],
+        *,
+        token: str | None,
+        timeout: tuple[float, float],
+        retry: bool = True,
+    ) -> Any:
+        """One GET; a refused connection is tried again for a few seconds unless ``retry`` is off (a probe)."""
         import requests
 
         headers = {"Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         try:
-            return self.session.get(url, params=params, headers=headers, timeout=timeout)
+            if not retry:
+                return self.session.get(url, params=params, headers=headers, timeout=timeout)
+            return retry_refused(lambda: self.session.get(url, params=params, headers=headers, timeout=timeout), url)
         except requests.exceptions.RequestException as exc:
-            error = kit.request_error(
+            raise network_error(
                 exc,
-                f"the model registry at {redact(self.base_url)}",
-                tls_hint="set MODEL_REGISTRY_CA_BUNDLE to the CA that signed its certificate",
-                reach_hint="check MODEL_REGISTRY_BASE_URL / MODEL_REGISTRY_SCHEME or the URI's host",
-            )
-            if error is None:
-                raise
-            raise error from None
+                f"the model registry at {self.base_url}",
+                ca_hint="set MODEL_REGISTRY_CA_BUNDLE to the CA that signed its certificate",
+                hint="check MODEL_REGISTRY_BASE_URL / MODEL_REGISTRY_SCHEME or the URI's host",
+            ) from None
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Any:
         """GET ``API_PREFIX + path`` and return its JSON; retry transient failures."""
@@ -84,7 +92,7 @@ class _RegistryClient:
                 body = None
         message = body.get("message") if isinstance(body, dict) else None
         detail = f": {message}" if isinstance(message, str) and message else ""
-        where = redact(url)
+        where = url
         if status == 200:
             if body is None:
                 raise StorageInitializerError(
@@ -123,7 +131,7 @@ class _RegistryClient:
             body = self.get(path, query)
             items = body.get("items") if isinstance(body, dict) else None
             if not isinstance(items, list):
-                raise StorageInitializerError(f"{redact(self.base_url)}{API_PREFIX}{path} did not answer a list")
+                raise StorageInitializerError(f"{self.base_url}{API_PREFIX}{path} did not answer a list")
             yield from (item for item in items if isinstance(item, dict))
             token = str(body.get("nextPageToken") or "")
             if not token:
@@ -138,7 +146,7 @@ class _RegistryClient:
         url = f"{self.base_url}{API_PREFIX}/registered_models"
         timeout = (min(self.context.connect_timeout, 5.0), min(self.context.stall_timeout, 10.0))
         try:
-            response = self._request(url, {"pageSize": "1"}, token=None, timeout=timeout)
+            response = self._request(url, {"pageSize": "1"}, token=None, timeout=timeout, retry=False)
         except StorageInitializerError:
             return False
         with response:

@@ -13,7 +13,6 @@ from storage_initializer import http as kit
 from storage_initializer.config import env_str
 from storage_initializer.errors import ConfigError, NotFoundError, StorageInitializerError
 from storage_initializer.provider import ProviderContext, Resolution, Resolver, UriFormat
-from storage_initializer.redact import redact
 from storage_initializer.storage_spec import load_storage_spec
 
 from .client import _ApiNotFound, _RegistryClient
@@ -86,14 +85,14 @@ class ModelRegistryProvider(Resolver):
     def resolve(self, uri: str) -> str | Resolution:
         parsed = parse_uri(uri)
         if parsed.ignored_params:
-            log.warning("ignoring query parameters %s of %s", ", ".join(parsed.ignored_params), redact(uri))
+            log.warning("ignoring query parameters %s of %s", ", ".join(parsed.ignored_params), uri)
         settings = self._settings()
         session = self._http(settings)
         target = self._locate(parsed, settings, session)
         client = _RegistryClient(target.base_url, settings, self.context, session)
         log.info(
             "model registry %s: registered model %r, version %s (read as %s)",
-            redact(target.base_url),
+            target.base_url,
             target.model,
             repr(target.version) if target.version is not None else "newest LIVE",
             target.form,
@@ -112,7 +111,7 @@ class ModelRegistryProvider(Resolver):
             version.get("name"),
             version.get("id"),
             artifact.get("id"),
-            redact(resolution.uri),
+            resolution.uri,
         )
         return resolution if resolution.env else resolution.uri
 
@@ -151,7 +150,7 @@ class ModelRegistryProvider(Resolver):
         note = ""
         if target.ambiguous:
             note = f" (the URI was read as {target.form})"
-        return f"in the model registry at {redact(target.base_url)}{note}"
+        return f"in the model registry at {target.base_url}{note}"
 
     def _find_model(self, client: _RegistryClient, target: _Target) -> dict[str, Any]:
         try:
@@ -272,13 +271,13 @@ class ModelRegistryProvider(Resolver):
             )
         if not _SCHEME_RE.match(uri):
             raise StorageInitializerError(
-                f"{what} has a uri without a scheme: {redact(uri)}", hint="expected e.g. s3://bucket/path"
+                f"{what} has a uri without a scheme: {uri}", hint="expected e.g. s3://bucket/path"
             )
         if uri.lower().startswith(PREFIX) and self._settings().token:
             # Whoever can write the registry chooses this uri: following it would send the
             # registry token to whatever host it names. (Upstream never follows such a chain.)
             raise StorageInitializerError(
-                f"{what} points to another model registry entry, {redact(uri)}: not followed while "
+                f"{what} points to another model registry entry, {uri}: not followed while "
                 "MODEL_REGISTRY_TOKEN / MODEL_REGISTRY_TOKEN_FILE is set (the token would go to the "
                 "registry that uri names)",
                 hint="set the artifact's uri to the model's storage URI (s3://, gs://, hf://, https://...)",
@@ -350,7 +349,7 @@ class ModelRegistryProvider(Resolver):
             resolved = f"{storage_type}://{bucket}/{path.lstrip('/')}"
         else:
             resolved = f"{storage_type}://{path}"
-        log.info("applying storage key %r from %s: %s", key, source, redact(resolved))
+        log.info("applying storage key %r from %s: %s", key, source, resolved)
         return Resolution(resolved, {"STORAGE_CONFIG": raw})
 
     def _storage_config_dir(self) -> str:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote
 
 from storage_initializer.errors import UsageError
-from storage_initializer.redact import redact
 
 log = logging.getLogger("storage_initializer.model_registry")
 
@@ -40,7 +39,7 @@ class RegistryUri:
 def parse_uri(uri: str) -> RegistryUri:
     """Parse the grammar; raise :class:`UsageError` naming the expected form."""
     if not uri.startswith(PREFIX):
-        raise UsageError(f"{redact(uri)} is not a model-registry:// URI", hint=FORM_HINT)
+        raise UsageError(f"{uri} is not a model-registry:// URI", hint=FORM_HINT)
     rest, has_query, query = uri[len(PREFIX) :].partition("?")
     namespace: str | None = None
     ignored: tuple[str, ...] = ()
@@ -48,12 +47,12 @@ def parse_uri(uri: str) -> RegistryUri:
         params = parse_qs(query, keep_blank_values=True)
         values = params.pop("namespace", [])
         if len(values) > 1:
-            raise UsageError(f"{redact(uri)} gives namespace more than once", hint=FORM_HINT)
+            raise UsageError(f"{uri} gives namespace more than once", hint=FORM_HINT)
         if values and values[0]:
             namespace = values[0]
             if not _NAMESPACE_RE.match(namespace):
                 raise UsageError(
-                    f"{redact(uri)}: namespace {namespace!r} is not a Kubernetes namespace name",
+                    f"{uri}: namespace {namespace!r} is not a Kubernetes namespace name",
                     hint="use letters, digits, '-' or '_'",
                 )
         ignored = tuple(sorted(params))
@@ -61,9 +60,9 @@ def parse_uri(uri: str) -> RegistryUri:
         rest = rest[:-1]
     raw = rest.split("/", 2)
     if not rest or any(not part for part in raw[:2]) or (len(raw) == 3 and not raw[2].strip("/")):
-        raise UsageError(f"{redact(uri)} has an empty model, version or host", hint=FORM_HINT)
+        raise UsageError(f"{uri} has an empty model, version or host", hint=FORM_HINT)
     if len(raw) >= 2 and ":" in raw[0]:  # HOST:PORT/... : a port must be a port
         host, _, port = raw[0].rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise UsageError(f"{redact(uri)} has an invalid registry port {port!r}", hint=FORM_HINT)
+            raise UsageError(f"{uri} has an invalid registry port {port!r}", hint=FORM_HINT)
     return RegistryUri(tuple(unquote(part) for part in raw), namespace, ignored)

@@ -14,14 +14,14 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from storage_initializer import http as kit
+from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
     StorageInitializerError,
     TransientError,
+    network_error,
 )
-from storage_initializer.redact import redact
 from storage_initializer_oci.auth import (
     ConfigLookup,
     TokenCache,
@@ -109,19 +109,21 @@ class RegistryClient:
     def _send(self, method: str, url: str, headers: Mapping[str, str], **kwargs: Any) -> Any:
         import requests
 
-        try:
+        def send() -> Any:
             return self.session().request(
                 method, url, headers=dict(headers), stream=True, timeout=self.timeouts, **kwargs
             )
+
+        try:
+            return retry_refused(send, url)
         except requests.exceptions.RequestException as exc:
-            error = kit.request_error(
+            raise network_error(
                 exc,
                 f"registry {self.registry}",
-                tls_hint="set REQUESTS_CA_BUNDLE to the registry's CA, or KSERVE_OCI_INSECURE_REGISTRY=true",
-            )
-            if error is None:
-                raise
-            raise error from None
+                ca_hint="set SSL_CERT_FILE (or REQUESTS_CA_BUNDLE) to the registry's CA, "
+                "or KSERVE_OCI_INSECURE_REGISTRY=true",
+                hint="check the registry host and port in the URI",
+            ) from None
 
     def _authorization(self) -> str | None:
         token = self._tokens.get(self.scope)
@@ -181,23 +183,21 @@ class RegistryClient:
             response = self._send("GET", realm, headers, params=query)
         with response:
             if response.status_code in (401, 403):
-                raise refused(
-                    self.registry, f"{what} (token service {redact(realm)})", self.config, response.status_code
-                )
+                raise refused(self.registry, f"{what} (token service {realm})", self.config, response.status_code)
             if response.status_code >= 500 or response.status_code == 429:
-                raise TransientError(f"token service {redact(realm)} answered HTTP {response.status_code}")
+                raise TransientError(f"token service {realm} answered HTTP {response.status_code}")
             if response.status_code != 200:
                 raise AccessDeniedError(
-                    f"{what}: token service {redact(realm)} answered HTTP {response.status_code}",
+                    f"{what}: token service {realm} answered HTTP {response.status_code}",
                     hint=self.config.describe(self.registry),
                 )
             try:
                 body = response.json()
             except ValueError:
-                raise AccessDeniedError(f"token service {redact(realm)} answered no JSON") from None
+                raise AccessDeniedError(f"token service {realm} answered no JSON") from None
         token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
-            raise AccessDeniedError(f"token service {redact(realm)} answered no token")
+            raise AccessDeniedError(f"token service {realm} answered no token")
         expires = body.get("expires_in")
         self._tokens.put(self.scope, token, float(expires) if isinstance(expires, (int, float)) else 60.0)
         log.debug("got a registry token for %s", scope)

@@ -45,7 +45,6 @@ from storage_initializer.provider import (
     StagedObject,
     UriFormat,
 )
-from storage_initializer.redact import redact
 from storage_initializer.settings import settings_from_env
 from storage_initializer_oci import auth, layers, media
 from storage_initializer_oci.client import RegistryClient, status_error
@@ -113,7 +112,7 @@ class OciProvider(Provider):
     # -- manifests --------------------------------------------------------------------
     def _manifest(self, uri: str, client: RegistryClient, reference: str) -> tuple[dict[str, Any], str, str]:
         """GET a manifest; return (document, media type, digest), the digest checked when pinned."""
-        what = f"{redact(uri)}: manifest {reference}"
+        what = f"{uri}: manifest {reference}"
         response = client.get(f"manifests/{reference}", {"Accept": media.ACCEPT}, what)
         with response:
             if response.status_code != 200:
@@ -142,32 +141,32 @@ class OciProvider(Provider):
             codes = [str(e.get("code")) for e in json.loads(response.raw.read(65536)).get("errors", [])]
         if response.status_code == 404:
             if "NAME_UNKNOWN" in codes:
-                return NotFoundError(f"{redact(uri)}: repository not found", hint="check the registry and repository")
+                return NotFoundError(f"{uri}: repository not found", hint="check the registry and repository")
             return NotFoundError(
-                f"{redact(uri)}: no manifest {reference} in the repository (HTTP 404)",
+                f"{uri}: no manifest {reference} in the repository (HTTP 404)",
                 hint="check the tag or digest, and the repository name",
             )
-        return status_error(response.status_code, f"{redact(uri)}: manifest {reference}", "", response.reason or "")
+        return status_error(response.status_code, f"{uri}: manifest {reference}", "", response.reason or "")
 
     def _resolve_manifest(self, uri: str, ref: Reference) -> tuple[dict[str, Any], str]:
         client = self.client(ref)
         document, media_type, digest = self._manifest(uri, client, ref.reference)
         if ref.tag and not ref.digest:
-            log.info("%s: tag %s is %s", redact(uri), ref.tag, digest)
+            log.info("%s: tag %s is %s", uri, ref.tag, digest)
         if media_type in media.INDEXES or "manifests" in document:
             wanted = self._platform()
             chosen = media.pick_platform(document, wanted)
             if chosen is None:
                 present = ", ".join(media.platform_of(d) for d in document.get("manifests") or []) or "none"
                 raise NotFoundError(
-                    f"{redact(uri)}: the index has no manifest for platform {wanted} (present: {present})",
+                    f"{uri}: the index has no manifest for platform {wanted} (present: {present})",
                     hint="set STORAGE_INITIALIZER_OCI_PLATFORM=os/arch[/variant] to one of them",
                 )
-            log.info("%s: platform %s is %s", redact(uri), wanted, chosen.get("digest"))
+            log.info("%s: platform %s is %s", uri, wanted, chosen.get("digest"))
             document, media_type, digest = self._manifest(uri, client, str(chosen.get("digest")))
         if media_type not in media.MANIFESTS and "layers" not in document:
             raise StorageInitializerError(
-                f"{redact(uri)}: unsupported manifest media type {media_type!r}",
+                f"{uri}: unsupported manifest media type {media_type!r}",
                 hint="expected an OCI image manifest or index, or a Docker schema 2 manifest or list",
             )
         return document, digest
@@ -181,12 +180,12 @@ class OciProvider(Provider):
             flavour, found = media.classify(document)
         except ValueError as exc:
             raise StorageInitializerError(
-                f"{redact(uri)}: {exc}",
+                f"{uri}: {exc}",
                 hint="supported: image layers (tar, tar+gzip, tar+zstd), ModelPack layers, titled artifact layers",
             ) from None
         if not found:
-            raise NotFoundError(f"{redact(uri)}: the {flavour} {digest} has no layers")
-        log.info("%s: %s %s with %d layers", redact(uri), flavour, digest, len(found))
+            raise NotFoundError(f"{uri}: the {flavour} {digest} has no layers")
+        log.info("%s: %s %s with %d layers", uri, flavour, digest, len(found))
         # Raw files land as they are; with any tar layer every layer is an input to the merge
         # (a tar layer may replace or delete a file of the layers below).
         merged = any(layer.kind != "raw" for layer in found)
@@ -208,7 +207,7 @@ class OciProvider(Provider):
 
     def _open_blob(self, uri: str, layer: media.Layer, headers: dict[str, str]) -> Any:
         client = self.client(parse(uri))
-        what = f"{redact(uri)}: blob {layer.digest}"
+        what = f"{uri}: blob {layer.digest}"
         response = client.get(f"blobs/{layer.digest}", {"Accept-Encoding": "identity", **headers}, what)
         if response.status_code in (200, 206):
             return response
@@ -233,7 +232,7 @@ class OciProvider(Provider):
             if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
                 response.close()
                 raise TransientError(
-                    f"{redact(uri)}: blob {layer.digest} ignored a range request (HTTP {response.status_code})"
+                    f"{uri}: blob {layer.digest} ignored a range request (HTTP {response.status_code})"
                 )
         return HttpBody(response.raw, self.context.stall_timeout)
 
@@ -256,6 +255,6 @@ class OciProvider(Provider):
         files = layers.merge(out, found, open_blob, settings.max_extract_ratio, root, verify=False)
         if files == 0 and any(layer.image for layer in found):
             raise NotFoundError(
-                f"{redact(uri)}: the image has no files under /models/",
+                f"{uri}: the image has no files under /models/",
                 hint="a modelcar image keeps the model in /models/",
             )

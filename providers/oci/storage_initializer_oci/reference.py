@@ -6,7 +6,6 @@ import re
 from dataclasses import dataclass
 
 from storage_initializer.errors import UsageError
-from storage_initializer.redact import redact
 
 SCHEMES = ("oci://", "oci+fetch://")
 FORM = "oci://HOST[:PORT]/REPOSITORY[:TAG][@sha256:DIGEST]"
@@ -51,11 +50,11 @@ def parse(uri: str) -> Reference:
     """Parse an ``oci://`` URI; a malformed one is a :class:`UsageError` showing the expected form."""
     scheme = next((s for s in SCHEMES if uri.startswith(s)), None)
     if scheme is None:
-        raise UsageError(f"{redact(uri)} is not an oci:// URI", hint=f"expected {FORM}")
+        raise UsageError(f"{uri} is not an oci:// URI", hint=f"expected {FORM}")
     rest = uri[len(scheme) :].rstrip("/")
 
     def bad(why: str) -> UsageError:
-        return UsageError(f"{redact(uri)}: {why}", hint=f"expected {FORM}")
+        return UsageError(f"{uri}: {why}", hint=f"expected {FORM}")
 
     digest = None
     if "@" in rest:

@@ -17,7 +17,6 @@ from storage_initializer.errors import (
     ObjectChangedError,
     StorageInitializerError,
 )
-from storage_initializer.redact import redact
 
 CREDENTIALS_HINT = (
     "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the storage secret), AWS_SESSION_TOKEN, "
@@ -77,9 +76,9 @@ def error_for(
 
     ``headers`` (the answer's) carry a ``Retry-After`` a transient error keeps.
     """
-    shown = redact(uri)
+    shown = uri
     detail = f"{code or f'HTTP {status}'}" + (f": {message}" if message else "")
-    where = f"bucket {bucket!r} at {redact(endpoint)}"
+    where = f"bucket {bucket!r} at {endpoint}"
     code = code or ""
     if code == "NoSuchBucket" or (status == 404 and key is None and not code):
         return NotFoundError(

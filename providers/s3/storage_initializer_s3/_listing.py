@@ -41,7 +41,6 @@ from dataclasses import dataclass
 
 from storage_initializer.errors import NotFoundError
 from storage_initializer.provider import RemoteObject
-from storage_initializer.redact import redact
 
 from ._wire import Listed, Page, S3Wire
 
@@ -172,7 +171,7 @@ class Listing:
         what = "only its directory marker" if self.own_marker else "no object"
         below = f"under {prefix!r}" if prefix else "in it"
         raise NotFoundError(
-            f"{redact(self.uri)}: nothing to download: bucket {self.bucket!r} holds {what} {below}",
+            f"{self.uri}: nothing to download: bucket {self.bucket!r} holds {what} {below}",
             hint="check the path (keys are case-sensitive); an empty model is an error",
         )
 

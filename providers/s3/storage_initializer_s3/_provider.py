@@ -41,7 +41,7 @@ from storage_initializer.errors import (
 )
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
-from storage_initializer.redact import redact, register_secret
+from storage_initializer.redact import register_secret
 
 from ._config import S3Settings, credential_source, describe, s3_settings
 from ._errors import CREDENTIALS_HINT, ENDPOINT_HINT
@@ -73,16 +73,16 @@ def parse_uri(uri: str, default_bucket: str | None = None) -> tuple[str, str]:
     """
     match = _URI_RE.match(uri)
     if not match:
-        raise UsageError(f"{redact(uri)} is not an s3:// URI", hint=_URI_FORM)
+        raise UsageError(f"{uri} is not an s3:// URI", hint=_URI_FORM)
     bucket, path = match.group(1), (match.group(2) or "").lstrip("/")
     if not bucket and default_bucket:
         bucket = default_bucket
     if not bucket:
-        raise UsageError(f"{redact(uri)} names no bucket", hint=_URI_FORM)
+        raise UsageError(f"{uri} names no bucket", hint=_URI_FORM)
     if "@" in bucket or ":" in bucket:
-        raise UsageError(f"{redact(uri)}: {bucket!r} is not a bucket name (a host or credentials?)", hint=_URI_FORM)
+        raise UsageError(f"{uri}: {bucket!r} is not a bucket name (a host or credentials?)", hint=_URI_FORM)
     if not _BUCKET_RE.match(bucket):
-        raise UsageError(f"{redact(uri)}: {bucket!r} is not a valid bucket name", hint=_URI_FORM)
+        raise UsageError(f"{uri}: {bucket!r} is not a valid bucket name", hint=_URI_FORM)
     return bucket, path
 
 
@@ -113,7 +113,7 @@ class S3Provider(Provider):
     @cached_property
     def settings(self) -> S3Settings:
         settings = s3_settings(self.env)
-        log.debug("s3 settings: %s", redact(str(describe(settings))))
+        log.debug("s3 settings: %s", str(describe(settings)))
         if settings.verify is False:
             log.warning("TLS certificate verification is off for S3 (S3_VERIFY_SSL)")
         return settings
@@ -396,7 +396,7 @@ class S3Provider(Provider):
     def _ref(self, uri: str, obj: RemoteObject) -> ObjectRef:
         ref = obj.extra
         if not isinstance(ref, ObjectRef):
-            raise StorageInitializerError(f"{redact(uri)}: object {obj.key!r} was not listed by the s3 provider")
+            raise StorageInitializerError(f"{uri}: object {obj.key!r} was not listed by the s3 provider")
         return ref
 
     @staticmethod
@@ -458,11 +458,11 @@ class S3Provider(Provider):
             content_range = headers.get("Content-Range", "")
             if status != 206 or not content_range.startswith(f"bytes {start}-"):
                 got = f"HTTP {status} {content_range}".rstrip()
-                raise TransientError(f"{redact(uri)}: asked for {ref.key!r} from byte {start}, got {got}")
+                raise TransientError(f"{uri}: asked for {ref.key!r} from byte {start}, got {got}")
         etag = headers.get("ETag")
         if ref.etag and etag and etag.strip('"') != ref.etag.strip('"'):
             raise ObjectChangedError(
-                f"{redact(uri)}: object {ref.key!r} changed during the download (ETag was {ref.etag}, now {etag})",
+                f"{uri}: object {ref.key!r} changed during the download (ETag was {ref.etag}, now {etag})",
                 hint="run again to download the new version",
             )
         # The listing's SSE probe saw an unencrypted object; this one's ETag is no MD5:

@@ -44,13 +44,16 @@ from storage_initializer import http as kit
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, network_error
 from storage_initializer.httppool import Pool
-from storage_initializer.redact import redact
 
 from ._config import S3Settings, proxy_for
 from ._errors import ENDPOINT_HINT, error_for, parse_error_body
 from ._sigv4 import SigV4Signer, canonical_query
 
 log = logging.getLogger("storage_initializer.s3")
+_CA_HINT = (
+    "set AWS_CA_BUNDLE (or CA_BUNDLE_CONFIGMAP_NAME) to the CA that signed the endpoint's "
+    "certificate, or S3_VERIFY_SSL=0 to skip verification"
+)
 
 #: Keys per ListObjectsV2 page (the S3 maximum).
 PAGE_SIZE = 1000
@@ -149,14 +152,14 @@ class S3Wire:
         with self._lock:
             target = self._make_target(bucket, region)
             self._targets[bucket] = target
-        log.info("bucket %s is in region %s: requests now go to %s", bucket, region, redact(target.base_url))
+        log.info("bucket %s is in region %s: requests now go to %s", bucket, region, target.base_url)
         return target
 
     def _make_target(self, bucket: str, region: str | None) -> Target:
         url, signing_region = self._locate(bucket, region)
         parts = urlsplit(url)
         if not parts.path.endswith("/k"):
-            raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {redact(url)}")
+            raise StorageInitializerError(f"unexpected object URL form for bucket {bucket!r}: {url}")
         base_url = f"{parts.scheme}://{parts.netloc}"
         proxy = proxy_for(self.settings.proxies, base_url)
         pool = self._pools.get((base_url, proxy))
@@ -241,22 +244,17 @@ class S3Wire:
             return target.pool.request(method, url, all_headers, stream=stream)
 
         try:
-            return retry_refused(send, redact(target.base_url))  # a server restarting: a few seconds
-        except ssl.SSLError as exc:
-            raise self.tls_error(what, exc) from None
+            return retry_refused(send, target.base_url)  # a server restarting: a few seconds
         except (http.client.HTTPException, OSError) as exc:
-            # Says which: DNS name not found and refused are permanent, timeouts transient.
-            error = network_error(exc, redact(target.base_url))
+            # Says which: DNS name not found, refused and TLS verification are permanent, timeouts transient.
+            error = network_error(exc, target.base_url, ca_hint=_CA_HINT, hint=ENDPOINT_HINT)
+            if error.retryable and isinstance(exc, ssl.SSLError):
+                raise self.tls_error(what, exc) from None  # any other TLS failure: permanent too
             error.message = f"{what}: {error.message}"
-            error.hint = f"{error.hint}; {ENDPOINT_HINT}" if error.hint else ENDPOINT_HINT
             raise error from None
 
     def tls_error(self, what: str, exc: BaseException) -> StorageInitializerError:
-        return StorageInitializerError(
-            f"{what}: TLS verification of {redact(self.endpoint)} failed: {exc}",
-            hint="set AWS_CA_BUNDLE (or CA_BUNDLE_CONFIGMAP_NAME) to the CA that signed the endpoint's "
-            "certificate, or S3_VERIFY_SSL=0 to skip verification",
-        )
+        return StorageInitializerError(f"{what}: TLS with {self.endpoint} failed: {exc}", hint=_CA_HINT)
 
     def error(
         self, response: Any, *, uri: str, bucket: str, key: str | None, streamed: bool = False
@@ -269,7 +267,7 @@ class S3Wire:
             body = b""
         code, message, region = parse_error_body(body or b"")
         if code == "TemporaryRedirect" or (response.status == 307 and not code):
-            return TransientError(f"{redact(uri)}: S3 asked to retry at another endpoint (HTTP 307)")
+            return TransientError(f"{uri}: S3 asked to retry at another endpoint (HTTP 307)")
         return error_for(
             response.status,
             code,
@@ -302,7 +300,7 @@ class S3Wire:
             attempt += 1
             target = self.target(bucket)
             try:
-                response = self.send(method, target, path_of(target), query=query, amz=amz, what=redact(uri))
+                response = self.send(method, target, path_of(target), query=query, amz=amz, what=uri)
                 if 200 <= response.status < 300:
                     return Response(response.status, response.headers, response.data or b"")
                 region = self._redirect_region(response, target)
@@ -317,7 +315,7 @@ class S3Wire:
                     raise
                 delay = min(0.25 * 2 ** (attempt - 1), 5.0) * random.uniform(0.5, 1.0)
                 delay = max(delay, getattr(error, "retry_after", None) or 0.0)
-                log.debug("retrying %s %s in %.2fs after: %s", method, redact(uri), delay, error)
+                log.debug("retrying %s %s in %.2fs after: %s", method, uri, delay, error)
                 kit.sleep(delay, self._cancelled)  # a SIGTERM ends the wait
 
     @staticmethod
@@ -344,7 +342,7 @@ class S3Wire:
         try:
             return parse_list_page(response.body)
         except ET.ParseError as exc:
-            raise TransientError(f"{redact(uri)}: the listing of bucket {bucket!r} is not valid XML ({exc})") from None
+            raise TransientError(f"{uri}: the listing of bucket {bucket!r} is not valid XML ({exc})") from None
 
     def head(self, uri: str, bucket: str, key: str) -> Mapping[str, str]:
         """The object's headers, with its additional checksums (``x-amz-checksum-mode``)."""
@@ -367,10 +365,10 @@ class S3Wire:
         )
 
     def _shown(self, uri: str) -> str:
-        """``redact(uri)``, computed once per URI: every GET of a listing carries the same one."""
+        """The URI as messages show it (errors and log records redact it where they are made)."""
         shown = self._shown_uris.get(uri)
         if shown is None:
-            shown = self._shown_uris[uri] = redact(uri)
+            shown = self._shown_uris[uri] = uri
         return shown
 
 
