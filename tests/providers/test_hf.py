@@ -462,4 +462,4 @@ def test_listing_follows_tree_pages(fake_hf_hub: FakeHFHub, tmp_path: Path) -> N
     fetch("hf://acme/paged", tmp_path / "out", env_for(hub, tmp_path))
     assert files_under(tmp_path / "out") == files
     pages = [r for r in hub.requests if "/tree/" in r.path]
-    assert len(pages) == 5 and all("cursor=" in r.query for r in pages[1:])  # 10 entries, 2 a page
+    assert len(pages) == 5 and all("cursor=" in r.raw_query for r in pages[1:])  # 10 entries, 2 a page
