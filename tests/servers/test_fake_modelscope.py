@@ -46,7 +46,7 @@ def test_snapshot_download_whole_repo(fake_modelscope_hub: FakeModelScopeHub, tm
     assert [(r.server, r.status) for r in lfs] == [("storage", 200)]
     assert hub.bytes_served("model.safetensors") == len(BIG)
     listing = [r for r in hub.requests if r.path == "/api/v1/models/acme/bert/repo/files"]
-    assert len(listing) == 1 and "Revision=master" in listing[0].query  # the SDK's default revision
+    assert len(listing) == 1 and "Revision=master" in listing[0].raw_query  # the SDK's default revision
 
 
 def test_kserve_entry_point_with_token_private_repo(fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path) -> None:
