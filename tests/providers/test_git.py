@@ -299,7 +299,7 @@ def test_repository_credentials_never_go_to_another_lfs_host(private_git_server:
         result = run_cli([private_git_server.repo_url("team/split"), str(tmp_path / "out")], env=AUTH)
         assert result.returncode == 0, result.stderr
         assert tree(tmp_path / "out")["w.bin"] == weights
-        sent = [auth for _, path, auth in cdn.requests if path.startswith("/lfs/objects/")]
+        sent = [r.authorization for r in cdn.requests if r.path.startswith("/lfs/objects/")]
         assert len(sent) == 2 and all(auth == f"RemoteAuth {cdn.lfs.token}" for auth in sent), sent
     downloads = [b for b in private_git_server.lfs.batch_requests if b["operation"] == "download"]
     assert len(downloads) == 2  # the listing's, and one renewal after the 401
