@@ -80,7 +80,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -96,6 +95,7 @@ from urllib.parse import parse_qsl, quote
 import pytest
 
 from tests.servers.base import FakeHandler, FakeServer
+from tests.servers.processes import free_port
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
@@ -131,13 +131,6 @@ def fake_gcs_binary() -> Path:
     if not binary.is_file():
         raise RuntimeError(f"fake-gcs-server binary not found at {binary}")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +213,7 @@ class FakeGcsServer:
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-gcs-"))
         last_error = ""
         for _ in range(5):  # a port can be taken between choosing and binding it
-            self.port = _free_port()
+            self.port = free_port()
             cmd = [
                 str(fake_gcs_binary()),
                 "-scheme", "http",

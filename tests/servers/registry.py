@@ -34,16 +34,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from tests.servers.base import FakeHandler, FakeServer
+from tests.servers.processes import free_port
 
 USER, PASSWORD = "modeler", "s3cret-Passw0rd"
 IDENTITY_TOKEN = "refresh-token-of-modeler"  # what `docker login` stores as identitytoken for OAuth2 registries
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _binary() -> str:
@@ -159,7 +154,7 @@ class Registry:
         self.auth = auth
         self.storage = directory / "storage"
         self.storage.mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.token_server: TokenServer | None = None
         config: dict[str, Any] = {
