@@ -8,6 +8,7 @@ One place decides:
 * how long a ``Retry-After`` answer asks to wait (:func:`retry_after`, seconds
   or an HTTP date, capped at :data:`RETRY_AFTER_CAP`);
 * the ``Range`` header and the check of a ``206`` answer's ``Content-Range``;
+* where credentials may follow a redirect (:func:`same_origin`);
 * the error a status stands for (:func:`error_for_status`);
 * proxies and CA bundle, read from the provider's environment and never from
   ``os.environ``: a store's own CA setting wins, then ``REQUESTS_CA_BUNDLE``,
@@ -58,6 +59,7 @@ __all__ = [
     "range_header",
     "request_error",
     "retry_after",
+    "same_origin",
     "sleep",
     "transient_error",
 ]
@@ -197,6 +199,17 @@ def check_partial(
     total = content_range_total(content_range)
     if size is not None and total is not None and total != size:
         raise ObjectChangedError(f"{what}: now {total} bytes, listed {size}", hint="run again")
+
+
+# -- origins --------------------------------------------------------------------------------
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs have the same scheme, host and port: credentials meant for one may go to the other.
+
+    A provider that follows redirects (a Hub to its CDN, an LFS server to its object store)
+    sends its token only while this holds for the URL it started from.
+    """
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 # -- proxies and CA ----------------------------------------------------------------------------

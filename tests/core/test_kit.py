@@ -186,6 +186,13 @@ def test_range_header_and_partial_check() -> None:
         http.check_partial(206, {"Content-Range": "bytes 10-19/90"}, 10, "u", size=100)
 
 
+def test_same_origin_is_scheme_host_and_port() -> None:
+    assert http.same_origin("https://hub.example/a?x=1", "https://HUB.example/b")
+    assert not http.same_origin("https://hub.example/a", "http://hub.example/a")
+    assert not http.same_origin("https://hub.example/a", "https://cdn.hub.example/a")
+    assert not http.same_origin("http://127.0.0.1:8080/a", "http://127.0.0.1:8081/a")
+
+
 # -- proxies and CA ---------------------------------------------------------------------------------
 def test_proxy_variables_lower_case_wins() -> None:
     env = {"HTTP_PROXY": "http://upper:1", "http_proxy": "http://lower:1", "HTTPS_PROXY": "http://secure:1"}
