@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 from storage_initializer.errors import (
     AccessDeniedError,
@@ -27,6 +27,7 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
 )
+from storage_initializer.http import same_origin
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact, register_secret
@@ -109,8 +110,7 @@ class LfsClient:
         return (self.creds.username or "", self.creds.password or "")
 
     def _same_origin(self, url: str) -> bool:
-        a, b = urlsplit(url), urlsplit(self.repo_url)
-        return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+        return same_origin(url, self.repo_url)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         import requests
