@@ -29,13 +29,14 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 __all__ = [
     "UNSATISFIABLE",
     "FakeHandler",
     "FakeServer",
+    "FakeService",
     "Fault",
     "Faults",
     "Request",
@@ -494,3 +495,52 @@ class FakeHandler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self.wfile.write(b"0\r\n\r\n")
         return sent
+
+
+_Service = TypeVar("_Service", bound="FakeService")
+
+
+class FakeService:
+    """A fake made of one or more :class:`FakeServer` listeners (a Hub and its CDN, a namenode
+    and a datanode) sharing one :class:`RequestLog`, one set of :class:`Faults` and one
+    ``_stopping`` event (set by :meth:`stop`: stalled answers wake up). A subclass creates
+    its listeners with :meth:`_listen` and is started by :meth:`start` or ``with``.
+    """
+
+    def __init__(self) -> None:
+        self._log = RequestLog()
+        self._faults = Faults()
+        self._stopping = threading.Event()
+        self._listeners: list[FakeServer] = []
+
+    def _listen(self, handler: type[BaseHTTPRequestHandler], tls: ssl.SSLContext | None = None) -> FakeServer:
+        server = FakeServer(handler, self, tls=tls, start=False, log=self._log)
+        self._listeners.append(server)
+        return server
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request, all listeners, in order."""
+        return self._log.all()
+
+    def reset_stats(self) -> None:
+        self._log.clear()
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def start(self: _Service) -> _Service:
+        for server in self._listeners:
+            server.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()  # releases stalled responses
+        for server in self._listeners:
+            server.stop()
+
+    def __enter__(self: _Service) -> _Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -60,11 +60,9 @@ import pytest
 from tests.servers.base import (
     UNSATISFIABLE,
     FakeHandler,
-    FakeServer,
+    FakeService,
     Fault,
-    Faults,
     Request,
-    RequestLog,
     content_range,
     parse_range,
 )
@@ -160,7 +158,7 @@ def _now_iso(offset_s: int = 0) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-class FakeHFHub:
+class FakeHFHub(FakeService):
     """The fake Hub (API + resolve) on one port and its CDN on another. Thread-safe.
 
     ``hub.url`` is the ``endpoint`` / ``HF_ENDPOINT``; ``hub.token`` is accepted and has access to
@@ -168,6 +166,7 @@ class FakeHFHub:
     """
 
     def __init__(self, tree_page_size: int | None = None, cdn_url_ttl: float = 3600.0) -> None:
+        super().__init__()
         self.tree_page_size = tree_page_size
         self.cdn_url_ttl = cdn_url_ttl
         self.gzip_text = True
@@ -182,40 +181,21 @@ class FakeHFHub:
         self._lock = threading.Lock()
         self._repos: dict[tuple[str, str], Repo] = {}
         self._redirects: dict[tuple[str, str], str] = {}
-        self._faults = Faults()
         self._cdn_index: dict[str, tuple[Blob, str, str]] = {}  # sha256 -> (blob, repo id, path)
-        self._log = RequestLog()
-        self._stopping = threading.Event()
         self._commit_counter = 0
-        self._hub = FakeServer(_HubHandler, self, start=False, log=self._log)
-        self._cdn = FakeServer(_CdnHandler, self, start=False, log=self._log)
+        self._hub = self._listen(_HubHandler)
+        self._cdn = self._listen(_CdnHandler)
 
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+        return self._hub.url
 
     endpoint = url
 
     @property
     def cdn_url(self) -> str:
-        return f"http://127.0.0.1:{self._cdn.server_address[1]}"
-
-    def start(self) -> FakeHFHub:
-        self._hub.start()
-        self._cdn.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # releases stalled responses
-        self._hub.stop()
-        self._cdn.stop()
-
-    def __enter__(self) -> FakeHFHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._cdn.url
 
     # ---------------------------------------------------------------- seeding
     def add_repo(
@@ -284,9 +264,6 @@ class FakeHFHub:
         """
         return self._faults.add(Fault(kind, path, where={"server": where, "method": methods}, **kwargs))
 
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
     def expire_cdn_urls(self) -> None:
         """Invalidate every CDN URL handed out so far (as signed URLs expire after an hour)."""
         with self._lock:
@@ -298,11 +275,6 @@ class FakeHFHub:
         return commit.files[path]
 
     # ---------------------------------------------------------------- inspection
-    @property
-    def requests(self) -> list[Request]:
-        """Every request (tags: ``server`` "hub" / "cdn", ``repo_id``, ``filename`` of a served file)."""
-        return self._log.all()
-
     def bytes_served(self, filename: str, repo_id: str | None = None) -> int:
         """Body bytes sent for a repo file, from the Hub and the CDN together."""
         return sum(
@@ -319,9 +291,6 @@ class FakeHFHub:
             and (repo_id is None or r.repo_id == repo_id)
             and (r.server == "cdn" or r.status in (200, 206))
         ]
-
-    def reset_stats(self) -> None:
-        self._log.clear()
 
     # ---------------------------------------------------------------- internals
     def _auth(self, header: str | None) -> Literal["anonymous", "owner", "user"]:

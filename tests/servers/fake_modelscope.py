@@ -35,7 +35,6 @@ status, body bytes), ``bytes_served(path)``, ``body_requests(path)``, ``add_faul
 from __future__ import annotations
 
 import fnmatch
-import functools
 import hashlib
 import hmac
 import json
@@ -54,14 +53,13 @@ import pytest
 from tests.servers.base import (
     UNSATISFIABLE,
     FakeHandler,
-    FakeServer,
+    FakeService,
     Fault,
-    Faults,
     Request,
-    RequestLog,
     content_range,
     parse_range,
 )
+from tests.servers.fake_hf import Blob  # a file as a Hub stores it: git blob or LFS object
 
 #: Suffixes stored with LFS (modelscope_hub.constants.MODEL_LFS_SUFFIX, abridged).
 LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".npy", ".npz",
@@ -71,16 +69,6 @@ LFS_THRESHOLD = 1024 * 1024
 _CHUNK = 1 << 16
 
 FaultKind = Literal["stall", "cut", "status", "corrupt"]
-
-
-@dataclass(frozen=True)
-class Blob:
-    data: bytes
-    lfs: bool
-
-    @functools.cached_property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass
@@ -122,10 +110,11 @@ class _HubError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-class FakeModelScopeHub:
+class FakeModelScopeHub(FakeService):
     """The fake Hub (API + file endpoint) on one port, its object storage on another."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.token = "ms-" + str(uuid.uuid4())  # can read every repository
         self.other_token = "ms-" + str(uuid.uuid4())  # a valid user without access to private repos
         self.files_limit = 3000
@@ -133,38 +122,19 @@ class FakeModelScopeHub:
         self._secret = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._repos: dict[str, Repo] = {}
-        self._faults = Faults()
         self._storage: dict[str, tuple[Blob, str]] = {}  # sha256 -> (blob, path)
-        self._log = RequestLog()
-        self._stopping = threading.Event()
         self._counter = 0
-        self._hub = FakeServer(_HubHandler, self, start=False, log=self._log)
-        self._store = FakeServer(_StorageHandler, self, start=False, log=self._log)
+        self._hub = self._listen(_HubHandler)
+        self._store = self._listen(_StorageHandler)
 
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+        return self._hub.url
 
     @property
     def storage_url(self) -> str:
-        return f"http://127.0.0.1:{self._store.server_address[1]}"
-
-    def start(self) -> FakeModelScopeHub:
-        self._hub.start()
-        self._store.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._hub.stop()
-        self._store.stop()
-
-    def __enter__(self) -> FakeModelScopeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._store.url
 
     # ---------------------------------------------------------------- seeding
     def add_repo(
@@ -216,9 +186,6 @@ class FakeModelScopeHub:
         """
         return self._faults.add(Fault(kind, path, where={"server": where}, **kwargs))
 
-    def clear_faults(self) -> None:
-        self._faults.clear()
-
     def expire_storage_urls(self) -> None:
         """Invalidate every storage URL handed out so far (signed URLs expire)."""
         with self._lock:
@@ -230,14 +197,6 @@ class FakeModelScopeHub:
         return commit.files[path]
 
     # ---------------------------------------------------------------- inspection
-    @property
-    def requests(self) -> list[Request]:
-        """Every request (tags: ``server`` "hub" / "storage", ``filename`` of a served file)."""
-        return self._log.all()
-
-    def reset_stats(self) -> None:
-        self._log.clear()
-
     def body_requests(self, filename: str) -> list[Request]:
         return [r for r in self.requests if r.filename == filename]
 

@@ -63,7 +63,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import pytest
 
-from tests.servers.base import FakeHandler, FakeServer, Fault, Faults, Request, RequestLog
+from tests.servers.base import FakeHandler, FakeServer, FakeService, Fault, Request
 
 PREFIX = "/webhdfs/v1"
 SUPERUSER = "hdfs"
@@ -168,7 +168,7 @@ RequestRecord = Request
 _ACCESS = {"READ": 4, "WRITE": 2, "EXECUTE": 1, "READ_EXECUTE": 5}
 
 
-class FakeWebHDFS:
+class FakeWebHDFS(FakeService):
     """The fake cluster: a namespace, a namenode listener and a datanode listener.
 
     Attributes that may be changed while it runs: ``anonymous_allowed``, ``required_headers``,
@@ -195,6 +195,7 @@ class FakeWebHDFS:
         ls_limit: int = 1000,
         standby: bool = False,
     ) -> None:
+        super().__init__()
         self.tls, self.require_client_cert = tls, require_client_cert
         self.anonymous_allowed = anonymous_allowed
         self.required_headers: dict[str, str] = dict(required_headers or {})
@@ -204,14 +205,11 @@ class FakeWebHDFS:
         #: Gzip datanode answers for clients that accept it, as a compressing gateway in front of
         #: the cluster (Knox, an nginx with ``gzip on``) does.
         self.gzip_reads = False
-        self._log = RequestLog()
         self.bytes_served = 0
         self.bytes_served_by_path: dict[str, int] = {}
         self.active_reads = 0  # datanode OPEN responses being sent right now
         self.max_active_reads = 0
         self._lock = threading.RLock()
-        self._faults = Faults()
-        self._stopping = threading.Event()
         self._next_id = ROOT_FILE_ID + 1
         self._last_time = 0
         now = self._now()
@@ -224,27 +222,16 @@ class FakeWebHDFS:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeWebHDFS:
+        """Start both listeners (``requests``: ``r.node``, ``r.op``; ``r.path`` is the HDFS path)."""
         context = self._server_context() if self.tls else None
         for node in ("namenode", "datanode"):
-            self._servers[node] = _Server(self, node, context).start()
-        return self
-
-    @property
-    def requests(self) -> list[Request]:
-        """Every request, both listeners (``r.node``, ``r.op``; ``r.path`` is the HDFS path)."""
-        return self._log.all()
+            self._servers[node] = _Server(self, node, context)
+            self._listeners.append(self._servers[node])
+        return super().start()
 
     def stop(self) -> None:
-        self._stopping.set()  # wakes stalled responses
-        for server in self._servers.values():
-            server.stop()
+        super().stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> FakeWebHDFS:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def scheme(self) -> str:
@@ -253,11 +240,11 @@ class FakeWebHDFS:
     @property
     def url(self) -> str:
         """The namenode's base URL, as ``HDFS_NAMENODE`` / ``hdfs.Client`` take it."""
-        return f"{self.scheme}://127.0.0.1:{self._servers['namenode'].server_address[1]}"
+        return self._servers["namenode"].url
 
     @property
     def datanode_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self._servers['datanode'].server_address[1]}"
+        return self._servers["datanode"].url
 
     @property
     def rpc_address(self) -> str:
@@ -454,9 +441,6 @@ class FakeWebHDFS:
         if not fault.where:
             fault.where = {"node": "datanode", "op": "OPEN"}
         return self._faults.add(fault)
-
-    def clear_faults(self) -> None:
-        self._faults.clear()
 
     def opens(self, path: str | None = None) -> list[RequestRecord]:
         """The datanode OPEN requests (each one a byte range), optionally for one path."""
