@@ -27,7 +27,7 @@ from storage_initializer.errors import (
     StorageInitializerError,
     TransientError,
 )
-from storage_initializer.http import same_origin
+from storage_initializer.http import new_session, same_origin
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import redact, register_secret
@@ -92,15 +92,7 @@ class LfsClient:
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.trust_env = False
-            session.verify = self.verify
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = new_session(self.context.env, pool_size=4, verify=self.verify)
             self._local.session = session
         return session
 
