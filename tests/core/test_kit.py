@@ -348,3 +348,11 @@ def test_socket_stream_stops_at_its_limit_and_types_failures() -> None:
     with SocketStream(left, what="demo data connection") as stream, pytest.raises(TransientError, match="demo data"):
         stream.read(1)
     right.close()
+
+
+def test_read_headers_range_only_a_part_and_match_a_strong_etag() -> None:
+    assert http.read_headers(0, 100, 100) == ({}, False)
+    assert http.read_headers(0, None, 100, etag='"e"') == ({"If-Match": '"e"'}, False)
+    assert http.read_headers(10, None, 100) == ({"Range": "bytes=10-"}, True)
+    assert http.read_headers(0, 50, None, etag='W/"e"') == ({"Range": "bytes=0-49"}, True)
+    assert http.read_headers(10, 20, 100, ranges=False) == ({}, False)
