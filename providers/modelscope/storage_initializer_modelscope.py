@@ -449,8 +449,7 @@ class ModelScopeProvider(Provider):
     ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         assert isinstance(ref, _FileRef), "open_range needs an object listed by this provider"
-        whole = start == 0 and (end is None or end == obj.size)
-        wanted = None if whole else f"bytes={start}-" + ("" if end is None else str(end - 1))
+        wanted = kit.read_headers(start, end, obj.size)[0].get("Range")
         for attempt in (1, 2):
             with self._lock:
                 url = self._locations.get(ref) if attempt == 1 else None
