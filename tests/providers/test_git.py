@@ -20,17 +20,11 @@ from storage_initializer.errors import UsageError
 from storage_initializer.provider import ProviderContext
 from storage_initializer.registry import Registry
 from storage_initializer.testing import ConformanceStore, ProviderConformance
-from tests.cli import run_cli, tree
+from tests.cli import error_line, run_cli, tree
 from tests.servers.git_server import GitServer, git_env
 
 PASSWORD = "s3cret-git-pw"
 AUTH = {"GIT_USERNAME": "alice", "GIT_PASSWORD": PASSWORD}
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if " ERROR " in line]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def everything_under(root: Path) -> set[str]:
