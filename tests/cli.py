@@ -64,20 +64,24 @@ def run_cli(
     )
 
 
-def tree(root: object, *, after_failure: bool = False) -> dict[str, bytes]:
+def tree(root: object, *, after_failure: bool = False, hidden: bool = True) -> dict[str, bytes]:
     """Relative path -> bytes of every file under ``root``.
 
     After a successful run DEST holds the model and nothing else, so state and temporary
-    files count; ``after_failure`` leaves out the resume state a failed run keeps.
+    files count; ``after_failure`` leaves out the resume state a failed run keeps, and
+    ``hidden=False`` every dot-file or dot-folder (an SDK's own bookkeeping, such as ``.cache``).
     """
     from pathlib import Path
 
     base = Path(str(root))
-    return {
-        p.relative_to(base).as_posix(): p.read_bytes()
-        for p in sorted(base.rglob("*"))
-        if p.is_file() and not (after_failure and p.relative_to(base).parts[0] == ".storage-initializer")
-    }
+    found = {}
+    for p in sorted(base.rglob("*")):
+        parts = p.relative_to(base).parts
+        if not p.is_file() or (after_failure and parts[0] == ".storage-initializer"):
+            continue
+        if hidden or not any(part.startswith(".") for part in parts):
+            found[p.relative_to(base).as_posix()] = p.read_bytes()
+    return found
 
 
 _PEAK_RSS_WRAPPER = """

@@ -381,7 +381,13 @@ class _Handler(FakeHandler):
         repo_id: str | None = None,
         faults: Sequence[Fault] = (),
     ) -> None:
-        """Send a response (headers only for HEAD); faults cut, stall or corrupt its body."""
+        """Send a response (headers only for HEAD); faults cut, stall or corrupt its body.
+
+        Recorded first (a client that got the answer finds it in ``requests``), with the body
+        bytes actually sent once they went out.
+        """
+        planned = 0 if self.command == "HEAD" else len(body)
+        record = self.record(status, planned, server=self.server_kind, repo_id=repo_id, filename=filename)
         sent = 0
         try:
             chunked = headers.get("Transfer-Encoding") == "chunked"
@@ -390,7 +396,7 @@ class _Handler(FakeHandler):
                 wake = self.hub._stopping
                 sent = self.stream(body, faults, claim=self.hub._faults.claim, wake=wake, chunked=chunked, chunk=_CHUNK)
         finally:
-            self.record(status, sent, server=self.server_kind, repo_id=repo_id, filename=filename)
+            record.body_bytes = sent
 
     def _serve_bytes(
         self,

@@ -258,8 +258,10 @@ class _Handler(FakeHandler):
         return self.owner  # type: ignore[no-any-return]
 
     def _reply(self, status: int, headers: Mapping[str, str], body: bytes, filename: str | None = None) -> None:
-        sent = self.send(status, headers, body)
-        self.record(status, sent, server=self.server_kind, filename=filename)
+        # Recorded first: a client that got the answer finds it in ``requests``.
+        planned = 0 if self.command == "HEAD" else len(body)
+        record = self.record(status, planned, server=self.server_kind, filename=filename)
+        record.body_bytes = self.send(status, headers, body)
 
     def _json(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -287,12 +289,12 @@ class _Handler(FakeHandler):
         if wanted:
             headers["Content-Range"] = content_range(start, end, size)
         status = 206 if wanted else 200
+        planned = 0 if self.command == "HEAD" else end - start
+        record = self.record(status, planned, server=self.server_kind, filename=filename)
         self.send(status, headers)
-        sent = 0
         if self.command != "HEAD":
             body = memoryview(blob.data)[start:end]
-            sent = self.stream(body, faults, claim=self.hub._faults.claim, wake=self.hub._stopping)
-        self.record(status, sent, server=self.server_kind, filename=filename)
+            record.body_bytes = self.stream(body, faults, claim=self.hub._faults.claim, wake=self.hub._stopping)
 
 
 class _HubHandler(_Handler):

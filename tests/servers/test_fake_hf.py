@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
+from tests import cli
 from tests.servers.fake_hf import FakeHFHub, git_blob_oid
 
 BIG = os.urandom(3 * 1024 * 1024 + 17)  # LFS by extension
@@ -40,12 +41,8 @@ FILES = {
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root (the library's .cache folder excluded)."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".cache" not in p.relative_to(root).parts
-    }
+    """Every regular file below root (the library's own dot-folders excluded)."""
+    return cli.tree(root, hidden=False)
 
 
 def test_snapshot_download_model_lfs_and_nested(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import cli
 from tests.servers.fake_modelscope import FakeModelScopeHub
 
 BIG = os.urandom(2 * 1024 * 1024 + 17)  # LFS: served from object storage
@@ -27,12 +28,8 @@ FILES = {
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root (the SDK's own bookkeeping excluded)."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    """Every regular file below root (the library's own dot-folders excluded)."""
+    return cli.tree(root, hidden=False)
 
 
 def test_snapshot_download_whole_repo(fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path) -> None:
