@@ -193,8 +193,10 @@ class Fault:
     silent for ``seconds`` (then goes on when ``resume``, else closes), "cut" drops it,
     "replace" calls the fake's replace hook with ``data``; "corrupt" sends zeros in place
     of the whole body. "status" answers ``status`` (with ``retry_after``) instead of the
-    object; "error" carries a fake-specific answer in ``error``. A fault is used up when it
-    fires: a body too short to reach ``after_bytes`` leaves it armed. ``fired`` counts.
+    object; "error" answers a fake-specific error. ``error`` (and ``data``) hold what the
+    fake answers with, in its own terms (a RemoteException, a body and headers). A fault is
+    used up when it fires: a body too short to reach ``after_bytes`` leaves it armed.
+    ``fired`` counts.
     """
 
     kind: FaultKind

@@ -66,7 +66,6 @@ LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".onnx", ".h5", 
                 ".pkl", ".tar", ".tgz", ".zip", ".gguf", ".model", ".parquet", ".arrow")  # fmt: skip
 #: Larger files are LFS whatever their name (UPLOAD_LFS_ENFORCE_THRESHOLD).
 LFS_THRESHOLD = 1024 * 1024
-_CHUNK = 1 << 16
 
 FaultKind = Literal["stall", "cut", "status", "corrupt"]
 
