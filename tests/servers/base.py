@@ -15,6 +15,8 @@
   "corrupt": zeros in place of the content; "replace": swap the stored content mid-body;
   "error": a fake-specific error answer) armed in :class:`Faults`, which hands out the
   fault a request meets; :meth:`FakeHandler.stream` applies body faults.
+* :class:`FakeService`: a fake of one or more listeners sharing the log, the faults and
+  the stop event, started and stopped together.
 """
 
 from __future__ import annotations
