@@ -93,15 +93,8 @@ class BotoProvider(S3Provider):
     def wire(self) -> S3Wire:
         wire = self.__dict__.get("_boto_wire")
         if wire is None:
-            wire = BotoWire(
-                self.settings,
-                credentials=self.frozen_credentials,
-                locate=self.locate,
-                concurrency=self.context.concurrency,
-                connect_timeout=self.connect_timeout,
-                read_timeout=self.read_timeout,
-                endpoint=self.endpoint,
-            )
+            wire = S3Provider.wire.func(self)  # the provider's own wire, built as it builds it...
+            wire.__class__ = BotoWire  # ...listing and HEAD through botocore
             wire.client = self.botocore_client
             self.__dict__["_boto_wire"] = wire
         return wire

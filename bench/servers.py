@@ -10,12 +10,9 @@ multipart) and is stopped by PID (TERM, wait, KILL).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import glob
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,29 +24,15 @@ from pathlib import Path
 import psutil
 from datasets import Dataset
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package: one copy of these helpers
+from tests.servers.processes import GRPC_OFFSET as _GRPC_OFFSET
+from tests.servers.processes import die_with_parent, free_port, stop_process
+
 BUCKET = "bench"
 S3_KEY, S3_SECRET = "benchkey", "benchsecret"
 #: Azurite's published development account and key (not a secret).
 AZ_ACCOUNT = "devstoreaccount1"
 AZ_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-_GRPC_OFFSET = 10000  # weed serves gRPC on every HTTP port + 10000
-
-
-def free_port(with_grpc: bool = False, taken: frozenset[int] = frozenset()) -> int:
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port in taken or (with_grpc and (port + _GRPC_OFFSET > 65535 or port + _GRPC_OFFSET in taken)):
-            continue
-        if with_grpc:
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port + _GRPC_OFFSET))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port found")
 
 
 #: CPUs the servers run on (pinned mode; set by bench.py), or None: every CPU.
@@ -57,22 +40,11 @@ SERVER_CPUS: frozenset[int] | None = None
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGKILL when the benchmark dies, so no server outlives it; pinned mode's CPUs."""
+    """In the child: its own session, pinned mode's CPUs, and SIGKILL when the benchmark dies."""
     os.setsid()
     if SERVER_CPUS is not None:
         os.sched_setaffinity(0, SERVER_CPUS)
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout)
+    die_with_parent()
 
 
 class Server:

@@ -7,7 +7,8 @@ One place decides:
   Supported), which a server does not stop answering by being asked again;
 * how long a ``Retry-After`` answer asks to wait (:func:`retry_after`, seconds
   or an HTTP date, capped at :data:`RETRY_AFTER_CAP`);
-* the ``Range`` header and the check of a ``206`` answer's ``Content-Range``;
+* the ``Range`` (and ``If-Match``) headers of a read and the check of a ``206`` answer's ``Content-Range``;
+* where credentials may follow a redirect (:func:`same_origin`);
 * the error a status stands for (:func:`error_for_status`);
 * proxies and CA bundle, read from the provider's environment and never from
   ``os.environ``: a store's own CA setting wins, then ``REQUESTS_CA_BUNDLE``,
@@ -55,8 +56,10 @@ __all__ = [
     "proxies",
     "proxies_for",
     "range_header",
+    "read_headers",
     "request_error",
     "retry_after",
+    "same_origin",
     "sleep",
     "transient_error",
 ]
@@ -170,6 +173,21 @@ def range_header(start: int, end: int | None) -> str:
     return f"bytes={start}-" + ("" if end is None else str(end - 1))
 
 
+def read_headers(
+    start: int, end: int | None, size: int | None, *, etag: str | None = None, ranges: bool = True
+) -> tuple[dict[str, str], bool]:
+    """The headers of a GET of bytes ``[start, end)`` of a ``size``-byte object, and whether it is ranged.
+
+    ``Range`` only when the read is not the whole object (and the server does ``ranges``);
+    ``If-Match`` with ``etag`` unless it is weak (``W/``), which ``If-Match`` never matches.
+    """
+    ranged = ranges and (start > 0 or (end is not None and end != size))
+    headers = {"Range": range_header(start, end)} if ranged else {}
+    if etag and not etag.startswith("W/"):
+        headers["If-Match"] = etag
+    return headers, ranged
+
+
 def content_range_total(value: str | None) -> int | None:
     """The total size in ``Content-Range: bytes 0-0/12345`` (``None`` for ``*`` or no header)."""
     if not value or "/" not in value:
@@ -196,6 +214,17 @@ def check_partial(
     total = content_range_total(content_range)
     if size is not None and total is not None and total != size:
         raise ObjectChangedError(f"{what}: now {total} bytes, listed {size}", hint="run again")
+
+
+# -- origins --------------------------------------------------------------------------------
+def same_origin(a: str, b: str) -> bool:
+    """Whether two URLs have the same scheme, host and port: credentials meant for one may go to the other.
+
+    A provider that follows redirects (a Hub to its CDN, an LFS server to its object store)
+    sends its token only while this holds for the URL it started from.
+    """
+    pa, pb = urlsplit(a), urlsplit(b)
+    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 # -- proxies and CA ----------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -40,6 +41,7 @@ __all__ = [
     "RemoteObject",
     "Resolution",
     "Resolver",
+    "SocketStream",
     "StagedObject",
     "StreamBase",
     "UriFormat",
@@ -147,6 +149,39 @@ class ChunkStream(StreamBase):
 
     def close(self) -> None:
         self._close()
+
+
+class SocketStream(StreamBase):
+    """A :class:`ByteStream` over a connected socket: the data connection of a raw protocol (an FTP ``RETR``).
+
+    Reads until the peer closes or ``limit`` bytes came (``None``: no limit); a failed read is a
+    :class:`~storage_initializer.errors.TransientError` naming ``what``. Set the socket's timeout
+    to the stall timeout. ``close`` closes the socket.
+    """
+
+    def __init__(self, sock: socket.socket, limit: int | None = None, what: str = "data connection") -> None:
+        self._sock = sock
+        self._remaining = limit
+        self._what = what
+
+    def readinto(self, buffer: memoryview, /) -> int:
+        from storage_initializer.errors import TransientError
+
+        view = memoryview(buffer).cast("B")
+        if self._remaining is not None:
+            if self._remaining <= 0:
+                return 0
+            view = view[: self._remaining]
+        try:
+            n = self._sock.recv_into(view)
+        except OSError as exc:
+            raise TransientError(f"{self._what} failed: {exc}") from exc
+        if self._remaining is not None:
+            self._remaining -= n
+        return n
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 #: What :meth:`Provider.open_range`'s context manager yields: a :class:`ByteStream`,

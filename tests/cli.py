@@ -6,6 +6,12 @@ import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from storage_initializer.provider import Plugin
+
+_P = TypeVar("_P", bound="Plugin")
 
 # Variables from the developer's shell that would change what a test sees.
 _SCRUB = (
@@ -58,20 +64,24 @@ def run_cli(
     )
 
 
-def tree(root: object, *, after_failure: bool = False) -> dict[str, bytes]:
+def tree(root: object, *, after_failure: bool = False, hidden: bool = True) -> dict[str, bytes]:
     """Relative path -> bytes of every file under ``root``.
 
     After a successful run DEST holds the model and nothing else, so state and temporary
-    files count; ``after_failure`` leaves out the resume state a failed run keeps.
+    files count; ``after_failure`` leaves out the resume state a failed run keeps, and
+    ``hidden=False`` every dot-file or dot-folder (an SDK's own bookkeeping, such as ``.cache``).
     """
     from pathlib import Path
 
     base = Path(str(root))
-    return {
-        p.relative_to(base).as_posix(): p.read_bytes()
-        for p in sorted(base.rglob("*"))
-        if p.is_file() and not (after_failure and p.relative_to(base).parts[0] == ".storage-initializer")
-    }
+    found = {}
+    for p in sorted(base.rglob("*")):
+        parts = p.relative_to(base).parts
+        if not p.is_file() or (after_failure and parts[0] == ".storage-initializer"):
+            continue
+        if hidden or not any(part.startswith(".") for part in parts):
+            found[p.relative_to(base).as_posix()] = p.read_bytes()
+    return found
 
 
 _PEAK_RSS_WRAPPER = """
@@ -116,3 +126,34 @@ def run_cli_peak_rss(
             peak_kib = int(f.read())
     result.args = [sys.executable, "-m", "storage_initializer", *args]
     return result, peak_kib
+
+
+def error_line(stderr: str) -> str:
+    """The one ``ERROR`` log line of a failed run (fails the test unless there is exactly one)."""
+    lines = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def make_provider(cls: type[_P], env: Mapping[str, str], **context: Any) -> _P:
+    """``cls`` as the engine creates it, with test timeouts (``context`` overrides them)."""
+    from storage_initializer.provider import ProviderContext
+
+    return cls(ProviderContext(env=dict(env), **{"stall_timeout": 10.0, "concurrency": 4, **context}))
+
+
+def download_one(name: str, cls: type, uri: str, dest: object, env: Mapping[str, str], **overrides: Any) -> None:
+    """One download in process through the real engine, with only ``cls`` registered (as ``name``).
+
+    Raises the pair's error. Test settings: 4 workers, 10 s stall timeout, 2 quick retries.
+    """
+    from storage_initializer.registry import Registry
+    from storage_initializer.runner import download
+    from storage_initializer.settings import Settings
+
+    settings = Settings(
+        env=dict(env), concurrency=4, stall_timeout=10, retries=2, retry_backoff=0.05, heartbeat_seconds=60
+    ).with_overrides(**overrides)
+    (result,) = download([(uri, str(dest))], settings=settings, registry=Registry.from_classes({name: cls}))
+    if result.error is not None:
+        raise result.error

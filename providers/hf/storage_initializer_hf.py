@@ -450,7 +450,7 @@ class HfProvider(Provider):
         wanted = kit.range_header(start, end)
         for attempt in (1, 2):
             url = self._location(ref, refresh=attempt == 2)
-            on_hub = urlsplit(url)[:2] == urlsplit(self.settings.endpoint)[:2]  # same scheme and host:port
+            on_hub = kit.same_origin(url, self.settings.endpoint)
             headers = self._headers(token=on_hub, extra={"Range": wanted, "Accept-Encoding": "identity"})
             client = get_session()
             request = client.build_request(

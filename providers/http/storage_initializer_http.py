@@ -214,14 +214,8 @@ class HttpProvider(Provider):
 
     @staticmethod
     def _range_headers(obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
-        headers: dict[str, str] = {}
-        ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
-        if ranged:
-            headers["Range"] = kit.range_header(start, end)
         etag = obj.extra.get("etag") if isinstance(obj.extra, dict) else None
-        if etag and not etag.startswith("W/"):
-            headers["If-Match"] = etag
-        return headers, ranged
+        return kit.read_headers(start, end, obj.size, etag=etag, ranges=obj.supports_ranges)
 
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
         if kit.proxies_for(uri, self.env):

@@ -40,6 +40,8 @@ from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 from storage_initializer import __version__
+from storage_initializer import http as kit
+from storage_initializer.config import env_bool, env_seconds
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
@@ -67,7 +69,6 @@ TOKEN_VARIABLE = "MODELSCOPE_API_TOKEN"
 LISTING_LIMIT = 3000
 _NAME = re.compile(r"^[A-Za-z0-9_][\w.-]*$")
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
-_TRUE = ("1", "true", "yes", "on")
 _MAX_REDIRECTS = 5
 
 
@@ -121,19 +122,6 @@ class MsSettings:
     connect_timeout: float  # MODELSCOPE_API_CONNECT_TIMEOUT
 
 
-def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be positive")
-    return value
-
-
 def _endpoint(env: Mapping[str, str]) -> str | None:
     """MODELSCOPE_ENDPOINT, else the deprecated MODELSCOPE_DOMAIN (a host name), as the SDK reads them."""
     for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN"):
@@ -153,7 +141,7 @@ def load_settings(env: Mapping[str, str], context: ProviderContext) -> MsSetting
     configured = _endpoint(env)
     if configured is not None:
         endpoints: tuple[str, ...] = (configured,)
-    elif env.get("MODELSCOPE_PREFER_AI_SITE", "").strip().lower() in _TRUE:
+    elif env_bool(env, "MODELSCOPE_PREFER_AI_SITE", False):
         endpoints = (INTL_ENDPOINT, DEFAULT_ENDPOINT)
     else:
         endpoints = (DEFAULT_ENDPOINT, INTL_ENDPOINT)
@@ -163,9 +151,9 @@ def load_settings(env: Mapping[str, str], context: ProviderContext) -> MsSetting
         endpoints=endpoints,
         configured=configured is not None,
         token=token,
-        api_timeout=_seconds(env, "MODELSCOPE_API_TIMEOUT", context.stall_timeout),
-        read_timeout=_seconds(env, "MODELSCOPE_DOWNLOAD_TIMEOUT", context.stall_timeout),
-        connect_timeout=_seconds(env, "MODELSCOPE_API_CONNECT_TIMEOUT", context.connect_timeout),
+        api_timeout=env_seconds(env, "MODELSCOPE_API_TIMEOUT", context.stall_timeout),
+        read_timeout=env_seconds(env, "MODELSCOPE_DOWNLOAD_TIMEOUT", context.stall_timeout),
+        connect_timeout=env_seconds(env, "MODELSCOPE_API_CONNECT_TIMEOUT", context.connect_timeout),
     )
 
 
@@ -182,11 +170,6 @@ def _server_message(response: Any) -> str:
             if isinstance(value, str) and value.strip():
                 return value.strip()[:200]
     return ""
-
-
-def _same_origin(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    return (pa.scheme, pa.hostname, pa.port) == (pb.scheme, pb.hostname, pb.port)
 
 
 @dataclass(frozen=True)
@@ -238,22 +221,7 @@ class ModelScopeProvider(Provider):
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.trust_env = False  # proxies and CAs come from self.env, not os.environ
-            for scheme in ("http", "https"):
-                proxy = self.env.get(f"{scheme}_proxy") or self.env.get(f"{scheme.upper()}_PROXY")
-                if proxy:
-                    session.proxies[scheme] = proxy
-                    register_secret(urlsplit(proxy).password)
-            bundle = self.env.get("REQUESTS_CA_BUNDLE") or self.env.get("SSL_CERT_FILE")
-            if bundle:
-                session.verify = bundle
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = kit.new_session(self.env, pool_size=4)  # proxies, NO_PROXY and CAs from self.env
             session.headers["User-Agent"] = f"storage-initializer/{__version__}"
             self._local.session = session
             with self._lock:
@@ -269,8 +237,6 @@ class ModelScopeProvider(Provider):
             # The SDK sends both: newer endpoints read the header, older ones the cookie.
             sent["Authorization"] = f"Bearer {self.settings.token}"
             sent["Cookie"] = f"m_session_id={self.settings.token}"
-        no_proxy = self.env.get("no_proxy") or self.env.get("NO_PROXY")
-        direct = bool(no_proxy) and requests.utils.should_bypass_proxies(url, no_proxy=no_proxy)
 
         def send() -> Any:
             return self._session().get(
@@ -279,7 +245,6 @@ class ModelScopeProvider(Provider):
                 stream=True,
                 allow_redirects=False,
                 timeout=(self.settings.connect_timeout, read_timeout),
-                **({"proxies": {"http": "", "https": ""}} if direct else {}),
             )
 
         try:
@@ -487,8 +452,7 @@ class ModelScopeProvider(Provider):
     ) -> AbstractContextManager[ByteStream]:
         ref = obj.extra
         assert isinstance(ref, _FileRef), "open_range needs an object listed by this provider"
-        whole = start == 0 and (end is None or end == obj.size)
-        wanted = None if whole else f"bytes={start}-" + ("" if end is None else str(end - 1))
+        wanted = kit.read_headers(start, end, obj.size)[0].get("Range")
         for attempt in (1, 2):
             with self._lock:
                 url = self._locations.get(ref) if attempt == 1 else None
@@ -503,7 +467,7 @@ class ModelScopeProvider(Provider):
                     raise
             message = _server_message(response)
             response.close()
-            on_hub = _same_origin(final, ref.endpoint)
+            on_hub = kit.same_origin(final, ref.endpoint)
             if attempt == 1 and not on_hub and status in (401, 403):
                 log.info("%s: storage URL refused (HTTP %d), asking the Hub again", ref.path, status)
                 continue  # signed URLs expire: ask the Hub for a fresh one once
@@ -522,14 +486,14 @@ class ModelScopeProvider(Provider):
     def _follow(self, url: str, ref: _FileRef, wanted: str | None) -> Any:
         """GET ``url`` with the range, following redirects; the token only ever goes to the Hub."""
         for _ in range(_MAX_REDIRECTS + 1):
-            on_hub = _same_origin(url, ref.endpoint)
+            on_hub = kit.same_origin(url, ref.endpoint)
             headers = {"Range": wanted} if wanted else {}
             response = self._get(url, auth=on_hub, read_timeout=self.settings.read_timeout, headers=headers)
             if response.status_code not in (301, 302, 303, 307, 308) or "Location" not in response.headers:
                 return response
             location = urljoin(url, response.headers["Location"])
             response.close()
-            if not _same_origin(location, ref.endpoint):
+            if not kit.same_origin(location, ref.endpoint):
                 with self._lock:
                     self._locations[ref] = location  # the storage URL, reused by the other parts
             url = location

@@ -59,7 +59,7 @@ def test_multipart_download_survives_a_cut_connection(tmp_path: Path, http_serve
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out/model.bin").read_bytes() == data
     assert "retrying model.bin part" in result.stderr and "the connection ended after" in result.stderr
-    ranges = [h.get("Range") for m, _, h in http_server.requests if m == "GET"]
+    ranges = [r.range for r in http_server.requests if r.method == "GET"]
     assert sum(1 for r in ranges if r and r != "bytes=0-0") >= 9  # 7 parts, plus 2 resumed tails
     # A retry continues where the connection broke: the cut bytes are not fetched again.
     assert http_server.bytes_sent < len(data) + 100_000
@@ -149,7 +149,7 @@ def test_server_without_ranges_that_keeps_breaking_gives_up(tmp_path: Path, http
     assert result.returncode == 1, result.stderr
     assert time.monotonic() - started < 30
     assert "gave up after 2 retries" in result.stderr
-    assert sum(1 for m, path, _ in http_server.requests if m == "GET" and path == "/flaky.bin") <= 5
+    assert sum(1 for r in http_server.requests if r.method == "GET" and r.path == "/flaky.bin") <= 5
     assert tree(tmp_path / "out") == {}
 
 

@@ -24,8 +24,12 @@ from storage_initializer.errors import (
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
+    UsageError,
 )
+from storage_initializer.provider import SocketStream
+from storage_initializer.redact import redact
 from storage_initializer.settings import settings_from_env
+from storage_initializer.uri import ServerUri
 from tests.cli import run_cli, tree
 from tests.servers.forward_proxy import ForwardProxy
 from tests.servers.http_server import HttpFileServer
@@ -187,6 +191,13 @@ def test_range_header_and_partial_check() -> None:
         http.check_partial(206, {"Content-Range": "bytes 10-19/90"}, 10, "u", size=100)
 
 
+def test_same_origin_is_scheme_host_and_port() -> None:
+    assert http.same_origin("https://hub.example/a?x=1", "https://HUB.example/b")
+    assert not http.same_origin("https://hub.example/a", "http://hub.example/a")
+    assert not http.same_origin("https://hub.example/a", "https://cdn.hub.example/a")
+    assert not http.same_origin("http://127.0.0.1:8080/a", "http://127.0.0.1:8081/a")
+
+
 # -- proxies and CA ---------------------------------------------------------------------------------
 def test_proxy_variables_lower_case_wins() -> None:
     env = {"HTTP_PROXY": "http://upper:1", "http_proxy": "http://lower:1", "HTTPS_PROXY": "http://secure:1"}
@@ -312,3 +323,46 @@ def test_request_error_maps_refused_connections_tls_and_bad_urls() -> None:
     assert "TLS verification failed" in str(tls)
     assert isinstance(http.request_error(requests.exceptions.InvalidURL("bad"), "x", tls_hint="-"), UsageError)
     assert http.request_error(ValueError("not a request failure"), "x", tls_hint="-") is None
+
+
+# -- server URIs and socket streams ------------------------------------------------------------
+class _DemoUri(ServerUri):
+    scheme = "demo"
+    default_port = 2121
+    usage = "use demo://host/path"
+
+
+def test_server_uri_parts_are_decoded_and_the_password_is_masked() -> None:
+    loc = _DemoUri.parse("demo://us%40er:pa%2Fss-word@Files.example.com/a%20b/../c/")
+    assert (loc.host, loc.port, loc.path, loc.user, loc.password) == (
+        "files.example.com", 2121, "/c", "us@er", "pa/ss-word",
+    )  # fmt: skip
+    assert _DemoUri.parse("demo://h:7").port == 7 and _DemoUri.parse("demo://h").path == "/"
+    assert "pa/ss-word" not in redact("failed with pa/ss-word")
+
+
+@pytest.mark.parametrize("bad", ["demo:///x", "demo://h:99999/x", "demo://h/x?y=1", "ftp://h/x", "demo://h/a\r\nb"])
+def test_server_uri_refuses_malformed_uris_with_the_usage(bad: str) -> None:
+    with pytest.raises(UsageError) as caught:
+        _DemoUri.parse(bad)
+    assert caught.value.hint == "use demo://host/path"
+
+
+def test_socket_stream_stops_at_its_limit_and_types_failures() -> None:
+    left, right = socket.socketpair()
+    right.sendall(b"0123456789")
+    with SocketStream(left, limit=4) as stream:
+        assert stream.read() == b"0123"
+    left, right = socket.socketpair()
+    left.settimeout(0.05)
+    with SocketStream(left, what="demo data connection") as stream, pytest.raises(TransientError, match="demo data"):
+        stream.read(1)
+    right.close()
+
+
+def test_read_headers_range_only_a_part_and_match_a_strong_etag() -> None:
+    assert http.read_headers(0, 100, 100) == ({}, False)
+    assert http.read_headers(0, None, 100, etag='"e"') == ({"If-Match": '"e"'}, False)
+    assert http.read_headers(10, None, 100) == ({"Range": "bytes=10-"}, True)
+    assert http.read_headers(0, 50, None, etag='W/"e"') == ({"Range": "bytes=0-49"}, True)
+    assert http.read_headers(10, 20, 100, ranges=False) == ({}, False)

@@ -23,9 +23,10 @@ import socket
 import ssl
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
+
+from tests.servers.base import FakeHandler, FakeServer, Fault, Faults
 
 _HOP_BY_HOP = {"connection", "proxy-connection", "keep-alive", "proxy-authorization", "te", "upgrade"}
 
@@ -38,14 +39,6 @@ class Recorded:
     headers: dict[str, str]  # names in lower case
 
 
-@dataclass
-class _Fault:
-    remaining: int
-    status: int
-    body: bytes
-    headers: dict[str, str] = field(default_factory=dict)
-
-
 class RecordingProxy:
     """An HTTP(S) proxy to ``upstream`` (``http://127.0.0.1:PORT``) that records requests."""
 
@@ -53,35 +46,21 @@ class RecordingProxy:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.requests: list[Recorded] = []
-        self._faults: list[_Fault] = []
+        self._faults = Faults()
         self._lock = threading.Lock()
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # quiet
-                pass
+        class Handler(FakeHandler):
+            disable_nagle_algorithm = False
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else None
+                body = self.read_body() or None
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with proxy._lock:
                     proxy.requests.append(Recorded(self.command, self.path, self.headers.get("Host", ""), headers))
-                    fault = proxy._faults[0] if proxy._faults else None
-                    if fault is not None:
-                        fault.remaining -= 1
-                        if fault.remaining <= 0:
-                            proxy._faults.pop(0)
+                fault = proxy._faults.take(None, ("status",))
                 if fault is not None:
-                    self.send_response(fault.status)
-                    for name, value in fault.headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(fault.body)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(fault.body)
+                    self.send(fault.status, fault.error, fault.data)
                     return
                 target = self.path
                 if "://" in target:  # absolute-form (forward proxy): send origin-form upstream
@@ -110,23 +89,16 @@ class RecordingProxy:
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        if tls is not None:
-            self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
-        self.port = int(self._server.server_address[1])
-        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = FakeServer(Handler, self, tls=tls)
+        self.port = self._server.port
+        self.url = self._server.url
 
     def fail_next(self, count: int, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         """Answer the next ``count`` requests with ``status`` and ``body`` instead of forwarding them."""
-        with self._lock:
-            self._faults.append(_Fault(count, status, body, dict(headers or {})))
+        self._faults.add(Fault("status", status=status, times=count, data=body, error=dict(headers or {})))
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> RecordingProxy:
         return self
@@ -194,15 +166,9 @@ class FakeSts:
         self.calls: list[dict[str, str]] = []
         sts = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
+        class Handler(FakeHandler):
             def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                form = {k: v[0] for k, v in parse_qs(self.rfile.read(length).decode()).items()}
+                form = {k: v[0] for k, v in parse_qs(self.read_body().decode()).items()}
                 sts.calls.append(form)
                 body = (
                     '<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
@@ -214,21 +180,13 @@ class FakeSts:
                     "<ResponseMetadata><RequestId>fake</RequestId></ResponseMetadata>"
                     "</AssumeRoleWithWebIdentityResponse>"
                 ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send(200, {"Content-Type": "text/xml"}, body)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = FakeServer(Handler, self)
+        self.url = self._server.url
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
     def __enter__(self) -> FakeSts:
         return self

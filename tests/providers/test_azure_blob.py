@@ -11,11 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -39,6 +37,7 @@ from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli, tree
 from tests.servers.azurite import ACCOUNT_KEY, ACCOUNT_NAME, Azurite, MiB
+from tests.servers.base import FakeHandler, FakeServer
 from tests.servers.fault_proxy import ProxyFault
 
 HOST = f"{ACCOUNT_NAME}.blob.core.windows.net"
@@ -462,9 +461,8 @@ class _FakeImds:
         self.requests: list[str] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: object) -> None:
-                pass
+        class Handler(FakeHandler):
+            protocol_version = "HTTP/1.0"
 
             def do_GET(self) -> None:
                 fake.requests.append(self.path)
@@ -475,19 +473,13 @@ class _FakeImds:
                 body = json.dumps(
                     {"access_token": token, "expires_in": "3600", "expires_on": str(now + 3600), "token_type": "Bearer"}
                 ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                self.send(200, {"Content-Type": "application/json"}, body)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = FakeServer(Handler, self)
+        self.url = self.server.url
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
 
 
 def _b64(data: dict[str, object]) -> str:

@@ -20,17 +20,11 @@ from storage_initializer.errors import UsageError
 from storage_initializer.provider import ProviderContext
 from storage_initializer.registry import Registry
 from storage_initializer.testing import ConformanceStore, ProviderConformance
-from tests.cli import run_cli, tree
+from tests.cli import error_line, run_cli, tree
 from tests.servers.git_server import GitServer, git_env
 
 PASSWORD = "s3cret-git-pw"
 AUTH = {"GIT_USERNAME": "alice", "GIT_PASSWORD": PASSWORD}
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if " ERROR " in line]
-    assert len(lines) == 1, stderr
-    return lines[0]
 
 
 def everything_under(root: Path) -> set[str]:
@@ -299,7 +293,7 @@ def test_repository_credentials_never_go_to_another_lfs_host(private_git_server:
         result = run_cli([private_git_server.repo_url("team/split"), str(tmp_path / "out")], env=AUTH)
         assert result.returncode == 0, result.stderr
         assert tree(tmp_path / "out")["w.bin"] == weights
-        sent = [auth for _, path, auth in cdn.requests if path.startswith("/lfs/objects/")]
+        sent = [r.authorization for r in cdn.requests if r.path.startswith("/lfs/objects/")]
         assert len(sent) == 2 and all(auth == f"RemoteAuth {cdn.lfs.token}" for auth in sent), sent
     downloads = [b for b in private_git_server.lfs.batch_requests if b["operation"] == "download"]
     assert len(downloads) == 2  # the listing's, and one renewal after the 401

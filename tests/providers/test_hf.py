@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import pytest
 from storage_initializer_hf import HfProvider, HfUri, parse_uri
@@ -20,12 +20,9 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import ProviderContext, RemoteObject
-from storage_initializer.registry import Registry
-from storage_initializer.runner import download
-from storage_initializer.settings import Settings
+from storage_initializer.provider import RemoteObject
 from storage_initializer.testing import ConformanceStore, ProviderConformance
-from tests.cli import run_cli
+from tests.cli import download_one, error_line, make_provider, run_cli
 from tests.providers.hub_faults import HubFaults
 from tests.servers.fake_hf import FakeHFHub
 
@@ -48,24 +45,8 @@ def env_for(hub: FakeHFHub, tmp_path: Path, **extra: str) -> dict[str, str]:
     return {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home"), **extra}
 
 
-def fetch(uri: str, dest: Path, env: Mapping[str, str], **overrides: Any) -> None:
-    """One download in process through the real engine; raises the pair's error."""
-    settings = Settings(
-        env=dict(env), concurrency=4, stall_timeout=10, retries=2, retry_backoff=0.05, heartbeat_seconds=60
-    ).with_overrides(**overrides)
-    (result,) = download([(uri, str(dest))], settings=settings, registry=Registry.from_classes({"hf": HfProvider}))
-    if result.error is not None:
-        raise result.error
-
-
-def provider(env: Mapping[str, str], **context: Any) -> HfProvider:
-    return HfProvider(ProviderContext(env=dict(env), **{"stall_timeout": 10.0, "concurrency": 4, **context}))
-
-
-def error_line(stderr: str) -> str:
-    lines = [line for line in stderr.splitlines() if "ERROR" in line]
-    assert len(lines) == 1, stderr
-    return lines[0]
+fetch = functools.partial(download_one, "hf", HfProvider)
+provider = functools.partial(make_provider, HfProvider)
 
 
 # -- grammar ---------------------------------------------------------------------------
@@ -462,4 +443,4 @@ def test_listing_follows_tree_pages(fake_hf_hub: FakeHFHub, tmp_path: Path) -> N
     fetch("hf://acme/paged", tmp_path / "out", env_for(hub, tmp_path))
     assert files_under(tmp_path / "out") == files
     pages = [r for r in hub.requests if "/tree/" in r.path]
-    assert len(pages) == 5 and all("cursor=" in r.query for r in pages[1:])  # 10 entries, 2 a page
+    assert len(pages) == 5 and all("cursor=" in r.raw_query for r in pages[1:])  # 10 entries, 2 a page

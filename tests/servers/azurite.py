@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.servers.processes import free_port
+
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
 
@@ -44,12 +46,6 @@ ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 MiB = 1024 * 1024
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def azurite_binary() -> Path:

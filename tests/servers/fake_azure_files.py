@@ -64,8 +64,8 @@ forbids); fault hooks (``stall``, ``cut``, ``replace_during_download``,
 from __future__ import annotations
 
 import base64
-import contextlib
 import email.utils
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -78,13 +78,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 from xml.sax.saxutils import escape, quoteattr
 
 import pytest
+
+from tests.servers.base import FakeHandler, FakeServer, Fault, Faults, Request, RequestLog
 
 DEFAULT_ACCOUNT = "fakefilesaccount"
 #: A fixed, obviously fake base64 key (64 bytes, like a real storage key).
@@ -93,7 +94,6 @@ DEFAULT_KEY = base64.b64encode(b"fake-azure-files-key-for-tests!!" * 2).decode()
 MAX_RESULTS = 5000
 MAX_RANGE_MD5 = 4 * 1024 * 1024
 CLOCK_SKEW = timedelta(minutes=15)
-CHUNK = 64 * 1024
 SERVICE_VERSION = "2026-10-06"
 
 _ERRORS: dict[str, tuple[int, str]] = {
@@ -231,32 +231,6 @@ class DirEntry:
         return self.children.get(name.casefold())
 
 
-@dataclass
-class Fault:
-    """One armed fault on Get File bodies (``path`` None: any file).
-
-    ``after_bytes`` counts body bytes of one response. ``stall`` stops sending
-    for ``seconds`` (cut short by ``reset()``/``stop()``), ``cut`` closes the connection,
-    ``replace`` swaps the file's content (new ETag) while the current response
-    goes on with the old bytes. ``times`` is how many responses it fires on.
-    """
-
-    kind: Literal["stall", "cut", "replace"]
-    path: str | None
-    after_bytes: int = 0
-    seconds: float = 0.0
-    data: bytes = b""
-    times: int = 1
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-
-
 def _split_path(path: str) -> list[str]:
     return [part for part in path.strip("/").split("/") if part]
 
@@ -281,16 +255,18 @@ class FakeAzureFiles:
         self.deny_all = False  # True: every request is 403 AuthorizationFailure (firewall)
         self.bytes_served = 0
         self.connections_opened = 0
-        self.requests: list[RequestRecord] = []
-        self.faults: list[Fault] = []
+        self.faults = Faults()
+        self._log = RequestLog()
         self._shares: dict[str, DirEntry] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()  # set to end stalls early (reset/stop)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._server = FakeServer(_Handler, self, log=self._log)
+        self.port = self._server.port
+
+    @property
+    def requests(self) -> list[Request]:
+        """Every request received (``query``: each parameter's first value)."""
+        return self._log.all()
 
     # -- addresses ---------------------------------------------------------
 
@@ -314,9 +290,7 @@ class FakeAzureFiles:
 
     def stop(self) -> None:
         self._wake.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
+        self._server.stop()
 
     def __enter__(self) -> FakeAzureFiles:
         return self
@@ -333,7 +307,7 @@ class FakeAzureFiles:
             self._wake = threading.Event()
             self._shares.clear()
             self.faults.clear()
-            self.requests.clear()
+            self._log.clear()
             self.bytes_served = 0
             self.connections_opened = 0
             self.deny_all = False
@@ -458,35 +432,19 @@ class FakeAzureFiles:
 
         ``path`` is ``"share/dir/file"`` (None: any file).
         """
-        self.faults.append(Fault("stall", path, after_bytes, seconds=seconds, times=times))
+        self.faults.add(Fault("stall", path, after_bytes, seconds=seconds, times=times, resume=True))
 
     def cut(self, path: str | None = None, after_bytes: int = 0, times: int = 1) -> None:
         """Close the connection after ``after_bytes`` of a file body."""
-        self.faults.append(Fault("cut", path, after_bytes, times=times))
+        self.faults.add(Fault("cut", path, after_bytes, times=times))
 
     def replace_during_download(self, path: str, data: bytes, after_bytes: int = 0) -> None:
         """Replace a file (new ETag) once ``after_bytes`` of it went out in one response."""
-        self.faults.append(Fault("replace", path, after_bytes, data=data))
+        self.faults.add(Fault("replace", path, after_bytes, data=data))
 
-    def _take_faults(self, path: str) -> list[Fault]:
-        with self._lock:
-            taken = [f for f in self.faults if f.times > 0 and f.path in (None, path)]
-            for fault in taken:
-                fault.times -= 1
-            self.faults = [f for f in self.faults if f.times > 0]
-            return sorted(taken, key=lambda f: f.after_bytes)
-
-    def _fire(self, fault: Fault, path: str) -> bool:
-        """Apply a fault; True means: drop the connection now."""
-        if fault.kind == "stall":
-            wake = self._wake
-            wake.wait(fault.seconds)
-            return wake.is_set()
-        if fault.kind == "cut":
-            return True
+    def _replace(self, fault: Fault, path: str) -> None:
         share, _, rest = path.partition("/")
         self.put(share, rest, fault.data)
-        return False
 
     # -- authentication --------------------------------------------------------
 
@@ -936,100 +894,82 @@ class _Response:
     offset: int = 0
 
 
-def _make_handler(fake: FakeAzureFiles) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "Windows-Azure-File/1.0"
-        sys_version = "Microsoft-HTTPAPI/2.0"
+class _Handler(FakeHandler):
+    server_version = "Windows-Azure-File/1.0"
+    sys_version = "Microsoft-HTTPAPI/2.0"
+    disable_nagle_algorithm = False
 
-        def log_message(self, format: str, *args: object) -> None:
-            pass
+    def setup(self) -> None:
+        super().setup()
+        with self.owner._lock:
+            self.owner.connections_opened += 1
 
-        def setup(self) -> None:
-            super().setup()
+    def do_GET(self) -> None:
+        self._serve()
+
+    do_HEAD = do_PUT = do_DELETE = do_POST = do_GET
+
+    def _serve(self) -> None:
+        fake: FakeAzureFiles = self.owner
+        self.read_body()
+        split = urlsplit(self.path)
+        req = _Request(
+            method=self.command,
+            raw_path=split.path,
+            query_items=parse_qsl(split.query, keep_blank_values=True),
+            header_items=list(self.headers.items()),
+            client_ip=self.client_address[0],
+        )
+        self.record()
+        request_id = str(uuid.uuid4())
+        try:
+            response = fake.handle(req)
+        except ServiceError as error:
+            response = _error_response(error, request_id, self.command == "HEAD")
+        common = {
+            "x-ms-request-id": request_id,
+            "x-ms-version": req.headers.get("x-ms-version") or SERVICE_VERSION,
+            "x-ms-client-request-id": req.headers.get("x-ms-client-request-id") or "",
+        }
+        headers = {name: value for name, value in {**common, **response.headers}.items() if value}
+        headers["Content-Length"] = str(response.length)
+        if self.close_connection:  # the request said "Connection: close": say so, as HTTP/1.1 servers do
+            headers["Connection"] = "close"
+        if response.file_path is None:
+            self.send(response.status, headers, response.body)
+            return
+        self.send(response.status, headers)
+        if self.command == "HEAD":
+            return
+        path = response.file_path
+        body = _Slice(response.content, response.offset, response.length)
+
+        def counted(n: int) -> None:
             with fake._lock:
-                fake.connections_opened += 1
+                fake.bytes_served += n
 
-        def do_GET(self) -> None:
-            self._serve()
+        faults = fake.faults.pending(path, ("stall", "cut", "replace"))
+        replace = functools.partial(_replace_hook, fake, path)
+        self.stream(body, faults, claim=fake.faults.claim, replace=replace, wake=fake._wake, counted=counted)
 
-        def do_HEAD(self) -> None:
-            self._serve()
 
-        def do_PUT(self) -> None:
-            self._serve()
+def _replace_hook(fake: FakeAzureFiles, path: str, fault: Fault) -> None:
+    fake._replace(fault, path)
 
-        def do_DELETE(self) -> None:
-            self._serve()
 
-        def do_POST(self) -> None:
-            self._serve()
+@dataclass(frozen=True)
+class _Slice:
+    """``length`` bytes of a file's content from ``offset``, sliced lazily (contents may be huge)."""
 
-        def _serve(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(length)
-            split = urlsplit(self.path)
-            req = _Request(
-                method=self.command,
-                raw_path=split.path,
-                query_items=parse_qsl(split.query, keep_blank_values=True),
-                header_items=list(self.headers.items()),
-                client_ip=self.client_address[0],
-            )
-            with fake._lock:
-                fake.requests.append(RequestRecord(self.command, unquote(split.path), req.query, dict(req.headers)))
-            request_id = str(uuid.uuid4())
-            try:
-                response = fake.handle(req)
-            except ServiceError as error:
-                response = _error_response(error, request_id, self.command == "HEAD")
-            common = {
-                "x-ms-request-id": request_id,
-                "x-ms-version": req.headers.get("x-ms-version") or SERVICE_VERSION,
-                "x-ms-client-request-id": req.headers.get("x-ms-client-request-id") or "",
-            }
-            self.send_response(response.status)
-            for name, value in {**common, **response.headers}.items():
-                if value:
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(response.length))
-            if self.close_connection:  # the request said "Connection: close": say so, as HTTP/1.1 servers do
-                self.send_header("Connection", "close")
-            self.end_headers()
-            if self.command == "HEAD":
-                return
-            if response.file_path is None:
-                self.wfile.write(response.body)
-                return
-            self._stream(response, response.file_path)
+    content: Content
+    offset: int
+    length: int
 
-        def _stream(self, response: _Response, path: str) -> None:
-            faults = fake._take_faults(path)
-            sent, total, base = 0, response.length, response.offset
-            while True:
-                while faults and faults[0].after_bytes <= sent:
-                    if fake._fire(faults.pop(0), path):
-                        self.close_connection = True
-                        with contextlib.suppress(OSError):
-                            self.wfile.flush()
-                            self.connection.shutdown(2)
-                        return
-                if sent >= total:
-                    return
-                limit = min(total, sent + CHUNK)
-                if faults:
-                    limit = min(limit, max(faults[0].after_bytes, sent + 1))
-                try:
-                    self.wfile.write(response.content[base + sent : base + limit])
-                except OSError:
-                    self.close_connection = True
-                    return
-                with fake._lock:
-                    fake.bytes_served += limit - sent
-                sent = limit
+    def __len__(self) -> int:
+        return self.length
 
-    return Handler
+    def __getitem__(self, item: slice) -> bytes:
+        return bytes(self.content[self.offset + item.start : self.offset + item.stop])
 
 
 def _error_response(error: ServiceError, request_id: str, head: bool) -> _Response:

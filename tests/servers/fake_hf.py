@@ -52,11 +52,20 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+
+from tests.servers.base import (
+    UNSATISFIABLE,
+    FakeHandler,
+    FakeService,
+    Fault,
+    Request,
+    content_range,
+    parse_range,
+)
 
 #: Files stored with Git LFS whatever their size (the Hub's default .gitattributes patterns).
 LFS_PATTERNS: tuple[str, ...] = (
@@ -72,6 +81,8 @@ _TREE_PAGE, _TREE_PAGE_EXPAND = 1000, 50
 _CHUNK = 1 << 20
 
 FaultKind = Literal["stall", "cut", "status", "corrupt"]
+#: The request records and faults are the shared ones of :mod:`tests.servers.base`.
+RequestRecord = Request
 
 # huggingface_hub reads its settings once, at import; with telemetry on it fetches
 # {HF_ENDPOINT}/api/agent-harnesses to build its User-Agent. No test may call huggingface.co.
@@ -136,44 +147,6 @@ class Repo:
         return self.commits.get(sha) if sha else None
 
 
-@dataclass
-class Fault:
-    """Misbehaviour applied to the next ``times`` matching body requests (``times=-1``: always).
-
-    ``stall``: send ``after_bytes`` of the body, then hold the connection silent for ``seconds``.
-    ``cut``: send ``after_bytes``, then close the connection (the client sees a short body).
-    ``status``: answer ``status`` (e.g. 503) with no body instead of the file.
-    ``corrupt``: send zero bytes in place of the content (same length, same headers).
-    ``path`` is a file path in the repo (fnmatch pattern); ``where``: "cdn", "hub" or "any".
-    """
-
-    kind: FaultKind
-    path: str = "*"
-    after_bytes: int = 0
-    status: int = 503
-    seconds: float = 30.0
-    times: int = 1
-    where: Literal["cdn", "hub", "any"] = "any"
-    retry_after: str | None = None  # the Retry-After header of a ``status`` answer
-    methods: tuple[str, ...] = ("GET",)
-    hits: int = 0
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    server: Literal["hub", "cdn"]
-    method: str
-    path: str  # decoded, without query
-    query: str
-    range: str | None
-    authorization: str | None
-    status: int
-    body_bytes: int  # bytes of the body actually sent
-    repo_id: str | None = None
-    filename: str | None = None  # path of the file in the repo, when the request served one
-    time: float = field(default_factory=time.monotonic)  # when it was answered
-
-
 class _HubError(Exception):
     def __init__(self, status: int, message: str, code: str | None, headers: Mapping[str, str] = {}):
         super().__init__(message)
@@ -185,35 +158,7 @@ def _now_iso(offset_s: int = 0) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    """(start, end inclusive) for one valid range; None to serve everything (absent, malformed or
-    several ranges, as S3 does); "unsatisfiable" for a 416."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            if n <= 0 or size == 0:
-                return "unsatisfiable"
-            return max(0, size - n), size - 1
-        start = int(first)
-        end = int(last) if last else size - 1
-    except ValueError:
-        return None
-    if last and end < start:
-        return None  # syntactically invalid: ignored
-    if start >= size:
-        return "unsatisfiable"
-    return start, min(end, size - 1)
-
-
-class FakeHFHub:
+class FakeHFHub(FakeService):
     """The fake Hub (API + resolve) on one port and its CDN on another. Thread-safe.
 
     ``hub.url`` is the ``endpoint`` / ``HF_ENDPOINT``; ``hub.token`` is accepted and has access to
@@ -221,6 +166,7 @@ class FakeHFHub:
     """
 
     def __init__(self, tree_page_size: int | None = None, cdn_url_ttl: float = 3600.0) -> None:
+        super().__init__()
         self.tree_page_size = tree_page_size
         self.cdn_url_ttl = cdn_url_ttl
         self.gzip_text = True
@@ -235,46 +181,21 @@ class FakeHFHub:
         self._lock = threading.Lock()
         self._repos: dict[tuple[str, str], Repo] = {}
         self._redirects: dict[tuple[str, str], str] = {}
-        self._faults: list[Fault] = []
         self._cdn_index: dict[str, tuple[Blob, str, str]] = {}  # sha256 -> (blob, repo id, path)
-        self._log: list[RequestRecord] = []
-        self._stopping = threading.Event()
         self._commit_counter = 0
-        self._hub = _Server(self, _HubHandler)
-        self._cdn = _Server(self, _CdnHandler)
-        self._threads: list[threading.Thread] = []
+        self._hub = self._listen(_HubHandler)
+        self._cdn = self._listen(_CdnHandler)
 
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+        return self._hub.url
 
     endpoint = url
 
     @property
     def cdn_url(self) -> str:
-        return f"http://127.0.0.1:{self._cdn.server_address[1]}"
-
-    def start(self) -> FakeHFHub:
-        for server in (self._hub, self._cdn):
-            t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-            t.start()
-            self._threads.append(t)
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()  # releases stalled responses
-        for server in (self._hub, self._cdn):
-            server.shutdown()
-            server.server_close()
-        for t in self._threads:
-            t.join(timeout=5)
-
-    def __enter__(self) -> FakeHFHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._cdn.url
 
     # ---------------------------------------------------------------- seeding
     def add_repo(
@@ -328,15 +249,20 @@ class FakeHFHub:
         with self._lock:
             self._redirects[(repo_type, old_id)] = new_id
 
-    def add_fault(self, kind: FaultKind, path: str = "*", **kwargs: Any) -> Fault:
-        fault = Fault(kind, path, **kwargs)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
+    def add_fault(
+        self,
+        kind: FaultKind,
+        path: str = "*",
+        *,
+        where: Literal["cdn", "hub", "any"] = "any",
+        methods: tuple[str, ...] = ("GET",),
+        **kwargs: Any,
+    ) -> Fault:
+        """Misbehave on the next ``times`` body requests of repo files matching ``path`` (see :class:`Fault`).
 
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        ``where``: the "cdn", the "hub" or "any"; ``methods``: the HTTP methods it applies to.
+        """
+        return self._faults.add(Fault(kind, path, where={"server": where, "method": methods}, **kwargs))
 
     def expire_cdn_urls(self) -> None:
         """Invalidate every CDN URL handed out so far (as signed URLs expire after an hour)."""
@@ -349,18 +275,13 @@ class FakeHFHub:
         return commit.files[path]
 
     # ---------------------------------------------------------------- inspection
-    @property
-    def requests(self) -> list[RequestRecord]:
-        with self._lock:
-            return list(self._log)
-
     def bytes_served(self, filename: str, repo_id: str | None = None) -> int:
         """Body bytes sent for a repo file, from the Hub and the CDN together."""
         return sum(
             r.body_bytes for r in self.requests if r.filename == filename and (repo_id is None or r.repo_id == repo_id)
         )
 
-    def body_requests(self, filename: str, repo_id: str | None = None) -> list[RequestRecord]:
+    def body_requests(self, filename: str, repo_id: str | None = None) -> list[Request]:
         """The GET requests that served (part of) a repo file's content."""
         return [
             r
@@ -371,31 +292,7 @@ class FakeHFHub:
             and (r.server == "cdn" or r.status in (200, 206))
         ]
 
-    def reset_stats(self) -> None:
-        with self._lock:
-            self._log.clear()
-
     # ---------------------------------------------------------------- internals
-    def _record(self, record: RequestRecord) -> None:
-        with self._lock:
-            self._log.append(record)
-
-    def _take_fault(self, where: str, method: str, filename: str | None) -> Fault | None:
-        if filename is None:
-            return None
-        with self._lock:
-            for fault in self._faults:
-                if (
-                    fault.times != 0
-                    and fault.where in (where, "any")
-                    and method in fault.methods
-                    and fnmatch.fnmatch(filename, fault.path)
-                ):
-                    fault.times -= 1 if fault.times > 0 else 0
-                    fault.hits += 1
-                    return fault
-        return None
-
     def _auth(self, header: str | None) -> Literal["anonymous", "owner", "user"]:
         if not header:
             return "anonymous"
@@ -466,31 +363,13 @@ def _ascii(name: str) -> str:
     return name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, hub: FakeHFHub, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.hub = hub
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):  # clients hang up: normal
-            super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     timeout = 60
-    server: _Server
     server_kind: Literal["hub", "cdn"] = "hub"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
     @property
     def hub(self) -> FakeHFHub:
-        return self.server.hub
+        return self.owner  # type: ignore[no-any-return]
 
     def _reply(
         self,
@@ -500,61 +379,24 @@ class _Handler(BaseHTTPRequestHandler):
         *,
         filename: str | None = None,
         repo_id: str | None = None,
-        fault: Fault | None = None,
+        faults: Sequence[Fault] = (),
     ) -> None:
-        """Send a response (headers only for HEAD); a fault cuts or stalls its body."""
+        """Send a response (headers only for HEAD); faults cut, stall or corrupt its body.
+
+        Recorded first (a client that got the answer finds it in ``requests``), with the body
+        bytes actually sent once they went out.
+        """
+        planned = 0 if self.command == "HEAD" else len(body)
+        record = self.record(status, planned, server=self.server_kind, repo_id=repo_id, filename=filename)
         sent = 0
         try:
-            self.send_response(status)
             chunked = headers.get("Transfer-Encoding") == "chunked"
-            for name, value in headers.items():
-                self.send_header(name, value)
-            if not chunked:
-                self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
+            self.send(status, headers if chunked else {**headers, "Content-Length": str(len(body))})
             if self.command != "HEAD":
-                sent = self._write_body(body, chunked, fault)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
+                wake = self.hub._stopping
+                sent = self.stream(body, faults, claim=self.hub._faults.claim, wake=wake, chunked=chunked, chunk=_CHUNK)
         finally:
-            parts = urlsplit(self.path)
-            self.hub._record(
-                RequestRecord(
-                    self.server_kind,
-                    self.command,
-                    unquote(parts.path),
-                    parts.query,
-                    self.headers.get("Range"),
-                    self.headers.get("Authorization"),
-                    status,
-                    sent,
-                    repo_id,
-                    filename,
-                )
-            )
-
-    def _write_body(self, body: bytes | memoryview, chunked: bool, fault: Fault | None) -> int:
-        if fault is not None and fault.kind == "corrupt":
-            body, fault = bytes(len(body)), None
-        view = memoryview(body)
-        limit = len(view) if fault is None else min(fault.after_bytes, len(view))
-        sent = 0
-        while sent < limit:
-            piece = view[sent : min(sent + _CHUNK, limit)]
-            if chunked:
-                self.wfile.write(b"%x\r\n" % len(piece) + piece.tobytes() + b"\r\n")
-            else:
-                self.wfile.write(piece)
-            sent += len(piece)
-        self.wfile.flush()
-        if fault is not None and fault.kind == "stall":
-            self.hub._stopping.wait(fault.seconds)
-        if fault is not None:
-            self.close_connection = True
-            return sent
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
-        return sent
+            record.body_bytes = sent
 
     def _serve_bytes(
         self,
@@ -568,15 +410,16 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer with a file's bytes: Range, 416, gzip and faults, shared by Hub and CDN."""
         size = blob.size
         headers["Accept-Ranges"] = "bytes"
-        rng = _parse_range(self.headers.get("Range"), size)
-        fault = None if rng == "unsatisfiable" else self.hub._take_fault(self.server_kind, self.command, filename)
+        rng = parse_range(self.headers.get("Range"), size)
+        faults = [] if rng == UNSATISFIABLE else self._faults(filename)
+        fault = faults[0] if faults else None
         if fault is not None and fault.kind == "status":
             headers = {"Content-Type": "text/plain"}
             if fault.retry_after is not None:
                 headers["Retry-After"] = fault.retry_after
             self._reply(fault.status, headers, b"", filename=filename, repo_id=repo_id)
             return
-        if rng == "unsatisfiable":
+        if rng == UNSATISFIABLE:
             headers["Content-Range"] = f"bytes */{size}"
             headers["Content-Type"] = "application/xml"
             body = (
@@ -587,9 +430,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if rng is not None:
             start, end = rng
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
-            part = memoryview(blob.data)[start : end + 1]
-            self._reply(206, headers, part, filename=filename, repo_id=repo_id, fault=fault)
+            headers["Content-Range"] = content_range(start, end, size)
+            part = memoryview(blob.data)[start:end]
+            self._reply(206, headers, part, filename=filename, repo_id=repo_id, faults=faults)
             return
         accepts_gzip = "gzip" in self.headers.get("Accept-Encoding", "").lower()
         if (
@@ -605,9 +448,16 @@ class _Handler(BaseHTTPRequestHandler):
             if self.command == "GET":
                 headers["Transfer-Encoding"] = "chunked"
             compressed = gzip.compress(blob.data, mtime=0)
-            self._reply(200, headers, compressed, filename=filename, repo_id=repo_id, fault=fault)
+            self._reply(200, headers, compressed, filename=filename, repo_id=repo_id, faults=faults)
             return
-        self._reply(200, headers, blob.data, filename=filename, repo_id=repo_id, fault=fault)
+        self._reply(200, headers, blob.data, filename=filename, repo_id=repo_id, faults=faults)
+
+    def _faults(self, filename: str) -> list[Fault]:
+        """The first armed fault this body meets (a status fault is used up at once)."""
+        pending = self.hub._faults.pending(filename, None, server=self.server_kind, method=self.command)
+        if pending and pending[0].kind == "status" and not self.hub._faults.claim(pending[0]):
+            return []
+        return pending[:1]
 
     def do_GET(self) -> None:
         raise NotImplementedError

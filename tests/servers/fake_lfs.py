@@ -28,8 +28,9 @@ import re
 import secrets
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.servers.base import UNSATISFIABLE, FakeHandler, content_range, parse_range
 
 MEDIA_TYPE = "application/vnd.git-lfs+json"
 BATCH_PATH = re.compile(r"^/(?P<repo>.+\.git)/info/lfs/objects/batch$")
@@ -62,7 +63,7 @@ class LfsStore:
     def is_batch(self, path: str) -> bool:
         return bool(BATCH_PATH.match(path))
 
-    def handle(self, handler: BaseHTTPRequestHandler, path: str, body: bytes, base_url: str) -> None:
+    def handle(self, handler: FakeHandler, path: str, body: bytes, base_url: str) -> None:
         if BATCH_PATH.match(path):
             self._batch(handler, body, base_url)
             return
@@ -88,7 +89,7 @@ class LfsStore:
         else:
             _send(handler, 405, b"", "text/plain")
 
-    def _batch(self, handler: BaseHTTPRequestHandler, body: bytes, base_url: str) -> None:
+    def _batch(self, handler: FakeHandler, body: bytes, base_url: str) -> None:
         if handler.command != "POST":
             _send_json(handler, 405, {"message": "use POST"})
             return
@@ -122,7 +123,7 @@ class LfsStore:
             answers.append(entry)
         _send_json(handler, 200, {"transfer": "basic", "objects": answers, "hash_algo": "sha256"})
 
-    def _download(self, handler: BaseHTTPRequestHandler, oid: str) -> None:
+    def _download(self, handler: FakeHandler, oid: str) -> None:
         data = self.objects.get(oid)
         wanted = handler.headers.get("Range")
         with self.lock:
@@ -130,30 +131,22 @@ class LfsStore:
         if data is None:
             _send(handler, 404, b"no such object", "text/plain")
             return
-        match = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted or "")
-        if wanted is None or match is None:
+        found = parse_range(wanted, len(data))
+        if found is None:
             _send(handler, 200, data, "application/octet-stream")
-            return
-        start = int(match[1])
-        end = min(int(match[2]) + 1 if match[2] else len(data), len(data))
-        if start >= len(data):
+        elif found == UNSATISFIABLE:
             _send(handler, 416, b"", "text/plain", {"Content-Range": f"bytes */{len(data)}"})
-            return
-        headers = {"Content-Range": f"bytes {start}-{end - 1}/{len(data)}"}
-        _send(handler, 206, data[start:end], "application/octet-stream", headers)
+        else:
+            start, end = found
+            headers = {"Content-Range": content_range(start, end, len(data))}
+            _send(handler, 206, data[start:end], "application/octet-stream", headers)
 
 
 def _send(
-    handler: BaseHTTPRequestHandler, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
+    handler: FakeHandler, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None
 ) -> None:
-    handler.send_response(status)
-    handler.send_header("Content-Type", content_type)
-    handler.send_header("Content-Length", str(len(data)))
-    for name, value in (headers or {}).items():
-        handler.send_header(name, value)
-    handler.end_headers()
-    handler.wfile.write(data)
+    handler.send(status, {"Content-Type": content_type, **(headers or {})}, data)
 
 
-def _send_json(handler: BaseHTTPRequestHandler, status: int, payload: dict[str, Any]) -> None:
+def _send_json(handler: FakeHandler, status: int, payload: dict[str, Any]) -> None:
     _send(handler, status, json.dumps(payload).encode(), MEDIA_TYPE)

@@ -45,16 +45,15 @@ without any DNS lookup leaving the machine.
 from __future__ import annotations
 
 import base64
-import http.server
+import glob
 import json
 import re
 import ssl
 import tempfile
 import threading
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +61,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from tests.servers.base import FakeHandler, FakeServer, Fault, Faults, Request, RequestLog, tls_context
 
 API_PREFIX = "/api/model_registry/v1alpha3"
 SPEC_PATH = Path("/work/shared/specs/model-registry.openapi.yaml")
@@ -121,35 +122,16 @@ _ORDER_KEYS = {
 }
 
 
+#: One request as the fake received it: the shared record (tag ``host``: the request
+#: target's host, or the ``Host`` header).
+RecordedRequest = Request
+
+
 @dataclass(frozen=True)
-class RecordedRequest:
-    """One request as the fake received it (for assertions in tests)."""
-
-    method: str
-    host: str
-    path: str
-    query: Mapping[str, list[str]]
-    headers: Mapping[str, str]
-    status: int = 0
-    time: float = field(default_factory=time.monotonic)  # when the answer was sent
-
-    def param(self, name: str) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else None
-
-    @property
-    def authorization(self) -> str | None:
-        return self.headers.get("authorization")
-
-
-@dataclass
-class _Fault:
-    status: int
-    path_contains: str
-    times: int
+class _FaultAnswer:
     body: bytes | None
     content_type: str
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str]
 
 
 class ApiError(Exception):
@@ -169,16 +151,6 @@ def _not_found(message: str) -> ApiError:
     return ApiError(404, f"{message}: not found")
 
 
-class _QuietServer(http.server.ThreadingHTTPServer):
-    """Clients that hang up (a process exiting) are normal, not tracebacks on stderr."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        import sys
-
-        if not isinstance(sys.exc_info()[1], (ConnectionError, ssl.SSLError, TimeoutError)):
-            super().handle_error(request, client_address)
-
-
 class FakeModelRegistry:
     """A threaded HTTP(S) server on 127.0.0.1 answering as a Model Registry.
 
@@ -196,7 +168,7 @@ class FakeModelRegistry:
         self.default_page_size = default_page_size
         self.require_token = require_token
         self.auth_failure_style = "spec"
-        self.requests: list[RecordedRequest] = []
+        self._log = RequestLog()
         self._lock = threading.RLock()
         self._contexts: dict[int, dict[str, Any]] = {}  # registered models and versions
         self._artifacts: dict[int, dict[str, Any]] = {}
@@ -204,37 +176,30 @@ class FakeModelRegistry:
         self._next_context_id = 1
         self._next_artifact_id = 1
         self._clock_ms = 1_700_000_000_000
-        self._faults: list[_Fault] = []
+        self._faults = Faults()
         self._tmpdir: tempfile.TemporaryDirectory[str] | None = None
         self.ca_file: str | None = None
 
-        handler = _make_handler(self)
-        self._server = _QuietServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
+        self._server = FakeServer(_Handler, self, tls=self._setup_tls() if tls else None, log=self._log)
+        self.port = self._server.port
         self.scheme = "https" if tls else "http"
-        if tls:
-            self._setup_tls()
         #: Hosts answered as the registry when the request target is absolute.
         self.served_hosts: set[str] = {self.host, f"localhost:{self.port}"}
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-model-registry"
-        )
-        self._thread.daemon = True
-        self._thread.start()
 
-    def _setup_tls(self) -> None:
+    @property
+    def requests(self) -> list[Request]:
+        """Every request received, in order (``r.host``, ``r.param(name)``, ``r.authorization``)."""
+        return self._log.all()
+
+    def _setup_tls(self) -> ssl.SSLContext:
         import trustme
 
         ca = trustme.CA()
-        cert = ca.issue_cert("127.0.0.1", "localhost")
         self._tmpdir = tempfile.TemporaryDirectory(prefix="fake-mr-tls-")
         ca_path = Path(self._tmpdir.name) / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_path))
         self.ca_file = str(ca_path)
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert.configure_cert(context)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        return tls_context(ca)
 
     # -- addresses ---------------------------------------------------------
 
@@ -265,9 +230,7 @@ class FakeModelRegistry:
     # -- lifecycle ---------------------------------------------------------
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
             self._tmpdir = None
@@ -390,7 +353,7 @@ class FakeModelRegistry:
             self._artifacts.clear()
             self._artifact_parent.clear()
             self._faults.clear()
-            self.requests.clear()
+            self._log.clear()
 
     def add_fault(
         self,
@@ -408,10 +371,10 @@ class FakeModelRegistry:
         anything else (an HTML page from a gateway, an empty body...).
         """
         raw = body.encode() if isinstance(body, str) else body
-        with self._lock:
-            self._faults.append(_Fault(status, path_contains, times, raw, content_type, dict(headers or {})))
+        answer = _FaultAnswer(raw, content_type, dict(headers or {}))
+        self._faults.add(Fault("status", f"*{glob.escape(path_contains)}*", status=status, times=times, error=answer))
 
-    def requests_to(self, path_suffix: str) -> list[RecordedRequest]:
+    def requests_to(self, path_suffix: str) -> list[Request]:
         """The recorded requests whose path ends with ``path_suffix``."""
         return [r for r in self.requests if r.path.endswith(path_suffix)]
 
@@ -451,16 +414,6 @@ class FakeModelRegistry:
         raise ValueError(f"no registered model {model!r}")
 
     # -- internals: serving ------------------------------------------------
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.path_contains in path and fault.times > 0:
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
 
     def _route(self, path: str, query: Mapping[str, list[str]]) -> Any:
         """Answer one GET under the API prefix; raise :class:`ApiError` for errors."""
@@ -704,95 +657,84 @@ def _matches_filter(entity: Mapping[str, Any], filter_query: str) -> bool:
     return True
 
 
-def _make_handler(registry: FakeModelRegistry) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "fake-model-registry"
-        _pending: tuple[str, str, dict[str, list[str]], dict[str, str]]
+class _Handler(FakeHandler):
+    server_version = "fake-model-registry"
+    disable_nagle_algorithm = False
+    _host: str
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+    @property
+    def registry(self) -> FakeModelRegistry:
+        return self.owner  # type: ignore[no-any-return]
 
-        def _send(self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None) -> None:
-            # Record before answering, so a client that got the answer sees the record.
-            host, path, query, headers = self._pending
-            with registry._lock:
-                registry.requests.append(RecordedRequest(self.command, host, path, query, headers, status))
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in (extra or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(body)
+    def _send(self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None) -> None:
+        self.record(status, host=self._host)  # before answering, so a client that got the answer sees it
+        self.send(status, {"Content-Type": content_type, "Content-Length": str(len(body)), **(extra or {})}, body)
 
-        def _send_json(self, status: int, payload: Any, extra: Mapping[str, str] | None = None) -> None:
-            # Go's json.Encoder ends the document with a newline.
-            self._send(status, (json.dumps(payload) + "\n").encode(), JSON_CONTENT_TYPE, extra)
+    def _send_json(self, status: int, payload: Any, extra: Mapping[str, str] | None = None) -> None:
+        # Go's json.Encoder ends the document with a newline.
+        self._send(status, (json.dumps(payload) + "\n").encode(), JSON_CONTENT_TYPE, extra)
 
-        def _send_error(self, error: ApiError, extra: Mapping[str, str] | None = None) -> None:
-            self._send_json(error.status, {"code": HTTPStatus(error.status).phrase, "message": error.message}, extra)
+    def _send_error(self, error: ApiError, extra: Mapping[str, str] | None = None) -> None:
+        self._send_json(error.status, {"code": HTTPStatus(error.status).phrase, "message": error.message}, extra)
 
-        def _handle(self) -> None:
-            target = urlsplit(self.path)
-            headers = {k.lower(): v for k, v in self.headers.items()}
-            host = target.netloc or headers.get("host", "")
-            query = parse_qs(target.query, keep_blank_values=True)
-            self._pending = (host, target.path, query, headers)
-            self._answer(target.scheme, host, target.path, query, headers)
+    def _handle(self) -> None:
+        target = urlsplit(self.path)
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self._host = target.netloc or headers.get("host", "")
+        query = parse_qs(target.query, keep_blank_values=True)
+        self._answer(target.scheme, self._host, target.path, query, headers)
 
-        def _answer(
-            self,
-            absolute_scheme: str,
-            host: str,
-            path: str,
-            query: Mapping[str, list[str]],
-            headers: Mapping[str, str],
-        ) -> int:
-            if absolute_scheme and host not in registry.served_hosts:
-                body = f"proxy: cannot resolve host {host}\n".encode()
-                self._send(502, body, TEXT_CONTENT_TYPE)
-                return 502
-            fault = registry._take_fault(path)
-            if fault is not None:
-                error = {"code": HTTPStatus(fault.status).phrase, "message": "injected fault"}
-                payload = fault.body if fault.body is not None else (json.dumps(error) + "\n").encode()
-                self._send(fault.status, payload, fault.content_type, fault.headers)
-                return fault.status
-            auth_error = registry._check_auth(headers)
-            if auth_error is not None:
-                challenge = {"WWW-Authenticate": 'Bearer realm="model-registry"'}
-                if registry.auth_failure_style == "kube-rbac-proxy":
-                    self._send(401, b"Unauthorized\n", TEXT_CONTENT_TYPE, challenge)
-                else:
-                    self._send_error(auth_error, challenge)
-                return 401
-            if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
-                self._send(404, b"404 page not found\n", TEXT_CONTENT_TYPE)
-                return 404
-            if self.command not in ("GET", "HEAD"):
-                self._send(405, b"", TEXT_CONTENT_TYPE, {"Allow": "GET"})
-                return 405
-            try:
-                payload = registry._route(path, query)
-            except ApiError as error:
-                self._send_error(error)
-                return error.status
-            except LookupError:
-                self._send(404, b"404 page not found\n", TEXT_CONTENT_TYPE)
-                return 404
-            self._send_json(200, payload)
-            return 200
+    def _answer(
+        self,
+        absolute_scheme: str,
+        host: str,
+        path: str,
+        query: Mapping[str, list[str]],
+        headers: Mapping[str, str],
+    ) -> int:
+        registry = self.registry
+        if absolute_scheme and host not in registry.served_hosts:
+            body = f"proxy: cannot resolve host {host}\n".encode()
+            self._send(502, body, TEXT_CONTENT_TYPE)
+            return 502
+        fault = registry._faults.take(path, ("status",))
+        if fault is not None:
+            answer: _FaultAnswer = fault.error
+            error = {"code": HTTPStatus(fault.status).phrase, "message": "injected fault"}
+            payload = answer.body if answer.body is not None else (json.dumps(error) + "\n").encode()
+            self._send(fault.status, payload, answer.content_type, answer.headers)
+            return fault.status
+        auth_error = registry._check_auth(headers)
+        if auth_error is not None:
+            challenge = {"WWW-Authenticate": 'Bearer realm="model-registry"'}
+            if registry.auth_failure_style == "kube-rbac-proxy":
+                self._send(401, b"Unauthorized\n", TEXT_CONTENT_TYPE, challenge)
+            else:
+                self._send_error(auth_error, challenge)
+            return 401
+        if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
+            self._send(404, b"404 page not found\n", TEXT_CONTENT_TYPE)
+            return 404
+        if self.command not in ("GET", "HEAD"):
+            self._send(405, b"", TEXT_CONTENT_TYPE, {"Allow": "GET"})
+            return 405
+        try:
+            payload = registry._route(path, query)
+        except ApiError as error:
+            self._send_error(error)
+            return error.status
+        except LookupError:
+            self._send(404, b"404 page not found\n", TEXT_CONTENT_TYPE)
+            return 404
+        self._send_json(200, payload)
+        return 200
 
-        do_GET = _handle
-        do_HEAD = _handle
-        do_POST = _handle
-        do_PATCH = _handle
-        do_PUT = _handle
-        do_DELETE = _handle
-
-    return Handler
+    do_GET = _handle
+    do_HEAD = _handle
+    do_POST = _handle
+    do_PATCH = _handle
+    do_PUT = _handle
+    do_DELETE = _handle
 
 
 # -- pytest fixtures ---------------------------------------------------------
@@ -818,6 +760,7 @@ __all__ = [
     "ApiError",
     "FakeModelRegistry",
     "RecordedRequest",
+    "Request",
     "fake_model_registry",
     "fake_model_registry_tls",
 ]

@@ -35,7 +35,6 @@ status, body bytes), ``bytes_served(path)``, ``body_requests(path)``, ``add_faul
 from __future__ import annotations
 
 import fnmatch
-import functools
 import hashlib
 import hmac
 import json
@@ -46,30 +45,29 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import pytest
+
+from tests.servers.base import (
+    UNSATISFIABLE,
+    FakeHandler,
+    FakeService,
+    Fault,
+    Request,
+    content_range,
+    parse_range,
+)
+from tests.servers.fake_hf import Blob  # a file as a Hub stores it: git blob or LFS object
 
 #: Suffixes stored with LFS (modelscope_hub.constants.MODEL_LFS_SUFFIX, abridged).
 LFS_SUFFIXES = (".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".onnx", ".h5", ".msgpack", ".npy", ".npz",
                 ".pkl", ".tar", ".tgz", ".zip", ".gguf", ".model", ".parquet", ".arrow")  # fmt: skip
 #: Larger files are LFS whatever their name (UPLOAD_LFS_ENFORCE_THRESHOLD).
 LFS_THRESHOLD = 1024 * 1024
-_CHUNK = 1 << 16
 
 FaultKind = Literal["stall", "cut", "status", "corrupt"]
-
-
-@dataclass(frozen=True)
-class Blob:
-    data: bytes
-    lfs: bool
-
-    @functools.cached_property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
 
 
 @dataclass
@@ -105,71 +103,17 @@ def last_change(commit: Commit, path: str) -> Commit:
     return commit
 
 
-@dataclass
-class Fault:
-    """Misbehaviour of the next ``times`` matching file bodies (``times=-1``: always).
-
-    ``stall``: send ``after_bytes``, then hold the connection silent for ``seconds``.
-    ``cut``: send ``after_bytes``, then close the connection. ``status``: answer ``status``.
-    ``corrupt``: zero bytes in place of the content (same length, same headers).
-    ``where``: "hub" (regular files), "storage" (LFS objects) or "any".
-    """
-
-    kind: FaultKind
-    path: str = "*"
-    after_bytes: int = 0
-    status: int = 503
-    seconds: float = 30.0
-    times: int = 1
-    where: Literal["hub", "storage", "any"] = "any"
-    hits: int = 0
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    server: Literal["hub", "storage"]
-    method: str
-    path: str
-    query: str
-    range: str | None
-    authorization: str | None
-    cookie: str | None
-    status: int
-    body_bytes: int
-    filename: str | None = None  # the repository file whose content the request served
-
-
 class _HubError(Exception):
     def __init__(self, status: int, message: str, code: int) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
 
 
-def _parse_range(header: str | None, size: int) -> tuple[int, int] | Literal["unsatisfiable"] | None:
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
-        return None
-    first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
-    try:
-        if first == "":
-            n = int(last)
-            return "unsatisfiable" if n <= 0 or size == 0 else (max(0, size - n), size - 1)
-        start, end = int(first), int(last) if last else size - 1
-    except ValueError:
-        return None
-    if last and end < start:
-        return None
-    return "unsatisfiable" if start >= size else (start, min(end, size - 1))
-
-
-class FakeModelScopeHub:
+class FakeModelScopeHub(FakeService):
     """The fake Hub (API + file endpoint) on one port, its object storage on another."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.token = "ms-" + str(uuid.uuid4())  # can read every repository
         self.other_token = "ms-" + str(uuid.uuid4())  # a valid user without access to private repos
         self.files_limit = 3000
@@ -177,44 +121,19 @@ class FakeModelScopeHub:
         self._secret = secrets.token_bytes(16)
         self._lock = threading.Lock()
         self._repos: dict[str, Repo] = {}
-        self._faults: list[Fault] = []
         self._storage: dict[str, tuple[Blob, str]] = {}  # sha256 -> (blob, path)
-        self._log: list[RequestRecord] = []
-        self._stopping = threading.Event()
         self._counter = 0
-        self._hub = _Server(self, _HubHandler)
-        self._store = _Server(self, _StorageHandler)
-        self._threads: list[threading.Thread] = []
+        self._hub = self._listen(_HubHandler)
+        self._store = self._listen(_StorageHandler)
 
     # ---------------------------------------------------------------- lifecycle
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._hub.server_address[1]}"
+        return self._hub.url
 
     @property
     def storage_url(self) -> str:
-        return f"http://127.0.0.1:{self._store.server_address[1]}"
-
-    def start(self) -> FakeModelScopeHub:
-        for server in (self._hub, self._store):
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        for server in (self._hub, self._store):
-            server.shutdown()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
-
-    def __enter__(self) -> FakeModelScopeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        return self._store.url
 
     # ---------------------------------------------------------------- seeding
     def add_repo(
@@ -257,15 +176,14 @@ class FakeModelScopeHub:
                     self._storage[blob.sha256] = (blob, path)
             return sha
 
-    def add_fault(self, kind: FaultKind, path: str = "*", **kwargs: Any) -> Fault:
-        fault = Fault(kind, path, **kwargs)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
+    def add_fault(
+        self, kind: FaultKind, path: str = "*", *, where: Literal["hub", "storage", "any"] = "any", **kwargs: Any
+    ) -> Fault:
+        """Misbehave on the next ``times`` file bodies matching ``path`` (see :class:`Fault`).
 
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
+        ``where``: "hub" (regular files), "storage" (LFS objects) or "any".
+        """
+        return self._faults.add(Fault(kind, path, where={"server": where}, **kwargs))
 
     def expire_storage_urls(self) -> None:
         """Invalidate every storage URL handed out so far (signed URLs expire)."""
@@ -278,36 +196,13 @@ class FakeModelScopeHub:
         return commit.files[path]
 
     # ---------------------------------------------------------------- inspection
-    @property
-    def requests(self) -> list[RequestRecord]:
-        with self._lock:
-            return list(self._log)
-
-    def reset_stats(self) -> None:
-        with self._lock:
-            self._log.clear()
-
-    def body_requests(self, filename: str) -> list[RequestRecord]:
+    def body_requests(self, filename: str) -> list[Request]:
         return [r for r in self.requests if r.filename == filename]
 
     def bytes_served(self, filename: str) -> int:
         return sum(r.body_bytes for r in self.body_requests(filename))
 
     # ---------------------------------------------------------------- internals
-    def _record(self, record: RequestRecord) -> None:
-        with self._lock:
-            self._log.append(record)
-
-    def _take_fault(self, path: str, where: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.times != 0 and fault.where in (where, "any") and fnmatch.fnmatch(path, fault.path):
-                    fault.hits += 1
-                    if fault.times > 0:
-                        fault.times -= 1
-                    return fault
-        return None
-
     def _sign(self, sha256: str, expires: int) -> str:
         return hmac.new(self._secret, f"{sha256}:{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -350,52 +245,22 @@ class FakeModelScopeHub:
         return commit
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, hub: FakeModelScopeHub, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.hub = hub
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     server_kind: Literal["hub", "storage"] = "hub"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    # Nagle on, as this fake always ran: a short body then arrives after the headers, not in
+    # the same segment. (With TCP_NODELAY, HttpBody loses body bytes that http.client buffered
+    # with the headers when its first read is smaller than them; the core's to fix.)
+    disable_nagle_algorithm = False
 
     @property
     def hub(self) -> FakeModelScopeHub:
-        return self.server.hub
-
-    def _record(self, status: int, body_bytes: int, filename: str | None = None) -> None:
-        parts = urlsplit(self.path)
-        self.hub._record(
-            RequestRecord(
-                self.server_kind,
-                self.command,
-                unquote(parts.path),
-                parts.query,
-                self.headers.get("Range"),
-                self.headers.get("Authorization"),
-                self.headers.get("Cookie"),
-                status,
-                body_bytes,
-                filename,
-            )
-        )
+        return self.owner  # type: ignore[no-any-return]
 
     def _reply(self, status: int, headers: Mapping[str, str], body: bytes, filename: str | None = None) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-        self._record(status, len(body) if self.command != "HEAD" else 0, filename)
+        # Recorded first: a client that got the answer finds it in ``requests``.
+        planned = 0 if self.command == "HEAD" else len(body)
+        record = self.record(status, planned, server=self.server_kind, filename=filename)
+        record.body_bytes = self.send(status, headers, body)
 
     def _json(self, status: int, payload: Any) -> None:
         body = json.dumps(payload).encode()
@@ -408,45 +273,27 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self, blob: Blob, headers: dict[str, str], filename: str, ranges: bool) -> None:
         """Send the blob (or one range of it), applying the configured faults."""
         size = len(blob.data)
-        fault = self.hub._take_fault(filename, self.server_kind)
-        if fault is not None and fault.kind == "status":
-            self._reply(fault.status, {"Content-Type": "text/plain", "Retry-After": "0"}, b"busy", filename)
+        faults = self.hub._faults.pending(filename, None, server=self.server_kind)[:1]
+        if faults and faults[0].kind == "status" and self.hub._faults.claim(faults[0]):
+            self._reply(faults[0].status, {"Content-Type": "text/plain", "Retry-After": "0"}, b"busy", filename)
             return
-        wanted = _parse_range(self.headers.get("Range"), size) if ranges else None
-        if wanted == "unsatisfiable":
+        wanted = parse_range(self.headers.get("Range"), size) if ranges else None
+        if wanted == UNSATISFIABLE:
             self._reply(416, {"Content-Range": f"bytes */{size}"}, b"", filename)
             return
-        start, end = wanted if wanted else (0, size - 1)
-        status = 206 if wanted else 200
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
+        start, end = wanted if wanted else (0, size)
+        headers = {**headers, "Content-Length": str(end - start)}
         if ranges:
-            self.send_header("Accept-Ranges", "bytes")
+            headers["Accept-Ranges"] = "bytes"
         if wanted:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        length = end - start + 1 if size else 0
-        self.send_header("Content-Length", str(length))
-        self.end_headers()
-        data = blob.data[start : start + length]
-        if fault is not None and fault.kind == "corrupt":
-            data = bytes(len(data))
-        sent = 0
-        try:
-            limit = fault.after_bytes if fault is not None and fault.kind in ("stall", "cut") else None
-            while sent < len(data):
-                if limit is not None and sent >= limit:
-                    if fault is not None and fault.kind == "stall":
-                        self.wfile.flush()
-                        self.hub._stopping.wait(fault.seconds)
-                    self.close_connection = True
-                    break
-                chunk = data[sent : sent + (_CHUNK if limit is None else min(_CHUNK, limit - sent))]
-                self.wfile.write(chunk)
-                sent += len(chunk)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        self._record(status, sent, filename)
+            headers["Content-Range"] = content_range(start, end, size)
+        status = 206 if wanted else 200
+        planned = 0 if self.command == "HEAD" else end - start
+        record = self.record(status, planned, server=self.server_kind, filename=filename)
+        self.send(status, headers)
+        if self.command != "HEAD":
+            body = memoryview(blob.data)[start:end]
+            record.body_bytes = self.stream(body, faults, claim=self.hub._faults.claim, wake=self.hub._stopping)
 
 
 class _HubHandler(_Handler):

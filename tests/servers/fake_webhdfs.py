@@ -50,7 +50,6 @@ import json
 import posixpath
 import re
 import shutil
-import socket
 import ssl
 import tempfile
 import threading
@@ -58,12 +57,13 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, overload
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import pytest
+
+from tests.servers.base import FakeHandler, FakeServer, FakeService, Fault, Request
 
 PREFIX = "/webhdfs/v1"
 SUPERUSER = "hdfs"
@@ -161,38 +161,14 @@ class _Inode:
         return ("d" if self.is_dir else "-") + bits
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One request as a listener saw it (query values are the first of each name, decoded)."""
-
-    node: Node
-    method: str
-    path: str
-    op: str
-    query: dict[str, str]
-    headers: dict[str, str]
-
-
-@dataclass
-class Fault:
-    """A misbehaviour armed on the fake; ``times`` < 0 means forever."""
-
-    kind: FaultKind
-    path: str | None = None
-    node: Node = "datanode"
-    op: str | None = None
-    after: int = 0
-    seconds: float = 0.0
-    data: bytes = b""
-    error: RemoteError | None = None
-    times: int = 1
-    fired: int = 0
+#: The requests are the shared records (tags ``node`` and ``op``; ``path`` is the HDFS path).
+RequestRecord = Request
 
 
 _ACCESS = {"READ": 4, "WRITE": 2, "EXECUTE": 1, "READ_EXECUTE": 5}
 
 
-class FakeWebHDFS:
+class FakeWebHDFS(FakeService):
     """The fake cluster: a namespace, a namenode listener and a datanode listener.
 
     Attributes that may be changed while it runs: ``anonymous_allowed``, ``required_headers``,
@@ -219,6 +195,7 @@ class FakeWebHDFS:
         ls_limit: int = 1000,
         standby: bool = False,
     ) -> None:
+        super().__init__()
         self.tls, self.require_client_cert = tls, require_client_cert
         self.anonymous_allowed = anonymous_allowed
         self.required_headers: dict[str, str] = dict(required_headers or {})
@@ -228,53 +205,33 @@ class FakeWebHDFS:
         #: Gzip datanode answers for clients that accept it, as a compressing gateway in front of
         #: the cluster (Knox, an nginx with ``gzip on``) does.
         self.gzip_reads = False
-        self.requests: list[RequestRecord] = []
         self.bytes_served = 0
         self.bytes_served_by_path: dict[str, int] = {}
         self.active_reads = 0  # datanode OPEN responses being sent right now
         self.max_active_reads = 0
         self._lock = threading.RLock()
-        self._faults: list[Fault] = []
-        self._stopping = threading.Event()
         self._next_id = ROOT_FILE_ID + 1
         self._last_time = 0
         now = self._now()
         self._root = _Inode(True, ROOT_FILE_ID, SUPERUSER, SUPERGROUP, 0o755, now, 0)
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-webhdfs-"))
         self._servers: dict[Node, _Server] = {}
-        self._threads: list[threading.Thread] = []
         self.ca: Any = None  # trustme.CA when tls
         self.ca_path: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FakeWebHDFS:
+        """Start both listeners (``requests``: ``r.node``, ``r.op``; ``r.path`` is the HDFS path)."""
         context = self._server_context() if self.tls else None
         for node in ("namenode", "datanode"):
-            server = _Server(self, node, context)
-            self._servers[node] = server
-            thread = threading.Thread(
-                target=server.serve_forever, args=(0.05,), name=f"fake-webhdfs-{node}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
-        return self
+            self._servers[node] = _Server(self, node, context)
+            self._listeners.append(self._servers[node])
+        return super().start()
 
     def stop(self) -> None:
-        self._stopping.set()  # wakes stalled responses
-        for server in self._servers.values():
-            server.shutdown()
-            server.close_all()
-            server.server_close()
-        for thread in self._threads:
-            thread.join(timeout=5)
+        super().stop()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> FakeWebHDFS:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def scheme(self) -> str:
@@ -283,11 +240,11 @@ class FakeWebHDFS:
     @property
     def url(self) -> str:
         """The namenode's base URL, as ``HDFS_NAMENODE`` / ``hdfs.Client`` take it."""
-        return f"{self.scheme}://127.0.0.1:{self._servers['namenode'].server_address[1]}"
+        return self._servers["namenode"].url
 
     @property
     def datanode_url(self) -> str:
-        return f"{self.scheme}://127.0.0.1:{self._servers['datanode'].server_address[1]}"
+        return self._servers["datanode"].url
 
     @property
     def rpc_address(self) -> str:
@@ -447,11 +404,11 @@ class FakeWebHDFS:
 
     def stall(self, path: str | None, *, after: int = 0, seconds: float = 30.0, times: int = 1) -> Fault:
         """The datanode stops sending ``path`` after ``after`` body bytes for ``seconds`` (or until stop)."""
-        return self._arm(Fault("stall", path, after=after, seconds=seconds, times=times))
+        return self._arm(Fault("stall", path, after, seconds=seconds, times=times, resume=True))
 
     def cut(self, path: str | None, *, after: int = 0, times: int = 1) -> Fault:
         """The datanode closes the connection after ``after`` body bytes (full Content-Length announced)."""
-        return self._arm(Fault("cut", path, after=after, times=times))
+        return self._arm(Fault("cut", path, after, times=times))
 
     def replace_during_read(self, path: str, data: bytes, *, after: int = 0) -> Fault:
         """Overwrite ``path`` once the datanode has sent ``after`` bytes of it in one response.
@@ -459,7 +416,7 @@ class FakeWebHDFS:
         The response in flight keeps the old bytes; every later OPEN / GETFILESTATUS sees the new file
         (new length, ``modificationTime`` and ``fileId``).
         """
-        return self._arm(Fault("replace", path, after=after, data=data))
+        return self._arm(Fault("replace", path, after, data=data))
 
     def fail(
         self,
@@ -475,46 +432,23 @@ class FakeWebHDFS:
     ) -> Fault:
         """Answer the next matching request(s) with a ``RemoteException`` (e.g. 403 RetriableException)."""
         error = RemoteError(status, exception, java_class or f"org.apache.hadoop.ipc.{exception}", message)
-        return self._arm(Fault("error", path, node=node, op=op, error=error, times=times))
+        where = {"node": node} if op is None else {"node": node, "op": op.upper()}
+        return self._arm(Fault("error", path, error=error, times=times, where=where))
 
     def _arm(self, fault: Fault) -> Fault:
         if fault.path is not None:
             fault.path = _normalize(fault.path)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def clear_faults(self) -> None:
-        with self._lock:
-            self._faults.clear()
-
-    def _take_fault(self, kinds: Collection[str], node: Node, op: str, path: str) -> Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if (
-                    fault.kind in kinds
-                    and fault.times != 0
-                    and fault.node == node
-                    and (fault.op is None or fault.op.upper() == op)
-                    and (fault.path is None or fault.path == path)
-                ):
-                    fault.times -= 1
-                    fault.fired += 1
-                    return fault
-        return None
+        if not fault.where:
+            fault.where = {"node": "datanode", "op": "OPEN"}
+        return self._faults.add(fault)
 
     def opens(self, path: str | None = None) -> list[RequestRecord]:
         """The datanode OPEN requests (each one a byte range), optionally for one path."""
-        with self._lock:
-            return [
-                r
-                for r in self.requests
-                if r.node == "datanode" and r.op == "OPEN" and (path is None or r.path == _normalize(path))
-            ]
+        return [r for r in self._log.where(node="datanode", op="OPEN") if path is None or r.path == _normalize(path)]
 
     def reset_counters(self) -> None:
+        self._log.clear()
         with self._lock:
-            self.requests.clear()
             self.bytes_served = 0
             self.bytes_served_by_path.clear()
             self.max_active_reads = self.active_reads
@@ -528,16 +462,15 @@ class FakeWebHDFS:
             query.setdefault(key, value)  # Jersey's @QueryParam takes the first value
         raw_op = query.get("op", "")
         path = unquote(split.path[len(PREFIX) :]) if split.path.startswith(PREFIX) else ""
-        record = RequestRecord(
-            node,
-            handler.command,
-            _normalize(path or "/"),
-            raw_op.upper() or "NULL",
-            query,
-            dict(handler.headers),
+        record = self._log.add(
+            Request(
+                handler.command,
+                _normalize(path or "/"),
+                split.query,
+                dict(handler.headers),
+                tags={"node": node, "op": raw_op.upper() or "NULL"},
+            )
         )
-        with self._lock:
-            self.requests.append(record)
         if not split.path.startswith(PREFIX):
             self._send_html(handler, 404, "Not Found")
             return
@@ -561,7 +494,7 @@ class FakeWebHDFS:
         self._authenticate(handler, query)
         op = _parse_op(handler.command, query.get("op"))
         user = self._effective_user(query)
-        fault = self._take_fault(("error",), "namenode", op, record.path)
+        fault = self._faults.take(record.path, ("error",), node="namenode", op=op)
         if fault is not None and fault.error is not None:
             raise fault.error
         if self.standby:
@@ -756,7 +689,7 @@ class FakeWebHDFS:
             handler.discard_body()
             raise _bad_argument(f"Invalid operation {query.get('op')}")
         user = query.get("doas") or query.get("user.name") or DEFAULT_WEB_USER  # trusted, as in Hadoop
-        fault = self._take_fault(("error",), "datanode", "OPEN", record.path)
+        fault = self._faults.take(record.path, ("error",), node="datanode", op="OPEN")
         if fault is not None and fault.error is not None:
             raise fault.error
         if "namenoderpcaddress" not in query:
@@ -799,36 +732,22 @@ class FakeWebHDFS:
                 self.active_reads -= 1
 
     def _stream(self, handler: _Handler, path: str, data: bytes, offset: int, count: int, chunk: int) -> None:
-        chunk = max(1, min(chunk, 1 << 20))
-        fault = self._take_fault(("stall", "cut", "replace"), "datanode", "OPEN", path)
-        sent = 0
-        while True:
-            if fault is not None and sent >= fault.after:
-                if fault.kind == "cut":
-                    handler.abort()
-                    return
-                if fault.kind == "stall":
-                    self._stopping.wait(fault.seconds)
-                    if self._stopping.is_set():
-                        handler.abort()
-                        return
-                elif fault.kind == "replace":
-                    self.replace(path, fault.data)
-                fault = None
-            if sent >= count:
-                return
-            size = min(chunk, count - sent)
-            if fault is not None:
-                size = min(size, max(1, fault.after - sent))
-            piece = data[offset + sent : offset + sent + size]
-            try:
-                handler.wfile.write(piece)
-            except OSError:
-                return
-            sent += len(piece)
+        faults = self._faults.pending(path, ("stall", "cut", "replace"), node="datanode", op="OPEN")[:1]
+
+        def counted(n: int) -> None:
             with self._lock:
-                self.bytes_served += len(piece)
-                self.bytes_served_by_path[path] = self.bytes_served_by_path.get(path, 0) + len(piece)
+                self.bytes_served += n
+                self.bytes_served_by_path[path] = self.bytes_served_by_path.get(path, 0) + n
+
+        handler.stream(
+            memoryview(data)[offset : offset + count],
+            faults,
+            claim=self._faults.claim,
+            replace=lambda fault: self.replace(path, fault.data),
+            wake=self._stopping,
+            chunk=max(1, min(chunk, 1 << 20)),
+            counted=counted,
+        )
 
     # responses ------------------------------------------------------------
 
@@ -932,58 +851,20 @@ def _long_param(
     raise _bad_param(name, reason)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(FakeServer):
     def __init__(self, fake: FakeWebHDFS, node: Node, context: ssl.SSLContext | None) -> None:
-        self.fake, self.node, self.context = fake, node, context
-        self._connections: set[socket.socket] = set()
-        self._conn_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _Handler)
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle + delayed ACK add
-        # ~40 ms to every keep-alive answer (Jetty and Netty disable Nagle too).
-        with contextlib.suppress(OSError):
-            request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = request
-        if self.context is not None:
-            request.settimeout(10)
-            try:
-                conn = self.context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):
-                return  # e.g. no client certificate: the handshake fails, the connection closes
-        with self._conn_lock:
-            self._connections.add(conn)
-        try:
-            _Handler(conn, client_address, self)
-        finally:
-            with self._conn_lock:
-                self._connections.discard(conn)
-            if conn is not request:
-                with contextlib.suppress(OSError):
-                    conn.close()
-
-    def close_all(self) -> None:
-        """Drop open keep-alive and stalled connections so no handler outlives the fake."""
-        with self._conn_lock:
-            for conn in list(self._connections):
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RDWR)
+        self.node = node
+        super().__init__(_Handler, fake, tls=context, start=False, log=fake._log)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(FakeHandler):
     server_version = "Jetty(9.4.53.v20231009)"
     sys_version = ""
     timeout = 30
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
     def _dispatch(self) -> None:
-        self.server.fake.handle(self, self.server.node)
+        self.owner.handle(self, self.server.node)
 
     do_GET = do_PUT = do_POST = do_DELETE = _dispatch
 
@@ -991,26 +872,15 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server_version
 
     def discard_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length:
-            self.rfile.read(length)
+        self.read_body()
 
     def start_response(self, status: int, headers: Mapping[str, str], reason: str | None = None) -> None:
-        self.send_response(status, reason)
         headers = dict(headers)
         if self.headers.get("Connection", "").lower() == "close":  # as Jetty: a close asked for is announced
             headers.setdefault("Connection", "close")
-        for name, value in headers.items():
-            self.send_header(name, value)
         if headers.get("Connection", "").lower() == "close":
             self.close_connection = True
-        self.end_headers()
-
-    def abort(self) -> None:
-        """Drop the connection mid-body, as a crashed or partitioned datanode does."""
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
+        self.send(status, headers, reason=reason)
 
 
 # ---------------------------------------------------------------------- fixtures

@@ -80,22 +80,22 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote
 
 import pytest
+
+from tests.servers.base import FakeHandler, FakeServer
+from tests.servers.processes import free_port
 
 if TYPE_CHECKING:
     from google.cloud.storage import Blob, Client
@@ -131,13 +131,6 @@ def fake_gcs_binary() -> Path:
     if not binary.is_file():
         raise RuntimeError(f"fake-gcs-server binary not found at {binary}")
     return binary
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---------------------------------------------------------------------------
@@ -220,7 +213,7 @@ class FakeGcsServer:
         self._tmp = Path(tempfile.mkdtemp(prefix="fake-gcs-"))
         last_error = ""
         for _ in range(5):  # a port can be taken between choosing and binding it
-            self.port = _free_port()
+            self.port = free_port()
             cmd = [
                 str(fake_gcs_binary()),
                 "-scheme", "http",
@@ -469,13 +462,12 @@ class GoogleAuthFront:
         self._keys: dict[str, str] = {}  # service-account email -> public PEM
         self._tokens: dict[str, str] = {}  # access token -> identity
         self._metadata_account: str | None = None
-        self._server: Any = None
-        self._thread: Any = None
+        self._server: FakeServer | None = None
 
     @property
     def url(self) -> str:
         assert self._server is not None, "front not started"
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     @property
     def host(self) -> str:
@@ -509,18 +501,12 @@ class GoogleAuthFront:
         self._metadata_account = email
 
     def start(self) -> GoogleAuthFront:
-        handler = type("Handler", (_FrontHandler,), {"front": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="google-auth-front", daemon=True)
-        self._thread.start()
+        self._server = FakeServer(_FrontHandler, self)
         return self
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(5)
+            self._server.stop()
             self._server = None
 
     def __enter__(self) -> GoogleAuthFront:
@@ -615,12 +601,12 @@ class GoogleAuthFront:
         return None
 
 
-class _FrontHandler(BaseHTTPRequestHandler):
-    front: GoogleAuthFront
-    protocol_version = "HTTP/1.1"
+class _FrontHandler(FakeHandler):
+    disable_nagle_algorithm = False
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+    @property
+    def front(self) -> GoogleAuthFront:
+        return self.owner  # type: ignore[no-any-return]
 
     def handle(self) -> None:
         with contextlib.suppress(ConnectionError):  # a client that hung up early
@@ -631,21 +617,11 @@ class _FrontHandler(BaseHTTPRequestHandler):
             data, kind = body.encode(), "text/plain"
         else:
             data, kind = json.dumps(body).encode(), "application/json; charset=UTF-8"
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        self.send(status, {"Content-Type": kind, **(headers or {})}, data)
 
     def do_POST(self) -> None:
         if self.path.split("?", 1)[0] == "/token":
-            form = dict(parse_qsl(self._body().decode()))
+            form = dict(parse_qsl(self.read_body().decode()))
             status, body = self.front.token_endpoint(form)
             self._send(status, body, {"Cache-Control": "no-store"})
             return
@@ -669,7 +645,7 @@ class _FrontHandler(BaseHTTPRequestHandler):
 
     def _storage(self) -> None:
         denial = self.front.authorize(self.command, self.path, self.headers.get("Authorization"))
-        body = self._body()
+        body = self.read_body()
         if denial is not None:
             status, error = denial
             extra = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'} if status == 401 else {}
@@ -683,17 +659,13 @@ class _FrontHandler(BaseHTTPRequestHandler):
             response = upstream.getresponse()
             length = response.getheader("Content-Length")
             payload = None if length is not None else response.read()
-            self.send_response(response.status)
-            for name, value in response.getheaders():
-                if name.lower() not in ("connection", "keep-alive", "transfer-encoding", "content-length"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", length if length is not None else str(len(payload or b"")))
-            self.end_headers()
-            if payload is not None:
-                self.wfile.write(payload)
-                return
-            while chunk := response.read(256 * 1024):
-                self.wfile.write(chunk)
+            hop = ("connection", "keep-alive", "transfer-encoding", "content-length")
+            headers = {k: v for k, v in response.getheaders() if k.lower() not in hop}
+            headers["Content-Length"] = length if length is not None else str(len(payload or b""))
+            self.send(response.status, headers, payload or b"")
+            if payload is None:
+                while chunk := response.read(256 * 1024):
+                    self.wfile.write(chunk)
         finally:
             upstream.close()
 

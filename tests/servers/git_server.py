@@ -26,13 +26,12 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import pytest
 
+from tests.servers.base import FakeHandler, FakeServer, RequestLog
 from tests.servers.fake_lfs import LfsStore
 
 GIT = shutil.which("git") or "git"
@@ -55,34 +54,13 @@ def git_env(home: Path) -> dict[str, str]:
     return env
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+class _Handler(FakeHandler):
+    disable_nagle_algorithm = False
 
     def do_GET(self) -> None:
         self._handle()
 
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def _body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks: list[bytes] = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+    do_POST = do_PUT = do_GET
 
     def _user(self) -> str | None:
         header = self.headers.get("Authorization", "")
@@ -92,32 +70,23 @@ class _Handler(BaseHTTPRequestHandler):
             user, _, password = base64.b64decode(header[6:]).decode().partition(":")
         except ValueError:
             return None
-        return user if self.server.owner.users.get(user) == password else None
+        return user if self.owner.users.get(user) == password else None
 
     def _handle(self) -> None:
-        owner = self.server.owner
+        owner: GitServer = self.owner
         path, _, query = self.path.partition("?")
-        body = self._body()
+        body = self.read_body()
+        self.record()
         with owner.lock:
-            owner.requests.append((self.command, self.path, self.headers.get("Authorization")))
             owner.protocols.append(self.headers.get("Git-Protocol"))
         if path.startswith("/moved/"):  # a renamed repository, as forges answer for the old name
-            self.send_response(301)
-            self.send_header("Location", self.path.removeprefix("/moved"))
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.send(301, {"Location": self.path.removeprefix("/moved")})
             return
         lfs_object = owner.lfs.handles(path) and not owner.lfs.is_batch(path)
         user = self._user()
         if owner.users and user is None and not lfs_object:
-            data = b"authentication required"
-            self.send_response(401)
-            self.send_header("WWW-Authenticate", 'Basic realm="git"')
-            self.send_header("LFS-Authenticate", 'Basic realm="git"')
-            self.send_header("Content-Type", "text/plain")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            challenge = {"WWW-Authenticate": 'Basic realm="git"', "LFS-Authenticate": 'Basic realm="git"'}
+            self.send(401, {**challenge, "Content-Type": "text/plain"}, b"authentication required")
             return
         if owner.lfs.handles(path):
             owner.lfs.handle(self, path, body, owner.url)
@@ -125,7 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._cgi(path, query, body, user)
 
     def _cgi(self, path: str, query: str, body: bytes, user: str | None) -> None:
-        owner = self.server.owner
+        owner: GitServer = self.owner
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "GIT_PROJECT_ROOT": str(owner.root),
@@ -166,17 +135,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path.endswith("/git-upload-pack"):
             with owner.lock:
                 owner.upload_pack_bytes.append(len(payload))
-        self.send_response(status)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: GitServer
+        self.send(status, dict(headers), payload)
 
 
 class GitServer:
@@ -193,20 +152,17 @@ class GitServer:
         self.protocol_v2 = protocol_v2  # False: ignore Git-Protocol, as a server that speaks only v0
         self.lfs = LfsStore()
         self.lock = threading.Lock()
-        self.requests: list[tuple[str, str, str | None]] = []
+        self.requests = RequestLog()  # every request: method, path, headers (r.authorization)
         self.protocols: list[str | None] = []  # the Git-Protocol header of each request
         self.upload_pack_bytes: list[int] = []
-        self._httpd = _Server(("127.0.0.1", 0), _Handler)
-        self._httpd.owner = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._httpd = FakeServer(_Handler, self, start=False, log=self.requests)
 
     def __enter__(self) -> GitServer:
-        self._thread.start()
+        self._httpd.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.stop()
 
     @property
     def url(self) -> str:

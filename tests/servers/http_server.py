@@ -14,16 +14,25 @@ resumed download fetched only what was missing.
 from __future__ import annotations
 
 import hashlib
-import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+
+from tests.servers.base import (
+    UNSATISFIABLE,
+    FakeHandler,
+    FakeServer,
+    RequestLog,
+    content_range,
+    parse_range,
+    tls_context,
+)
+from tests.servers.base import Fault as BodyFault
 
 
 @dataclass
@@ -54,14 +63,7 @@ class FileOptions:
     chunked: bool = False
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are separate writes
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
+class _Handler(FakeHandler):
     def do_HEAD(self) -> None:
         self._serve(body=False)
 
@@ -69,21 +71,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _send_simple(self, status: int, text: str = "", headers: dict[str, str] | None = None) -> None:
-        data = text.encode()
-        self.send_response(status)
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.send_header("Content-Type", "text/plain")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+        self.send(status, {**(headers or {}), "Content-Type": "text/plain"}, text.encode())
 
     def _serve(self, body: bool) -> None:
-        srv = self.server.owner
+        srv: HttpFileServer = self.owner
         path = self.path.split("?", 1)[0]
+        self.record()
         with srv.lock:
-            srv.requests.append((self.command, self.path, dict(self.headers)))
             options = srv.options.get(path, FileOptions())
             fault = srv.faults.get(path)
             data = srv.files.get(path)
@@ -124,98 +118,67 @@ class _Handler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         if range_header and options.ranges and not ignore_range and (if_range is None or if_range == etag):
-            parsed = _parse_range(range_header, len(data))
-            if parsed is None:
+            parsed = parse_range(range_header, len(data), malformed="unsatisfiable")
+            if parsed == UNSATISFIABLE or parsed is None:
                 self._send_simple(416, "", {"Content-Range": f"bytes */{len(data)}"})
                 return
             start, end = parsed
             status = 206
-        self.send_response(status)
-        self.send_header("Content-Type", options.content_type)
+        headers = {"Content-Type": options.content_type}
         if options.ranges:
-            self.send_header("Accept-Ranges", "bytes")
+            headers["Accept-Ranges"] = "bytes"
         if options.etag:
-            self.send_header("ETag", etag)
-        self.send_header("Last-Modified", last_modified)
+            headers["ETag"] = etag
+        headers["Last-Modified"] = last_modified
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            headers["Content-Range"] = content_range(start, end, len(data))
         if options.chunked:
-            self.send_header("Transfer-Encoding", "chunked")
+            headers["Transfer-Encoding"] = "chunked"
         else:
-            self.send_header("Content-Length", str(end - start))
-        self.end_headers()
+            headers["Content-Length"] = str(end - start)
+        self.send(status, headers)
         if not body:
             return
         if fault is not None and fault.hold_from is not None and start >= fault.hold_from:
             time.sleep(fault.hold_seconds)
-        self._send_body(path, data, start, end, fault, options.chunked)
+        self._send_body(path, memoryview(data)[start:end], fault, options.chunked)
 
-    def _send_body(self, path: str, data: bytes, start: int, end: int, fault: Fault | None, chunked: bool) -> None:
-        srv = self.server.owner
-        sent = 0
-        view = memoryview(data)[start:end]
-        step = 64 * 1024 if fault is not None else 1024 * 1024
-        while sent < len(view):
-            piece = view[sent : sent + step]
-            if fault is not None:
-                with srv.lock:
-                    if fault.cut_after is not None and fault.cut_times > 0 and sent + len(piece) > fault.cut_after:
-                        fault.cut_times -= 1
-                        piece = piece[: max(fault.cut_after - sent, 0)]
-                        if piece:  # an empty chunk would be a valid end of body
-                            self._write(piece, chunked)
-                        srv.bytes_sent += len(piece)
-                        self.close_connection = True
-                        self.connection.shutdown(socket.SHUT_RDWR)
-                        return
-                    stall = (
-                        fault.stall_after is not None
-                        and fault.stall_times > 0
-                        and sent + len(piece) > fault.stall_after
-                    )
-                    if stall:
-                        fault.stall_times -= 1
-                    replace = fault.replace_after is not None and srv.bytes_sent >= fault.replace_after
-                    if replace and fault.replacement is not None:
-                        srv.files[path] = fault.replacement
-                        srv.mtimes[path] = srv.mtimes.get(path, 1_700_000_000) + 60
-                        fault.replacement = None
-                if stall:
-                    time.sleep(fault.stall_seconds)
-            try:
-                self._write(piece, chunked)
-            except (BrokenPipeError, ConnectionResetError):
-                return
+    def _send_body(self, path: str, view: memoryview, fault: Fault | None, chunked: bool) -> None:
+        srv: HttpFileServer = self.owner
+        faults: list[BodyFault] = []
+        if fault is not None and fault.cut_after is not None:
+            faults.append(BodyFault("cut", after_bytes=fault.cut_after))
+        if fault is not None and fault.stall_after is not None:
+            faults.append(BodyFault("stall", after_bytes=fault.stall_after, seconds=fault.stall_seconds, resume=True))
+
+        def claim(body_fault: BodyFault) -> bool:
+            """Use up one of the path's cuts or stalls (they count down as they fire)."""
+            assert fault is not None
             with srv.lock:
-                srv.bytes_sent += len(piece)
-            sent += len(piece)
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
+                if body_fault.kind == "cut" and fault.cut_times > 0:
+                    fault.cut_times -= 1
+                    return True
+                if body_fault.kind == "stall" and fault.stall_times > 0:
+                    fault.stall_times -= 1
+                    return True
+            return False
 
-    def _write(self, piece: memoryview, chunked: bool) -> None:
-        if chunked:
-            self.wfile.write(f"{len(piece):x}\r\n".encode() + bytes(piece) + b"\r\n")
-        else:
-            self.wfile.write(piece)
+        def counted(n: int) -> None:
+            with srv.lock:
+                srv.bytes_sent += n
+                if fault is None or fault.replace_after is None or fault.replacement is None:
+                    return
+                if srv.bytes_sent >= fault.replace_after:
+                    srv.files[path] = fault.replacement
+                    srv.mtimes[path] = srv.mtimes.get(path, 1_700_000_000) + 60
+                    fault.replacement = None
 
-
-def _parse_range(header: str, size: int) -> tuple[int, int] | None:
-    if not header.startswith("bytes=") or "," in header:
-        return None
-    first, _, last = header[6:].partition("-")
-    if first == "":
-        length = int(last)
-        return (max(size - length, 0), size) if length > 0 and size > 0 else None
-    start = int(first)
-    end = size if last == "" else min(int(last) + 1, size)
-    if start >= size or start >= end:
-        return None
-    return start, end
+        chunk = 64 * 1024 if fault is not None else 1024 * 1024
+        self.stream(view, faults, claim=claim, chunked=chunked, chunk=chunk, counted=counted, wake=_NEVER)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    owner: HttpFileServer
+#: Stalls here last their whole time (the server stopping does not cut them short).
+_NEVER = threading.Event()
 
 
 class HttpFileServer:
@@ -227,22 +190,12 @@ class HttpFileServer:
         self.options: dict[str, FileOptions] = {}
         self.faults: dict[str, Fault] = {}
         self.mtimes: dict[str, int] = {}
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.requests = RequestLog()  # every request: method, path (and raw_query), headers
         self.bytes_sent = 0
         self.lock = threading.Lock()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self.port = self._server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        if tls is not None:
-            import ssl
-
-            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            tls.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
-            self.url = f"https://127.0.0.1:{self.port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._server = FakeServer(_Handler, self, tls=None if tls is None else tls_context(tls), log=self.requests)
+        self.port = self._server.port
+        self.url = self._server.url
 
     def add(self, path: str, data: bytes, **options: Any) -> str:
         """Serve ``data`` at ``path``; return its URL."""
@@ -252,13 +205,12 @@ class HttpFileServer:
         return self.url + path
 
     def reset_counters(self) -> None:
+        self.requests.clear()
         with self.lock:
-            self.requests.clear()
             self.bytes_sent = 0
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 @pytest.fixture

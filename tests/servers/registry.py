@@ -23,27 +23,22 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.servers.base import FakeHandler, FakeServer
+from tests.servers.processes import free_port
+
 USER, PASSWORD = "modeler", "s3cret-Passw0rd"
 IDENTITY_TOKEN = "refresh-token-of-modeler"  # what `docker login` stores as identitytoken for OAuth2 registries
 SERVICE, ISSUER = "test-registry", "test-token-issuer"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _binary() -> str:
@@ -85,49 +80,38 @@ class TokenServer:
         self.requests: list[dict[str, Any]] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
+        class Handler(FakeHandler):
+            protocol_version = "HTTP/1.0"
 
             def do_GET(self) -> None:
                 query = parse_qs(urlsplit(self.path).query)
                 server.requests.append({"query": query, "authorization": self.headers.get("Authorization")})
                 granted = server.grant(self.headers.get("Authorization"), query.get("scope", []))
                 if granted is None:
-                    body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
-                    self.send_response(401)
+                    body, status = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}', 401
                 else:
                     token = server.token(granted)
                     body = json.dumps({"token": token, "access_token": token, "expires_in": 300}).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    status = 200
+                self.send(status, {"Content-Type": "application/json"}, body)
 
             def do_POST(self) -> None:
                 # OAuth2 (distribution docs/spec/auth/oauth.md): grant_type=refresh_token.
-                length = int(self.headers.get("Content-Length") or 0)
-                form = parse_qs(self.rfile.read(length).decode())
+                form = parse_qs(self.read_body().decode())
                 server.requests.append({"query": form, "authorization": self.headers.get("Authorization")})
                 refresh = form.get("refresh_token", [""])[0]
                 if form.get("grant_type") != ["refresh_token"] or refresh != IDENTITY_TOKEN:
-                    body = b'{"error":"invalid_grant"}'
-                    self.send_response(400)
+                    body, status = b'{"error":"invalid_grant"}', 400
                 else:
                     access = server.grant(
                         f"Basic {base64.b64encode(f'{USER}:{PASSWORD}'.encode()).decode()}", form.get("scope", [])
                     )
                     body = json.dumps({"access_token": server.token(access or []), "expires_in": 300}).encode()
-                    self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    status = 200
+                self.send(status, {"Content-Type": "application/json"}, body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.httpd = FakeServer(Handler, self)
+        self.realm = f"{self.httpd.url}/token"
 
     def grant(self, authorization: str | None, scopes: list[str]) -> list[dict[str, Any]] | None:
         if authorization is None:
@@ -159,8 +143,7 @@ class TokenServer:
         return jwt.encode(claims, self.key, algorithm="RS256", headers={"kid": self.kid})
 
     def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.stop()
 
 
 class Registry:
@@ -171,7 +154,7 @@ class Registry:
         self.auth = auth
         self.storage = directory / "storage"
         self.storage.mkdir(parents=True)
-        self.port = _free_port()
+        self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         self.token_server: TokenServer | None = None
         config: dict[str, Any] = {

@@ -59,7 +59,6 @@ moto 5.2.5, botocore 1.44):
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import glob
 import hashlib
@@ -69,8 +68,6 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -86,11 +83,11 @@ from typing import Any, ClassVar, Literal, TypeVar
 
 import pytest
 
+from tests.servers.processes import GRPC_OFFSET, die_with_parent, free_port, stop_process
+
 MiB = 1024 * 1024
 REGION = "us-east-1"
 
-#: ``weed`` serves gRPC on every HTTP port + 10000.
-_GRPC_OFFSET = 10000
 
 _Server = TypeVar("_Server", bound="S3Server")
 
@@ -100,42 +97,6 @@ class ServerExited(RuntimeError):
 
 
 # -- processes -----------------------------------------------------------------
-
-
-def free_port(*, with_grpc: bool = False) -> int:
-    """A free 127.0.0.1 port; ``with_grpc``: port + 10000 is free too (SeaweedFS's gRPC port)."""
-    for _ in range(100):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if not with_grpc:
-            return port
-        if port + _GRPC_OFFSET > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + _GRPC_OFFSET))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
-def _die_with_parent() -> None:
-    """Runs in the child: SIGKILL it when the test runner dies, so no server outlives a crash."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """TERM, wait ``timeout`` s, then KILL (``weed`` may ignore TERM)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
 
 
 # -- deterministic large content --------------------------------------------------
@@ -318,7 +279,7 @@ class S3Server:
             stdin=subprocess.DEVNULL,
             cwd=self.workdir,
             env=env,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         probe = self.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
         deadline = time.monotonic() + timeout
@@ -526,7 +487,7 @@ class SeaweedFS(S3Server):
         ports: list[int] = []
         while len(ports) < 5:  # distinct, and no HTTP port is another one's gRPC port
             port = free_port(with_grpc=True)
-            if {port, port + _GRPC_OFFSET}.isdisjoint([*ports, *(p + _GRPC_OFFSET for p in ports)]):
+            if {port, port + GRPC_OFFSET}.isdisjoint([*ports, *(p + GRPC_OFFSET for p in ports)]):
                 ports.append(port)
         self.ports += ports
         master, volume, filer, s3, admin = ports
@@ -554,7 +515,7 @@ class SeaweedFS(S3Server):
         """Also remove the ``/tmp/seaweedfs-*-grpc-<port>.sock`` files ``weed`` leaves behind."""
         super().stop()
         for port in self.ports:
-            for path in glob.glob(f"/tmp/seaweedfs-*-grpc-{port + _GRPC_OFFSET}.sock"):
+            for path in glob.glob(f"/tmp/seaweedfs-*-grpc-{port + GRPC_OFFSET}.sock"):
                 Path(path).unlink(missing_ok=True)
 
 

@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import RepoFile, RepoFolder
 
+from tests import cli
 from tests.servers.fake_hf import FakeHFHub, git_blob_oid
 
 BIG = os.urandom(3 * 1024 * 1024 + 17)  # LFS by extension
@@ -40,12 +41,8 @@ FILES = {
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root (the library's .cache folder excluded)."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".cache" not in p.relative_to(root).parts
-    }
+    """Every regular file below root (the library's own dot-folders excluded)."""
+    return cli.tree(root, hidden=False)
 
 
 def test_snapshot_download_model_lfs_and_nested(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
@@ -231,7 +228,7 @@ def test_tree_pagination_and_paths_info(tmp_path: Path, fake_hf_hub: FakeHFHub) 
     )
     assert sorted(e.path for e in entries if isinstance(e, RepoFolder)) == ["d0", "d1", "d2"]
     pages = [r for r in hub.requests if "/tree/" in r.path]
-    assert len(pages) == 6 and all("cursor=" in r.query for r in pages[1:])
+    assert len(pages) == 6 and all("cursor=" in r.raw_query for r in pages[1:])
     top = list(api.list_repo_tree("acme/many", path_in_repo="d1"))
     assert [e.path for e in top] == ["d1/f0.txt", "d1/f1.txt", "d1/f2.txt"]
     info = api.get_paths_info("acme/many", ["d0/f2.txt", "d9"])

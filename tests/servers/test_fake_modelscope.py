@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import cli
 from tests.servers.fake_modelscope import FakeModelScopeHub
 
 BIG = os.urandom(2 * 1024 * 1024 + 17)  # LFS: served from object storage
@@ -27,12 +28,8 @@ FILES = {
 
 
 def tree(root: Path) -> dict[str, bytes]:
-    """Every regular file below root (the SDK's own bookkeeping excluded)."""
-    return {
-        p.relative_to(root).as_posix(): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+    """Every regular file below root (the library's own dot-folders excluded)."""
+    return cli.tree(root, hidden=False)
 
 
 def test_snapshot_download_whole_repo(fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path) -> None:
@@ -46,7 +43,7 @@ def test_snapshot_download_whole_repo(fake_modelscope_hub: FakeModelScopeHub, tm
     assert [(r.server, r.status) for r in lfs] == [("storage", 200)]
     assert hub.bytes_served("model.safetensors") == len(BIG)
     listing = [r for r in hub.requests if r.path == "/api/v1/models/acme/bert/repo/files"]
-    assert len(listing) == 1 and "Revision=master" in listing[0].query  # the SDK's default revision
+    assert len(listing) == 1 and "Revision=master" in listing[0].raw_query  # the SDK's default revision
 
 
 def test_kserve_entry_point_with_token_private_repo(fake_modelscope_hub: FakeModelScopeHub, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from storage_initializer.errors import (
     TransientError,
     network_error,
 )
+from storage_initializer.http import new_session, same_origin
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import register_secret
@@ -93,15 +94,7 @@ class LfsClient:
     def _session(self) -> Any:
         session = getattr(self._local, "session", None)
         if session is None:
-            import requests
-            from requests.adapters import HTTPAdapter
-
-            session = requests.Session()
-            session.trust_env = False
-            session.verify = self.verify
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
+            session = new_session(self.context.env, pool_size=4, verify=self.verify)
             self._local.session = session
         return session
 
@@ -111,8 +104,7 @@ class LfsClient:
         return (self.creds.username or "", self.creds.password or "")
 
     def _same_origin(self, url: str) -> bool:
-        a, b = urlsplit(url), urlsplit(self.repo_url)
-        return (a.scheme, a.hostname, a.port) == (b.scheme, b.hostname, b.port)
+        return same_origin(url, self.repo_url)
 
     def _request(self, method: str, url: str, **kwargs: Any) -> Any:
         import requests

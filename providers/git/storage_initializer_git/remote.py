@@ -26,6 +26,7 @@ from storage_initializer.errors import (
     is_network_failure,
     network_error,
 )
+from storage_initializer.http import proxies_for
 from storage_initializer.provider import ProviderContext
 from storage_initializer.redact import register_secret
 from storage_initializer_git.uri import GitUri
@@ -87,17 +88,9 @@ def _pool_manager(url: str, env: Mapping[str, str], context: ProviderContext) ->
     if env.get("GIT_SSL_NO_VERIFY", "").strip().lower() in ("1", "true", "yes"):
         kwargs["cert_reqs"] = "CERT_NONE"
         log.warning("GIT_SSL_NO_VERIFY is set: TLS certificates of the git server are not verified")
-    scheme = urlsplit(url).scheme
-    proxy = env.get(f"{scheme}_proxy") or env.get(f"{scheme.upper()}_PROXY") or env.get("all_proxy")
-    proxy = proxy or env.get("ALL_PROXY")
-    if proxy:
-        from requests.utils import should_bypass_proxies
-
-        no_proxy = env.get("no_proxy") or env.get("NO_PROXY")
-        if not (no_proxy and should_bypass_proxies(url, no_proxy=no_proxy)):
-            register_secret(urlsplit(proxy).password)
-            return urllib3.ProxyManager(proxy, **kwargs)
-    return urllib3.PoolManager(**kwargs)
+    proxies = proxies_for(url, env)  # the kit's rule: lower-case first, NO_PROXY, the password masked
+    proxy = proxies.get(urlsplit(url).scheme) or proxies.get("all")
+    return urllib3.ProxyManager(proxy, **kwargs) if proxy else urllib3.PoolManager(**kwargs)
 
 
 class Remote:

@@ -39,6 +39,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
+from storage_initializer.http import read_headers
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import register_secret
@@ -401,13 +402,8 @@ class S3Provider(Provider):
 
     @staticmethod
     def _range_headers(ref: ObjectRef, obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
-        headers: dict[str, str] = {}
-        ranged = start > 0 or (end is not None and end != obj.size)
-        if ranged:
-            headers["range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
-        if ref.etag:
-            headers["if-match"] = ref.etag
-        return headers, ranged
+        headers, ranged = read_headers(start, end, obj.size, etag=ref.etag)
+        return {name.lower(): value for name, value in headers.items()}, ranged
 
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
         ref = self._ref(uri, obj)
