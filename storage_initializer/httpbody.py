@@ -68,12 +68,13 @@ class HttpBody:
             return 0
         want = min(len(buffer), remaining)
         if not self._drained:
-            # Body bytes read along with the headers sit in http.client's
-            # buffer; take them (and at most one more raw read) first.
-            self._drained = True
+            # Body bytes read along with the headers sit in http.client's buffer: take
+            # them first, over as many calls as it takes (a short answer fills less than
+            # ``want``: then the buffer is empty, or read1's one raw read came up short).
             chunk = fp.fp.read1(want)
             n = len(chunk)
             buffer[:n] = chunk
+            self._drained = n < want
         else:
             n = self._recv(buffer, want)
         fp.length = remaining - n

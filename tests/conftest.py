@@ -15,5 +15,5 @@ _SERVERS = Path(__file__).parent / "servers"
 pytest_plugins = [
     f"tests.servers.{module.name}"
     for module in pkgutil.iter_modules([str(_SERVERS)])
-    if not module.name.startswith(("test_", "_"))
+    if not module.name.startswith(("test_", "_")) and module.name != "processes"  # helpers, no fixtures
 ] + ["tests.unreachable"]

@@ -247,10 +247,6 @@ class FakeModelScopeHub(FakeService):
 
 class _Handler(FakeHandler):
     server_kind: Literal["hub", "storage"] = "hub"
-    # Nagle on, as this fake always ran: a short body then arrives after the headers, not in
-    # the same segment. (With TCP_NODELAY, HttpBody loses body bytes that http.client buffered
-    # with the headers when its first read is smaller than them; the core's to fix.)
-    disable_nagle_algorithm = False
 
     @property
     def hub(self) -> FakeModelScopeHub:
