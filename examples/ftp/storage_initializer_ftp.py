@@ -28,6 +28,7 @@ from storage_initializer.errors import (
     ObjectChangedError,
     StorageInitializerError,
     TransientError,
+    network_error,
 )
 from storage_initializer.provider import ByteStream, Provider, ProviderContext, RemoteObject, SocketStream, UriFormat
 from storage_initializer.redact import register_secret
@@ -60,20 +61,21 @@ def _object(key: str, path: str, facts: Mapping[str, str]) -> RemoteObject:
 @contextmanager
 def _errors(uri: str) -> Iterator[None]:
     """Map ftplib's replies and socket errors onto the error hierarchy."""
-    shown = uri
     try:
         yield
     except ftplib.error_perm as exc:
         code = str(exc)[:3]
         if code == "550":
-            raise NotFoundError(f"{shown}: not found on the FTP server ({exc})", hint="check the path") from None
+            raise NotFoundError(f"{uri}: not found on the FTP server ({exc})", hint="check the path") from None
         if code in ("530", "532"):
             raise AccessDeniedError(
-                f"{shown}: FTP login refused ({exc})", hint="check FTP_USERNAME and FTP_PASSWORD"
+                f"{uri}: FTP login refused ({exc})", hint="check FTP_USERNAME and FTP_PASSWORD"
             ) from None
-        raise StorageInitializerError(f"{shown}: FTP server refused: {exc}") from None
-    except (ftplib.error_temp, ftplib.error_reply, ftplib.error_proto, EOFError, OSError) as exc:
-        raise TransientError(f"{shown}: FTP failure: {type(exc).__name__}: {exc}") from exc
+        raise StorageInitializerError(f"{uri}: FTP server refused: {exc}") from None
+    except (ftplib.error_temp, ftplib.error_reply, ftplib.error_proto, EOFError) as exc:
+        raise TransientError(f"{uri}: FTP failure: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # refused, DNS name not found, timeout...: says which, retried only if it can heal
+        raise network_error(exc, uri) from None
 
 
 def _mlst(ftp: ftplib.FTP, path: str) -> dict[str, str] | None:
