@@ -254,6 +254,10 @@ class FaultProxy:
             pass
         finally:
             for sock in (client, upstream):
+                # shutdown first: close() alone sends no FIN while _pump_up still blocks in recv on
+                # the socket, and the client would reuse a connection nobody answers any more.
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
 
