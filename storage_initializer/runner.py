@@ -105,12 +105,13 @@ class Runner:
             state = self._states.acquire(target)
             root = state.root
             destdir = DestDir(root)
-            transfer = PairTransfer(self.engine, provider, source, destdir, state)
+            sha256_for = checks.wants_sha256 if checks is not None and checks.stage is not None else None
+            transfer = PairTransfer(self.engine, provider, source, destdir, state, sha256_for)
             listed = provider  # narrowed, for the closures
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
                 checks.listed_from(listed.source_details())
-                checks.downloaded()
+                checks.downloaded(transfer.hashes)
             else:
                 transfer.run(lambda: listed.list(source))
             result = transfer.result
