@@ -1,0 +1,204 @@
+"""Pins checked with the download, not after it: the sha256 is computed as the bytes arrive.
+
+On stores that give no sha256 (plain HTTP, S3 without ``ChecksumSHA256``,
+GCS), a pinned file is hashed while it streams: in one stream from the bytes
+as they arrive, or, read as parallel ranged parts, in file order as the
+parts land. What a user can check: the record says each file's sha256 was
+``hashed while streaming`` (not ``after the download``), a body corrupted in
+transit (a proxy inverting one byte) fails with the digest message and
+publishes nothing, and a download killed with SIGKILL resumes and still
+verifies (the kept prefix hashed from disk once, the record says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.cli import clean_env, run_cli
+from tests.servers.fault_proxy import FaultProxy, ProxyFault
+from tests.servers.gcs import FakeGcsServer
+from tests.servers.http_server import HttpFileServer
+from tests.servers.s3 import SeaweedFS
+
+MiB = 1024 * 1024
+STREAMING = "while streaming"
+IN_PARTS = "while streaming, in order as the parts landed"
+#: Parallel 1 MiB parts, 4 at a time, for any file of 1 MiB or more.
+PARTS = {
+    "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M",
+    "STORAGE_INITIALIZER_PART_SIZE": "1M",
+    "STORAGE_INITIALIZER_FILE_CONCURRENCY": "4",
+}
+#: One stream whatever the size.
+ONE_STREAM = {"STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1G"}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def everything_in(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def record_files(record: Path) -> dict[str, dict[str, Any]]:
+    (pair,) = json.loads(record.read_text())["pairs"]
+    return {f["path"]: f for f in pair["files"]}
+
+
+def pinned_run(uri: str, dest: Path, digest: str, env: Mapping[str, str], record: Path) -> Any:
+    return run_cli(["--record", str(record), "--expect-digest", f"sha256:{digest}", uri, str(dest)], env)
+
+
+# -- HTTP: no checksum from the store -----------------------------------------------------------
+def test_http_pin_is_hashed_while_streaming_in_one_stream_and_in_parts(
+    http_server: HttpFileServer, tmp_path: Path
+) -> None:
+    data = os.urandom(6 * MiB + 12345)
+    url = http_server.add("/m/model.bin", data)
+    for name, env, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        result = pinned_run(url, tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        assert f"digest pin verified: sha256:{sha(data)} (hashed {how})" in result.stderr
+        entry = record_files(record)["model.bin"]
+        assert entry["checksums"] == {}  # plain HTTP announces none
+        assert entry["sha256"] == sha(data)
+        assert entry["verified_by"] == {"sha256": {"against": ["--expect-digest"], "hashed": how}}
+
+
+def test_http_body_corrupted_in_transit_fails_the_pin_and_publishes_nothing(
+    http_server: HttpFileServer, fault_proxy_factory: Callable[..., FaultProxy], tmp_path: Path
+) -> None:
+    data = os.urandom(4 * MiB)
+    http_server.add("/m/model.bin", data)
+    proxy = fault_proxy_factory(http_server.port)
+    for name, env in (("one", ONE_STREAM), ("parts", PARTS)):
+        # One byte of one data answer inverted (the size probe spared): the store announces no
+        # checksum, so only the pin can see it.
+        proxy.add(ProxyFault("flip", after_bytes=300_000, unless="bytes=0-0"))
+        record = tmp_path / f"{name}.json"
+        result = pinned_run(f"{proxy.url}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 1, result.stderr
+        assert proxy.injected and proxy.injected[-1].startswith("flip")
+        errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1
+        assert "model.bin: sha256 is " in errors[0] and f"--expect-digest pins {sha(data)}" in errors[0]
+        assert f"sha256 is {sha(data)}" not in errors[0]
+        assert everything_in(tmp_path / name) == []  # nothing published, the stage removed
+        (pair,) = json.loads(record.read_text())["pairs"]
+        assert pair["status"] == "error" and "--expect-digest pins" in pair["error"]
+
+
+def test_manifest_pin_hashes_the_listed_files_while_streaming(http_server: HttpFileServer, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB)
+    url = http_server.add("/w/weights.bin", data)
+    manifest = tmp_path / "SHA256SUMS"
+    manifest.write_text(f"{sha(data)}  weights.bin\n")
+    record = tmp_path / "record.json"
+    result = run_cli(["--record", str(record), "--expect-manifest", str(manifest), url, str(tmp_path / "out")], PARTS)
+    assert result.returncode == 0, result.stderr
+    assert f"manifest pin verified: 1 files (1 hashed {IN_PARTS})" in result.stderr
+    entry = record_files(record)["weights.bin"]
+    assert entry["verified_by"] == {"sha256": {"against": ["--expect-manifest"], "hashed": IN_PARTS}}
+
+
+# -- S3 (SeaweedFS): an MD5 ETag or a CRC but no sha256 ---------------------------------------------
+def test_s3_pin_is_hashed_with_the_store_checksum_in_the_same_pass(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    bucket = seaweedfs.new_bucket("stream")
+    data = os.urandom(5 * MiB)
+    seaweedfs.put(bucket, "m/model.bin", data)  # boto3's default CRC32 (and the ETag's MD5), no SHA-256
+    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        env = {**seaweedfs.env(), **extra}
+        result = pinned_run(f"s3://{bucket}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        entry = record_files(record)["model.bin"]
+        (store_algorithm,) = entry["checksums"]  # the cheapest the store announced
+        assert store_algorithm in ("crc32", "md5")
+        assert entry["sha256"] == sha(data)
+        assert entry["verified_by"] == {
+            store_algorithm: {"against": ["store"], "hashed": how},
+            "sha256": {"against": ["--expect-digest"], "hashed": how},
+        }
+
+
+# -- GCS (fake-gcs-server, through the SDK's streams): crc32c/md5 but no sha256 ---------------------
+def test_gcs_pin_is_hashed_while_streaming_through_the_sdk(gcs_server: FakeGcsServer, tmp_path: Path) -> None:
+    bucket = gcs_server.create_bucket()
+    data = os.urandom(3 * MiB + 7)
+    gcs_server.upload(bucket, "m/model.bin", data)
+    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        env = {
+            "STORAGE_EMULATOR_HOST": gcs_server.url,
+            "HOME": str(tmp_path / "home"),
+            "NO_GCE_CHECK": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9",
+            **extra,
+        }
+        result = pinned_run(f"gs://{bucket}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        entry = record_files(record)["model.bin"]
+        (store_algorithm,) = entry["checksums"]  # crc32c (its C library) or md5
+        assert entry["verified_by"] == {
+            store_algorithm: {"against": ["store"], "hashed": how},
+            "sha256": {"against": ["--expect-digest"], "hashed": how},
+        }
+
+
+# -- resume after SIGKILL -----------------------------------------------------------------------
+def _kill_when(proxy: FaultProxy, args: list[str], env: Mapping[str, str], received: int) -> None:
+    """Start the CLI, SIGKILL it once ``received`` bytes went through ``proxy``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", *args],
+        env=clean_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while proxy.bytes_down < received and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert proc.poll() is None, "the download ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+
+
+def test_pinned_download_killed_and_resumed_still_verifies(
+    http_server: HttpFileServer, fault_proxy_factory: Callable[..., FaultProxy], tmp_path: Path
+) -> None:
+    data = os.urandom(8 * MiB)
+    http_server.add("/m/model.bin", data)
+    proxy = fault_proxy_factory(http_server.port)
+    for name, env in (("one", ONE_STREAM), ("parts", {**PARTS, "STORAGE_INITIALIZER_FILE_CONCURRENCY": "2"})):
+        dest, record = tmp_path / name, tmp_path / f"{name}.json"
+        args = ["--record", str(record), "--expect-digest", f"sha256:{sha(data)}", f"{proxy.url}/m/model.bin"]
+        proxy.add(ProxyFault("slow", times=-1, rate=2 * MiB))
+        proxy.reset_counters()
+        _kill_when(proxy, [*args, str(dest)], env, received=4 * MiB)
+        assert not (dest / "model.bin").exists()  # still in the stage
+        proxy.clear()
+        proxy.reset_counters()
+        result = run_cli([*args, str(dest)], env)
+        assert result.returncode == 0, result.stderr
+        assert "resuming model.bin" in result.stderr
+        assert proxy.bytes_down < len(data) - 2 * MiB  # the kept bytes were not fetched again
+        assert (dest / "model.bin").read_bytes() == data and everything_in(dest) == ["model.bin"]
+        hashed = record_files(record)["model.bin"]["verified_by"]["sha256"]["hashed"]
+        assert hashed.startswith(STREAMING if name == "one" else IN_PARTS), hashed
+        assert "bytes, kept from an earlier run, read from disk)" in hashed, hashed
