@@ -111,7 +111,7 @@ class Runner:
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
                 checks.listed_from(listed.source_details())
-                checks.downloaded(transfer.hashes)
+                checks.downloaded(transfer.hashes, listed.object_details)
             else:
                 transfer.run(lambda: listed.list(source))
             result = transfer.result

@@ -136,12 +136,17 @@ class PairIntegrity:
         """What the provider says the source resolved to (a commit, a manifest digest)."""
         self.record.details = {str(k): redact(str(v)) for k, v in details.items()}
 
-    def downloaded(self, hashes: Mapping[str, FileHashes] | None = None) -> None:
+    def downloaded(
+        self,
+        hashes: Mapping[str, FileHashes] | None = None,
+        details: Callable[[RemoteObject], Mapping[str, str]] | None = None,
+    ) -> None:
         """After the transfer, before extraction: collect the files; check the digest pin.
 
-        ``hashes``: what the engine hashed while downloading (the sha256 a pin needs among them).
+        ``hashes``: what the engine hashed while downloading (the sha256 a pin needs among them);
+        ``details``: the provider's per-file facts for the record.
         """
-        self._entries = self.listing.entries(self.run.settings.verify_checksums, hashes)
+        self._entries = self.listing.entries(self.run.settings.verify_checksums, hashes, details)
         self.record.files = self._entries
         self.record.file_count, self.record.bytes = self.listing.totals()
         if self.checks.digest is None or self.stage is None:

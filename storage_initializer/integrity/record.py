@@ -12,13 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from storage_initializer.engine.hashing import FileHashes, choose_checksum
 from storage_initializer.engine.paths import PathFilter, is_own_artifact
 from storage_initializer.provider import RemoteObject
+from storage_initializer.redact import redact
 
 #: How a file is said to have been hashed when an earlier run (or the node cache) downloaded it.
 EARLIER = "when an earlier run downloaded it"
@@ -39,9 +40,13 @@ class FileEntry:
     hashed: str | None = None
     #: algorithm -> {"against": ["store", "--expect-digest"...], "hashed": "while streaming"...}.
     verified_by: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What the provider adds (``Provider.object_details``: S3's ``version_id``).
+    details: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"path": self.path, "size": self.size, "version": self.version}
+        for name, value in sorted(self.details.items()):
+            doc.setdefault(name, value)  # never over a field of ours
         doc["checksums"] = dict(sorted(self.verified.items()))
         if self.sha256 and self.verified.get("sha256") != self.sha256:
             doc["sha256"] = self.sha256
@@ -90,12 +95,18 @@ class Listing:
         with self._lock:
             return len(self._sizes), sum(self._sizes.values())
 
-    def entries(self, verify_checksums: bool, hashes: Mapping[str, FileHashes] | None = None) -> list[FileEntry]:
+    def entries(
+        self,
+        verify_checksums: bool,
+        hashes: Mapping[str, FileHashes] | None = None,
+        details: Callable[[RemoteObject], Mapping[str, str]] | None = None,
+    ) -> list[FileEntry]:
         """The files kept, with the checksums the engine verified (if verification was on).
 
         ``hashes`` is what the engine hashed this run; a file it did not (complete
         from an earlier run, from the node cache) shows the checksum it would have
-        chosen, verified when that file was downloaded.
+        chosen, verified when that file was downloaded. ``details`` gives the
+        provider's per-file facts (:meth:`Provider.object_details`).
         """
         result = []
         with self._lock:
@@ -117,6 +128,8 @@ class Listing:
                 entry.sha256 = done.sha256 or entry.sha256
                 entry.hashed = done.how
             entry.verified_by = {algorithm: {"against": ["store"], "hashed": how} for algorithm in verified}
+            if details is not None:
+                entry.details = {str(k): redact(str(v)) for k, v in details(obj).items()}
             result.append(entry)
         return result
 
