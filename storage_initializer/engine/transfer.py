@@ -171,11 +171,14 @@ class _FileJob:
         self.todo: list[int] = []  # parts no stream has taken yet (popped from the end)
         self.fd = -1
         self.hasher: InOrderHasher | None = None
-        self.resumed_at = 0  # bytes of a one-stream read kept from an earlier run
+        self.resumed_at = 0  # bytes of a one-stream read already on disk when it (re)started
         self.lock = threading.Lock()
         self.finished = False
         self.streamed = False  # read as one stream whose temporary file a rerun continues
 
+
+#: How the record describes the bytes of a resumed file that were hashed from disk, once.
+RESUMED = "on disk from an interrupted download, read back once"
 
 #: A file read as one stream is resumable from the bytes on disk from this size on (smaller
 #: ones cost less to fetch again than to record).
@@ -617,7 +620,7 @@ class PairTransfer:
         if job.hasher is not None:
             how = "while streaming, in order as the parts landed"
             if job.hasher.from_disk:
-                how += f" (the first {job.hasher.from_disk} bytes, kept from an earlier run, read from disk)"
+                how += f" (the first {job.hasher.from_disk} bytes, {RESUMED})"
             self._verified(job, job.hasher.finish(), how)
         self._close_fd(job)
         self._publish(job)
@@ -764,7 +767,7 @@ class PairTransfer:
     @staticmethod
     def _stream_how(job: _FileJob) -> str:
         if job.resumed_at:
-            return f"while streaming (the first {job.resumed_at} bytes, kept from an earlier run, read from disk)"
+            return f"while streaming (the first {job.resumed_at} bytes, {RESUMED})"
         return "while streaming"
 
     def _verified(self, job: _FileJob, digests: Digests | None, how: str) -> None:

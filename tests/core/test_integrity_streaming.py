@@ -201,4 +201,82 @@ def test_pinned_download_killed_and_resumed_still_verifies(
         assert (dest / "model.bin").read_bytes() == data and everything_in(dest) == ["model.bin"]
         hashed = record_files(record)["model.bin"]["verified_by"]["sha256"]["hashed"]
         assert hashed.startswith(STREAMING if name == "one" else IN_PARTS), hashed
-        assert "bytes, kept from an earlier run, read from disk)" in hashed, hashed
+        assert "bytes, on disk from an interrupted download, read back once)" in hashed, hashed
+
+
+# -- the in-order hasher itself -------------------------------------------------------------------
+def test_in_order_hasher_follows_parts_landing_out_of_order(tmp_path: Path) -> None:
+    """Parts written concurrently in chunks, completing in shuffled order, some reporting the
+    bytes they wrote and some only their offset (as the event loop does): the digest is the
+    file's, ready at the last part with nothing left to read, and most bytes were never read back."""
+    import random
+    import threading
+
+    from storage_initializer.engine.hashing import Digests
+    from storage_initializer.engine.inorder import InOrderHasher
+
+    data = os.urandom(5 * MiB + 999)
+    part, chunk = 512 * 1024, 64 * 1024
+    parts = [(s, min(s + part, len(data))) for s in range(0, len(data), part)]
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * len(data))
+    fd = os.open(path, os.O_RDWR)
+    buffers = threading.local()
+
+    def buffer() -> memoryview:
+        if not hasattr(buffers, "view"):
+            buffers.view = memoryview(bytearray(256 * 1024))
+        return buffers.view  # type: ignore[no-any-return]
+
+    try:
+        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
+        hasher.resumed([])  # nothing on disk yet: a no-op
+        order = list(range(len(parts)))
+        random.Random(7).shuffle(order)
+        queue = list(order)
+        lock = threading.Lock()
+
+        def worker(direct: bool) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop()
+                start, end = parts[index]
+                for offset in range(start, end, chunk):
+                    piece = memoryview(data)[offset : min(offset + chunk, end)]
+                    os.pwrite(fd, piece, offset)
+                    hasher.landed(index, offset + len(piece), piece if direct else None)
+                hasher.part_done(index)
+
+        threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert hasher.finish().sha256() == sha(data)
+        assert hasher.read_back < len(data)
+    finally:
+        os.close(fd)
+
+
+def test_in_order_hasher_hashes_a_resumed_prefix_from_disk_once(tmp_path: Path) -> None:
+    from storage_initializer.engine.hashing import Digests
+    from storage_initializer.engine.inorder import InOrderHasher
+
+    data = os.urandom(4 * MiB)
+    parts = [(s, s + MiB) for s in range(0, len(data), MiB)]
+    path = tmp_path / "f"
+    path.write_bytes(data[: 2 * MiB] + b"\0" * MiB + data[3 * MiB :])  # parts 0, 1 and 3 kept
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, lambda: memoryview(bytearray(MiB)))
+        hasher.resumed([0, 1, 3])
+        assert hasher.from_disk == 2 * MiB and hasher.read_back == 2 * MiB  # the contiguous prefix only
+        os.pwrite(fd, data[2 * MiB : 3 * MiB], 2 * MiB)
+        hasher.landed(2, 3 * MiB, memoryview(data)[2 * MiB : 3 * MiB])  # hashed from the bytes given
+        hasher.part_done(2)  # part 3 follows, from disk
+        assert hasher.finish().sha256() == sha(data)
+        assert hasher.read_back == 3 * MiB
+    finally:
+        os.close(fd)
