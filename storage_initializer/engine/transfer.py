@@ -622,6 +622,12 @@ class PairTransfer:
             if job.hasher.from_disk:
                 how += f" (the first {job.hasher.from_disk} bytes, {RESUMED})"
             self._verified(job, job.hasher.finish(), how)
+            log.debug(
+                "hashed %s in order: %d of %d bytes read back from the page cache",
+                job.relpath,
+                job.hasher.read_back,
+                size,
+            )
         self._close_fd(job)
         self._publish(job)
         self.state.forget_parts(job.relpath)
