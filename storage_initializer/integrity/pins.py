@@ -13,21 +13,23 @@ an earlier run completed, files extracted from an archive) is hashed here,
 after the download, with one sequential read.
 
 Measured (1 GiB file, nginx on 127.0.0.1, default settings: 4 parallel
-ranged parts; the http provider; wall time, median of 3-5 interleaved runs
-on a 2-core machine shared with other work, load 4-7):
+ranged parts; the http provider; wall time, median of 5 interleaved runs on
+a 2-core machine shared with other work, load ~2; "after" is the previous
+engine, which read the file again once it was complete):
 
-===========================  =========  ====================  ==================
-server                       no pin     pin, hashed after     pin, while streaming
-===========================  =========  ====================  ==================
-limit_rate 32m (128 MiB/s)   9.25 s     11.14 s               9.95 s
-limit_rate 64m (256 MiB/s)   4.99 s     6.09 s                6.00 s
-loopback, no limit           1.3 s      2.0-3.0 s             2.0-2.8 s
-===========================  =========  ====================  ==================
+===========================  ======  =================  ====================
+server                       no pin  pin, hashed after  pin, while streaming
+===========================  ======  =================  ====================
+limit_rate 32m (128 MiB/s)   8.26 s  9.19 s             8.56 s
+limit_rate 64m (256 MiB/s)   4.50 s  5.22 s             4.71 s
+loopback, no limit           0.98 s  2.07 s             1.91 s
+===========================  ======  =================  ====================
 
-The sha256 of 1 GiB costs ~0.6 s of CPU either way (SHA-NI); hashing after
-the download adds it as a tail, hashing while streaming hides it behind the
-transfer when the network, not the CPU, is the limit. Where the CPU is the
-limit (loopback, a loaded machine) both cost the same.
+The sha256 of 1 GiB costs ~0.6 s of CPU either way (SHA-NI). Hashed after
+the download it is a tail; hashed while streaming it hides behind the
+transfer when the network is the limit (within 0.2-0.3 s of no pin). On
+loopback the CPU is the limit and both cost about the same. (Letting only
+the workers hash, never the event loop, measured the same.)
 """
 
 from __future__ import annotations
