@@ -26,7 +26,7 @@ from typing import Any
 from tests.cli import clean_env, run_cli
 from tests.servers.fault_proxy import FaultProxy, ProxyFault
 from tests.servers.gcs import FakeGcsServer
-from tests.servers.http_server import HttpFileServer
+from tests.servers.http_server import Fault, HttpFileServer
 from tests.servers.s3 import SeaweedFS
 
 MiB = 1024 * 1024
@@ -161,8 +161,8 @@ def test_gcs_pin_is_hashed_while_streaming_through_the_sdk(gcs_server: FakeGcsSe
 
 
 # -- resume after SIGKILL -----------------------------------------------------------------------
-def _kill_when(proxy: FaultProxy, args: list[str], env: Mapping[str, str], received: int) -> None:
-    """Start the CLI, SIGKILL it once ``received`` bytes went through ``proxy``."""
+def _kill_when(server: HttpFileServer, args: list[str], env: Mapping[str, str], sent: int) -> None:
+    """Start the CLI, SIGKILL it once the server sent ``sent`` bytes (and stopped sending)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "storage_initializer", *args],
         env=clean_env(env),
@@ -171,33 +171,37 @@ def _kill_when(proxy: FaultProxy, args: list[str], env: Mapping[str, str], recei
     )
     try:
         deadline = time.monotonic() + 60
-        while proxy.bytes_down < received and proc.poll() is None and time.monotonic() < deadline:
+        while server.bytes_sent < sent and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
+        time.sleep(0.5)  # the bytes sent land (the server holds the rest back meanwhile)
         assert proc.poll() is None, "the download ended before it could be killed"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(10)
 
 
-def test_pinned_download_killed_and_resumed_still_verifies(
-    http_server: HttpFileServer, fault_proxy_factory: Callable[..., FaultProxy], tmp_path: Path
-) -> None:
+def test_pinned_download_killed_and_resumed_still_verifies(http_server: HttpFileServer, tmp_path: Path) -> None:
     data = os.urandom(8 * MiB)
-    http_server.add("/m/model.bin", data)
-    proxy = fault_proxy_factory(http_server.port)
-    for name, env in (("one", ONE_STREAM), ("parts", {**PARTS, "STORAGE_INITIALIZER_FILE_CONCURRENCY": "2"})):
+    url = http_server.add("/m/model.bin", data)
+    cases = (
+        # One stream: the server goes silent after 5 MiB.
+        ("one", ONE_STREAM, Fault(stall_after=5 * MiB, stall_seconds=15, stall_times=1)),
+        # Parts of 1 MiB, 2 at a time: those from 5 MiB on are held back, the first five complete.
+        ("parts", {**PARTS, "STORAGE_INITIALIZER_FILE_CONCURRENCY": "2"}, Fault(hold_from=5 * MiB, hold_seconds=15)),
+    )
+    for name, env, fault in cases:
         dest, record = tmp_path / name, tmp_path / f"{name}.json"
-        args = ["--record", str(record), "--expect-digest", f"sha256:{sha(data)}", f"{proxy.url}/m/model.bin"]
-        proxy.add(ProxyFault("slow", times=-1, rate=2 * MiB))
-        proxy.reset_counters()
-        _kill_when(proxy, [*args, str(dest)], env, received=4 * MiB)
+        args = ["--record", str(record), "--expect-digest", f"sha256:{sha(data)}", url, str(dest)]
+        http_server.faults["/m/model.bin"] = fault
+        http_server.reset_counters()
+        _kill_when(http_server, args, env, sent=5 * MiB)
         assert not (dest / "model.bin").exists()  # still in the stage
-        proxy.clear()
-        proxy.reset_counters()
-        result = run_cli([*args, str(dest)], env)
+        http_server.faults.clear()
+        http_server.reset_counters()
+        result = run_cli(args, env)
         assert result.returncode == 0, result.stderr
         assert "resuming model.bin" in result.stderr
-        assert proxy.bytes_down < len(data) - 2 * MiB  # the kept bytes were not fetched again
+        assert http_server.bytes_sent <= len(data) - 4 * MiB  # the kept bytes were not fetched again
         assert (dest / "model.bin").read_bytes() == data and everything_in(dest) == ["model.bin"]
         hashed = record_files(record)["model.bin"]["verified_by"]["sha256"]["hashed"]
         assert hashed.startswith(STREAMING if name == "one" else IN_PARTS), hashed
