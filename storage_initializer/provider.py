@@ -434,6 +434,14 @@ class Provider(Plugin):
         """
         return getattr(self, "_source_details", {})
 
+    def object_details(self, obj: RemoteObject) -> Mapping[str, str]:
+        """What the record (``--record``) says about one listed object beyond its size, version and checksums.
+
+        For example ``{"version_id": "..."}`` (S3 in a versioned bucket). Called after the
+        object was read (a provider may learn it from a response); the default is empty.
+        """
+        return {}
+
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
         """Optionally describe the ``GET`` of bytes ``[start, end)`` for the engine to send itself.
 

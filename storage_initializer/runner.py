@@ -106,7 +106,8 @@ class Runner:
             state = self._states.acquire(target)
             root = state.root
             destdir = DestDir(root)
-            transfer = PairTransfer(self.engine, provider, source, destdir, state)
+            sha256_for = checks.wants_sha256 if checks is not None and checks.stage is not None else None
+            transfer = PairTransfer(self.engine, provider, source, destdir, state, sha256_for=sha256_for)
             listed = provider  # narrowed, for the closures
             if checks is not None:
                 transfer.run(lambda: checks.observe(listed.list(source)))
@@ -116,7 +117,7 @@ class Runner:
             assembled = Assembly(transfer).run(destdir, self.settings.max_extract_ratio)
             if checks is not None:
                 checks.listed_from(listed.source_details())
-                checks.downloaded()
+                checks.downloaded(transfer.hashes, listed.object_details)
             result = transfer.result
             result.uri = redact(uri)
             if checks is not None and checks.stage is not None:

@@ -4,18 +4,20 @@ A store may announce several digests; verifying one is enough, so the
 cheapest available is chosen (crc32c when its C library is installed, then
 sha256/sha1, which use CPU instructions, then md5, the slowest). Objects read
 in one stream are hashed from the buffers as they arrive. Objects read as
-parallel parts are hashed in order by :class:`SequentialHasher`, which
-advances over the file (from the page cache) as soon as the next part is
-complete, so hashing overlaps the download instead of adding a tail.
+parallel parts are hashed in order by :class:`~.inorder.InOrderHasher`, which
+follows the contiguous written prefix of the file (reading it back from the
+page cache), so hashing overlaps the download instead of adding a tail.
+
+A pin (``--expect-digest``, ``--expect-manifest``) needs the file's sha256:
+:class:`Digests` computes it beside the store's checksum in the same pass,
+or reuses the store's own sha256 when one is announced.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -107,14 +109,19 @@ class Checksum:
         return constructor() if constructor is not None else hashlib.new(self.algorithm)
 
 
-def choose_checksum(checksums: Mapping[str, str], size: int | None = None) -> Checksum | None:
+def choose_checksum(
+    checksums: Mapping[str, str], size: int | None = None, prefer: str | None = None
+) -> Checksum | None:
     """Pick the cheapest checksum the store announced that we can compute.
 
-    Algorithms: ``crc32c`` (needs google-crc32c's C extension), ``crc32``, ``sha256``,
-    ``sha1``, ``git-sha1`` (git's blob id, e.g. the Hugging Face Hub's id of
+    ``prefer`` names an algorithm to take first when announced (``sha256`` when a
+    pin needs it anyway: one hash then serves both). Algorithms: ``crc32c``
+    (needs google-crc32c's C extension), ``crc32``, ``sha256``, ``sha1``,
+    ``git-sha1`` (git's blob id, e.g. the Hugging Face Hub's id of
     a non-LFS file; needs the size), ``sha512``, ``md5``.
     """
-    for algorithm in _PREFERENCE:
+    order = _PREFERENCE if prefer is None else (prefer, *_PREFERENCE)
+    for algorithm in order:
         expected = checksums.get(algorithm)
         if not expected:
             continue
@@ -126,48 +133,51 @@ def choose_checksum(checksums: Mapping[str, str], size: int | None = None) -> Ch
     return None
 
 
-class SequentialHasher:
-    """Hash a file written by parallel parts, in order, as parts complete."""
+@dataclass(frozen=True)
+class FileHashes:
+    """What the engine hashed of one file: the store checksums it verified, the sha256, and how."""
 
-    def __init__(self, checksum: Checksum, fd: int, parts: Sequence[tuple[int, int]]) -> None:
+    verified: Mapping[str, str]  # algorithm -> the store's digest, checked
+    sha256: str | None  # the file's sha256 when a pin asked for it (or the store announced it)
+    how: str  # "while streaming", "after the download"...
+
+
+class Digests:
+    """Every hash one download feeds, in one pass: the store's checksum and/or a sha256.
+
+    ``checksum`` is the store's digest to verify (``None``: none announced, or
+    verification off); ``sha256`` asks for the file's sha256 too (for a pin). A
+    store's sha256 serves both. Quacks like a :class:`Hasher` (``hexdigest`` is
+    the store checksum's) so the event loop can feed it.
+    """
+
+    __slots__ = ("_own", "_store", "checksum")
+
+    def __init__(self, checksum: Checksum | None, sha256: bool) -> None:
         self.checksum = checksum
-        self._hasher = checksum.new()
-        self._fd = fd
-        self._parts = list(parts)
-        self._done = [False] * len(self._parts)
-        self._next = 0
-        self._lock = threading.Lock()
-        self._state_lock = threading.Lock()
+        self._store = checksum.new() if checksum is not None else None
+        shared = checksum is not None and checksum.algorithm == "sha256"
+        self._own: Any = hashlib.sha256() if sha256 and not shared else None
 
-    def part_done(self, index: int, buffer: memoryview) -> None:
-        """Record a finished part and hash what is now contiguous, if nobody else is."""
-        with self._state_lock:
-            self._done[index] = True
-        if self._lock.acquire(blocking=False):
-            try:
-                self._advance(buffer)
-            finally:
-                self._lock.release()
+    @classmethod
+    def make(cls, checksum: Checksum | None, sha256: bool) -> Digests | None:
+        """The hashers needed, or ``None`` when nothing is to be computed."""
+        return cls(checksum, sha256) if checksum is not None or sha256 else None
 
-    def hexdigest(self, buffer: memoryview) -> str:
-        """Finish hashing (every part must be done) and return the digest."""
-        with self._lock:
-            self._advance(buffer)
-            if self._next != len(self._parts):
-                raise RuntimeError("hexdigest() before every part was written")
-            return self._hasher.hexdigest()
+    def update(self, data: bytes | memoryview, /) -> None:
+        if self._store is not None:
+            self._store.update(data)
+        if self._own is not None:
+            self._own.update(data)
 
-    def _advance(self, buffer: memoryview) -> None:
-        while True:
-            with self._state_lock:
-                if self._next >= len(self._parts) or not self._done[self._next]:
-                    return
-                start, end = self._parts[self._next]
-            offset = start
-            while offset < end:
-                n = os.preadv(self._fd, [buffer[: min(len(buffer), end - offset)]], offset)
-                if n <= 0:
-                    raise OSError(f"short read while hashing at offset {offset}")
-                self._hasher.update(buffer[:n])
-                offset += n
-            self._next += 1
+    def hexdigest(self) -> str:
+        """The store checksum's digest (call :meth:`sha256` for the pin's)."""
+        return self._store.hexdigest() if self._store is not None else ""
+
+    def sha256(self) -> str | None:
+        """The file's sha256 when one was asked for or announced by the store."""
+        if self._own is not None:
+            return str(self._own.hexdigest())
+        if self.checksum is not None and self.checksum.algorithm == "sha256" and self._store is not None:
+            return self._store.hexdigest()
+        return None

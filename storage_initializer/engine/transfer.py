@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
-from storage_initializer.engine.hashing import Checksum, Hasher, SequentialHasher, choose_checksum
+from storage_initializer.engine.hashing import Checksum, Digests, FileHashes, Hasher, choose_checksum
+from storage_initializer.engine.inorder import InOrderHasher
 from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
 from storage_initializer.engine.parts import part_size_for, plan_parts
 from storage_initializer.engine.paths import PathFilter, is_own_artifact, safe_relpath
@@ -173,11 +174,15 @@ class _FileJob:
         self.done: set[int] = set()
         self.todo: list[int] = []  # parts no stream has taken yet (popped from the end)
         self.fd = -1
-        self.hasher: SequentialHasher | None = None
+        self.hasher: InOrderHasher | None = None
+        self.resumed_at = 0  # bytes of a one-stream read already on disk when it (re)started
         self.lock = threading.Lock()
         self.finished = False
         self.streamed = False  # read as one stream whose temporary file a rerun continues
 
+
+#: How the record describes the bytes of a resumed file that were hashed from disk, once.
+RESUMED = "on disk from an interrupted download, read back once"
 
 #: A file read as one stream is resumable from the bytes on disk from this size on (smaller
 #: ones cost less to fetch again than to record).
@@ -195,8 +200,13 @@ class PairTransfer:
         dest: DestDir,
         state: DestState,
         patterns: PathFilter | None = None,
+        sha256_for: Callable[[str], bool] | None = None,
     ) -> None:
         self.engine = engine
+        #: Which files (relative paths) need their sha256 (a pin): computed in the same pass.
+        self.sha256_for = sha256_for
+        #: What was hashed, per relative path, for the files this run downloaded.
+        self.hashes: dict[str, FileHashes] = {}
         self.settings = engine.settings
         self.progress = engine.progress
         self.provider = provider
@@ -381,7 +391,7 @@ class PairTransfer:
         started = False
         self._outstanding_add(1)
         try:
-            checksum = self._checksum(obj)
+            checksum = self._checksum(job)
             start, hasher = self._open_stream(job, checksum, resume=True)
             request = self.provider.http_range(self.uri, obj, start, obj.size) if start < obj.size else None
             if request is None:  # no request to describe, or every byte already on disk: a worker's job
@@ -394,7 +404,7 @@ class PairTransfer:
             fetch = Fetch(
                 request, job.fd, start, obj.size, hasher, self.progress.add_bytes, self._stopped, self.dest.root
             )
-            fetch.on_done = functools.partial(self._finish_on_loop, job, checksum)
+            fetch.on_done = functools.partial(self._finish_on_loop, job)
             started = True
             self.engine.netloop().submit(fetch)
             return True
@@ -405,14 +415,13 @@ class PairTransfer:
             if not started:  # the loop will not call _finish_on_loop: give the slot back here
                 self._loop_job_done()
 
-    def _finish_on_loop(self, job: _FileJob, checksum: Checksum | None, fetch: Fetch) -> None:
+    def _finish_on_loop(self, job: _FileJob, fetch: Fetch) -> None:
         """In the loop thread: verify and publish, or hand a failed download to a worker."""
         try:
             if fetch.error is not None:
                 raise fetch.error
             self._verify_size(job, fetch.offset)
-            if checksum and fetch.hasher is not None:
-                self._verify_digest(job, checksum, fetch.hasher.hexdigest())
+            self._verified(job, cast("Digests | None", fetch.hasher), self._stream_how(job))
             self._close_fd(job)
             self._publish(job)
         except BaseException as exc:
@@ -454,7 +463,7 @@ class PairTransfer:
         self._outstanding_add(-1)
 
     def _download_whole(self, job: _FileJob, resume: bool = True, first_attempt: int = 0) -> None:
-        checksum = self._checksum(job.obj)
+        checksum = self._checksum(job)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if self._has_fast_path and self._try_fast_path(job):
@@ -462,13 +471,12 @@ class PairTransfer:
         attempt = first_attempt
         while True:
             # After a failed verification the bytes kept from an earlier run are suspect too.
-            size, digest = self._stream_whole(
+            size, digests = self._stream_whole(
                 job, checksum, resume=resume and attempt == first_attempt, first_attempt=attempt
             )
             try:
                 self._verify_size(job, size)
-                if checksum and digest is not None:
-                    self._verify_digest(job, checksum, digest)
+                self._verified(job, digests, self._stream_how(job))
                 break
             except IntegrityError as error:
                 self.progress.add_bytes(-size)
@@ -482,23 +490,24 @@ class PairTransfer:
         if not self.provider.download_to(self.uri, job.obj, job.temp):
             return False
         self._verify_size(job, os.stat(job.temp).st_size)
-        checksum = self._checksum(job.obj)
-        if checksum:
-            self._verify_digest(job, checksum, self._hash_file(job.temp, checksum))
+        digests = Digests.make(self._checksum(job), self._wants_sha256(job))
+        if digests is not None:
+            self._hash_file(job.temp, digests)
+        self._verified(job, digests, "after the download (the provider placed the file)")
         self.progress.add_bytes(job.obj.size or 0)
         self._publish(job)
         return True
 
     def _stream_whole(
         self, job: _FileJob, checksum: Checksum | None, resume: bool, first_attempt: int = 0
-    ) -> tuple[int, str | None]:
+    ) -> tuple[int, Digests | None]:
         """Read the object in one stream, retrying transient failures.
 
         A retry continues where the stream broke when the store serves
         ranges, and starts over otherwise; so does a later run, after a kill,
         for an object of a known version of at least ``STREAM_RESUME_MIN``
         bytes (its temporary file holds a prefix of it: the partial record
-        says which object). Returns (bytes written, digest).
+        says which object). Returns (bytes written, their digests).
         """
         obj = job.obj
         resumable = obj.size is not None and obj.supports_ranges
@@ -509,7 +518,7 @@ class PairTransfer:
             before = cursor.offset
             try:
                 self._read(obj, job.fd, cursor, obj.size, hasher)
-                return cursor.offset, hasher.hexdigest() if hasher else None
+                return cursor.offset, hasher
             except BaseException as exc:
                 error = classify(exc)
                 # Bytes count as progress only when a retry keeps them: a store
@@ -519,11 +528,12 @@ class PairTransfer:
                     self.progress.add_bytes(-cursor.offset)
                     cursor.offset = 0
                     os.ftruncate(job.fd, 0)
-                    hasher = checksum.new() if checksum else None
+                    job.resumed_at = 0
+                    hasher = self._digests(job, checksum)
                 attempt = 0 if progressed else attempt + 1
                 self._backoff_or_raise(error, attempt, job.relpath)
 
-    def _open_stream(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, Hasher | None]:
+    def _open_stream(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, Digests | None]:
         """Open the temporary file of a one-stream read; return where to start and the hasher.
 
         The start is past the bytes an earlier, killed run left, when the partial
@@ -542,7 +552,8 @@ class PairTransfer:
         job.fd = self._open_temp(job, truncate=start == 0)
         if job.streamed and start == 0:
             self.state.save_stream(job.relpath, self.source, obj)
-        hasher = checksum.new() if checksum else None
+        hasher = self._digests(job, checksum)
+        job.resumed_at = start
         if start:
             log.info("resuming %s from byte %d of %d", job.relpath, start, obj.size)
             if hasher is not None:
@@ -563,9 +574,9 @@ class PairTransfer:
             os.ftruncate(job.fd, job.obj.size)
         except OSError as exc:
             raise describe_os_error(exc, job.final) from None
-        checksum = self._checksum(job.obj)
-        if checksum:
-            job.hasher = SequentialHasher(checksum, job.fd, parts)
+        digests = self._digests(job, self._checksum(job))
+        if digests is not None:
+            job.hasher = InOrderHasher(digests, job.fd, parts, self.engine.buffer)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if job.done:
@@ -573,8 +584,7 @@ class PairTransfer:
             log.info("resuming %s: %d of %d parts already downloaded", job.relpath, len(job.done), len(parts))
             self.progress.add_bytes(done_bytes)
             if job.hasher:
-                for index in sorted(job.done):
-                    job.hasher.part_done(index, self.engine.buffer())
+                job.hasher.resumed(sorted(job.done))
             if len(job.done) == len(parts):
                 self._finish_parts(job)
 
@@ -600,7 +610,8 @@ class PairTransfer:
         while True:
             before = cursor.offset
             try:
-                self._read(job.obj, job.fd, cursor, end, None)
+                landed = functools.partial(job.hasher.landed, index) if job.hasher else None
+                self._read(job.obj, job.fd, cursor, end, None, landed)
                 break
             except BaseException as exc:
                 attempt = 0 if cursor.offset - before >= self.settings.buffer_size else attempt + 1
@@ -608,7 +619,7 @@ class PairTransfer:
         # Hash before counting the part as done: whoever completes the last
         # part then knows no other worker still uses the file descriptor.
         if job.hasher:
-            job.hasher.part_done(index, self.engine.buffer())
+            job.hasher.part_done(index)
         with job.lock:
             job.done.add(index)
             self.state.save_parts(job.relpath, self.source, job.obj, job.part_size, job.done)
@@ -622,7 +633,16 @@ class PairTransfer:
         size = os.fstat(job.fd).st_size
         self._verify_size(job, size)
         if job.hasher is not None:
-            self._verify_digest(job, job.hasher.checksum, job.hasher.hexdigest(self.engine.buffer()))
+            how = "while streaming, in order as the parts landed"
+            if job.hasher.from_disk:
+                how += f" (the first {job.hasher.from_disk} bytes, {RESUMED})"
+            self._verified(job, job.hasher.finish(), how)
+            log.debug(
+                "hashed %s in order: %d of %d bytes read back from the page cache",
+                job.relpath,
+                job.hasher.read_back,
+                size,
+            )
         self._close_fd(job)
         self._publish(job)
         self.state.forget_parts(job.relpath)
@@ -631,11 +651,21 @@ class PairTransfer:
     def _stopped(self) -> bool:
         return self.failed.is_set() or self.engine.cancelled.is_set()
 
-    def _read(self, obj: RemoteObject, fd: int, cursor: _Cursor, end: int | None, hasher: Hasher | None) -> None:
+    def _read(
+        self,
+        obj: RemoteObject,
+        fd: int,
+        cursor: _Cursor,
+        end: int | None,
+        hasher: Hasher | None,
+        landed: Callable[[int, memoryview | None], None] | None = None,
+    ) -> None:
         """Write bytes ``[cursor.offset, end)`` of ``obj`` to ``fd``, advancing ``cursor``.
 
         On the engine's event loop when the provider describes the request
         (:meth:`Provider.http_range`), else through the provider's stream.
+        ``landed(offset, data)`` is told how far the file is written after each
+        write (``data``: the bytes written, when at hand), for an in-order hasher.
         """
         if end is not None and cursor.offset >= end:
             return
@@ -644,9 +674,15 @@ class PairTransfer:
         if self._has_http_range and end is not None:
             request = self.provider.http_range(self.uri, obj, cursor.offset, end)
         if request is not None:
-            fetch = Fetch(
-                request, fd, cursor.offset, end, hasher, self.progress.add_bytes, self._stopped, self.dest.root
-            )
+            on_bytes = self.progress.add_bytes
+            if landed is not None:
+                add_bytes = self.progress.add_bytes
+
+                def on_bytes(n: int) -> None:  # the loop advanced fetch.offset before calling
+                    add_bytes(n)
+                    landed(fetch.offset, None)
+
+            fetch = Fetch(request, fd, cursor.offset, end, hasher, on_bytes, self._stopped, self.dest.root)
             try:
                 self.engine.netloop().fetch(fetch)
                 return
@@ -655,9 +691,17 @@ class PairTransfer:
             finally:
                 cursor.offset = fetch.offset
         with self.provider.open_range(self.uri, obj, cursor.offset, end) as stream:
-            self._copy(stream, fd, cursor, end, hasher)
+            self._copy(stream, fd, cursor, end, hasher, landed)
 
-    def _copy(self, stream: object, fd: int, cursor: _Cursor, end: int | None, hasher: Hasher | None) -> None:
+    def _copy(
+        self,
+        stream: object,
+        fd: int,
+        cursor: _Cursor,
+        end: int | None,
+        hasher: Hasher | None,
+        landed: Callable[[int, memoryview | None], None] | None = None,
+    ) -> None:
         """Stream into ``fd`` from ``cursor.offset`` until ``end`` (or EOF).
 
         ``cursor`` advances with every chunk written, so after a failure the
@@ -690,6 +734,8 @@ class PairTransfer:
             offset += n
             cursor.offset = offset
             self.progress.add_bytes(n)
+            if landed is not None:
+                landed(offset, chunk)
             if self.failed.is_set() or self.engine.cancelled.is_set():
                 raise CancelledError("stopped")
         if end is not None and offset < end:
@@ -727,18 +773,42 @@ class PairTransfer:
                 retryable=True,
             )
 
-    def _checksum(self, obj: RemoteObject) -> Checksum | None:
+    def _wants_sha256(self, job: _FileJob) -> bool:
+        return self.sha256_for is not None and self.sha256_for(job.relpath)
+
+    def _checksum(self, job: _FileJob) -> Checksum | None:
+        """The store's checksum to verify (its sha256 first when a pin needs one anyway)."""
         if not self.settings.verify_checksums:
             return None
-        return choose_checksum(obj.checksums, obj.size)
+        return choose_checksum(job.obj.checksums, job.obj.size, "sha256" if self._wants_sha256(job) else None)
 
-    def _verify_digest(self, job: _FileJob, expected: Checksum, actual: str) -> None:
+    def _digests(self, job: _FileJob, checksum: Checksum | None) -> Digests | None:
+        return Digests.make(checksum, self._wants_sha256(job))
+
+    @staticmethod
+    def _stream_how(job: _FileJob) -> str:
+        if job.resumed_at:
+            return f"while streaming (the first {job.resumed_at} bytes, {RESUMED})"
+        return "while streaming"
+
+    def _verified(self, job: _FileJob, digests: Digests | None, how: str) -> None:
+        """Check the store's checksum; keep what was hashed (and how) for the record and the pins."""
+        if digests is None:
+            return
+        checksum = digests.checksum
+        verified: dict[str, str] = {}
+        if checksum is not None and self._verify_digest(job, checksum, digests.hexdigest()):
+            verified[checksum.algorithm] = checksum.expected
+        self.hashes[job.relpath] = FileHashes(verified, digests.sha256(), how)
+
+    def _verify_digest(self, job: _FileJob, expected: Checksum, actual: str) -> bool:
+        """Raise when ``actual`` is not the announced digest; False when the store withdrew it."""
         algorithm, digest = expected.algorithm, expected.expected
         if (job.obj.checksums.get(algorithm) or "").lower() != digest:
             # The provider withdrew it while reading (see RemoteObject): e.g. an S3 ETag
             # that turned out to belong to an SSE-KMS object is no MD5.
             log.debug("not verifying %s of %s: the store withdrew it", algorithm, job.relpath)
-            return
+            return False
         if actual.lower() != digest:
             raise IntegrityError(
                 f"{job.relpath}: {algorithm} is {actual}, the store announced {digest}",
@@ -746,6 +816,7 @@ class PairTransfer:
                 retryable=True,
             )
         log.debug("verified %s %s", algorithm, job.relpath)
+        return True
 
     def _hash_prefix(self, fd: int, size: int, hasher: Hasher) -> None:
         """Feed the first ``size`` bytes of ``fd`` (kept from an earlier run) to ``hasher``."""
@@ -758,13 +829,11 @@ class PairTransfer:
             hasher.update(buf[:n])
             offset += n
 
-    def _hash_file(self, path: str, checksum: Checksum) -> str:
-        hasher = checksum.new()
+    def _hash_file(self, path: str, hasher: Hasher) -> None:
         buf = self.engine.buffer()
         with open(path, "rb", buffering=0) as handle:
             while n := handle.readinto(buf):
                 hasher.update(buf[:n])
-        return hasher.hexdigest()
 
     def _open_temp(self, job: _FileJob, truncate: bool) -> int:
         flags = _OPEN_FLAGS | (os.O_TRUNC if truncate else 0)

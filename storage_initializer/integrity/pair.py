@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from storage_initializer import __version__
+from storage_initializer.engine.hashing import FileHashes
 from storage_initializer.errors import IntegrityError, StorageInitializerError, UsageError, classify
 from storage_initializer.integrity import pins, signing
 from storage_initializer.integrity.options import IntegrityOptions, PairChecks
@@ -97,12 +98,19 @@ class PairIntegrity:
         self.listing = Listing(settings.allow_patterns, settings.ignore_patterns, keep=run.options.active)
         self._entries: list[FileEntry] = []
         self._verification_failed = False
+        self._manifest: dict[str, str] = {}
+
+    def wants_sha256(self, relpath: str) -> bool:
+        """Whether the engine should hash this file with sha256 as it downloads it (a pin checks it)."""
+        return self.checks.digest is not None or relpath in self._manifest
 
     # -- before the download -------------------------------------------------
     def target(self, dest_root: str) -> str:
         """Where the engine should download: the stage when a check applies, else DEST."""
         if not self.checks.staged:
             return dest_root
+        if self.checks.manifest:  # read now: a bad manifest fails before the download
+            self._manifest = pins.parse_manifest(self.checks.manifest)
         self.stage = Stage(dest_root, self.uri)
         self.stage.prepare()
         log.info("staging %s in %s until it is verified", self.shown, self.stage.root)
@@ -128,9 +136,17 @@ class PairIntegrity:
         """What the provider says the source resolved to (a commit, a manifest digest)."""
         self.record.details = {str(k): redact(str(v)) for k, v in details.items()}
 
-    def downloaded(self) -> None:
-        """After the transfer, before extraction: collect the files; check the digest pin."""
-        self._entries = self.listing.entries(self.run.settings.verify_checksums)
+    def downloaded(
+        self,
+        hashes: Mapping[str, FileHashes] | None = None,
+        details: Callable[[RemoteObject], Mapping[str, str]] | None = None,
+    ) -> None:
+        """After the transfer, before extraction: collect the files; check the digest pin.
+
+        ``hashes``: what the engine hashed while downloading (the sha256 a pin needs among them);
+        ``details``: the provider's per-file facts for the record.
+        """
+        self._entries = self.listing.entries(self.run.settings.verify_checksums, hashes, details)
         self.record.files = self._entries
         self.record.file_count, self.record.bytes = self.listing.totals()
         if self.checks.digest is None or self.stage is None:
@@ -139,11 +155,10 @@ class PairIntegrity:
             actual = pins.check_digest(self.shown, self.stage.files(), self.checks.digest, self._known_sha256())
         except (IntegrityError, UsageError) as exc:
             raise self._failing(exc) from None
-        reused = actual in self._known_sha256().values()
+        how = "hashed after the download"
         for entry in self._entries:
-            entry.sha256 = actual
+            how = entry.pinned("--expect-digest", actual)
         self.record.pins["digest"] = f"sha256:{actual}"
-        how = "the store's sha256, verified while streaming" if reused else "hashed after the download"
         log.info("digest pin verified: sha256:%s (%s)", actual, how)
 
     def extracted(self, count: int) -> None:
@@ -159,10 +174,17 @@ class PairIntegrity:
                 checked = pins.check_manifest(
                     self.checks.manifest, files, self._known_sha256(), self.checks.strict_manifest
                 )
+                ways: dict[str, int] = {}
                 for entry in self._entries:
-                    entry.sha256 = entry.sha256 or checked.get(entry.path)
+                    if entry.path in checked:
+                        how = entry.pinned("--expect-manifest", checked[entry.path])
+                        ways[how] = ways.get(how, 0) + 1
+                after = len(checked) - sum(ways.values())  # files of an extracted archive
+                if after:
+                    ways["hashed after extraction"] = after
                 self.record.pins["manifest"] = {"files": len(checked), "strict": self.checks.strict_manifest}
-                log.info("manifest pin verified: %d files", len(checked))
+                summary = ", ".join(f"{n} {how}" for how, n in sorted(ways.items()))
+                log.info("manifest pin verified: %d files (%s)", len(checked), summary)
             if self.checks.signature is not None:
                 signature_file = self._signature_file()
                 report = signing.verify_model(

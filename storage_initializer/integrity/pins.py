@@ -1,10 +1,35 @@
 """Digest and manifest pins: the operator's own sha256 of the model.
 
 A store's checksum proves that the bytes arrived as stored; a pin proves the
-stored model is the one the operator meant. A sha256 the store announced and
-the engine verified while streaming is reused; otherwise the file is hashed
-after the download with one sequential read (hashing while streaming, for
-every file whatever the store offers, is planned in the engine).
+stored model is the one the operator meant. The engine computes the sha256
+of every file a pin covers while the bytes arrive (``PairTransfer(sha256_for=...)``):
+a sha256 the store announces (HF LFS, OCI blobs, S3 ``ChecksumSHA256``) is
+verified and serves the pin; otherwise the sha256 is computed in the same
+pass as the store's own checksum, from the buffers of a one-stream read or,
+for a file read as parallel parts, in file order as the parts land
+(:mod:`storage_initializer.engine.inorder`). A resumed file's prefix is read
+back from disk once. Only what the engine did not download this run (files
+an earlier run completed, files extracted from an archive) is hashed here,
+after the download, with one sequential read.
+
+Measured (1 GiB file, nginx on 127.0.0.1, default settings: 4 parallel
+ranged parts; the http provider; wall time, median of 5 interleaved runs on
+a 2-core machine shared with other work, load ~2; "after" is the previous
+engine, which read the file again once it was complete):
+
+===========================  ======  =================  ====================
+server                       no pin  pin, hashed after  pin, while streaming
+===========================  ======  =================  ====================
+limit_rate 32m (128 MiB/s)   8.26 s  9.19 s             8.56 s
+limit_rate 64m (256 MiB/s)   4.50 s  5.22 s             4.71 s
+loopback, no limit           0.98 s  2.07 s             1.91 s
+===========================  ======  =================  ====================
+
+The sha256 of 1 GiB costs ~0.6 s of CPU either way (SHA-NI). Hashed after
+the download it is a tail; hashed while streaming it hides behind the
+transfer when the network is the limit (within 0.2-0.3 s of no pin). On
+loopback the CPU is the limit and both cost about the same. (Letting only
+the workers hash, never the event loop, measured the same.)
 """
 
 from __future__ import annotations

@@ -12,14 +12,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage_initializer.engine.hashing import choose_checksum
+from storage_initializer.engine.hashing import FileHashes, choose_checksum
 from storage_initializer.engine.paths import PathFilter, is_own_artifact
 from storage_initializer.provider import RemoteObject
+from storage_initializer.redact import redact
 
+#: How a file is said to have been hashed when an earlier run (or the node cache) downloaded it.
+EARLIER = "when an earlier run downloaded it"
 #: The kubelet keeps this many bytes of a termination message.
 TERMINATION_LIMIT = 4096
 
@@ -33,13 +36,35 @@ class FileEntry:
     version: str | None
     verified: dict[str, str] = field(default_factory=dict)  # algorithm -> hex, checked by the engine
     sha256: str | None = None  # known or computed for a pin
+    #: How the engine hashed the file this run ("while streaming"...); None: not hashed by it.
+    hashed: str | None = None
+    #: algorithm -> {"against": ["store", "--expect-digest"...], "hashed": "while streaming"...}.
+    verified_by: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: What the provider adds (``Provider.object_details``: S3's ``version_id``).
+    details: dict[str, str] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"path": self.path, "size": self.size, "version": self.version}
+        for name, value in sorted(self.details.items()):
+            doc.setdefault(name, value)  # never over a field of ours
         doc["checksums"] = dict(sorted(self.verified.items()))
         if self.sha256 and self.verified.get("sha256") != self.sha256:
             doc["sha256"] = self.sha256
+        if self.verified_by:
+            doc["verified_by"] = dict(sorted(self.verified_by.items()))
         return doc
+
+    def pinned(self, pin: str, sha256: str) -> str:
+        """Note that ``pin`` (a flag) matched ``sha256``; return how the file was hashed for it (for the log)."""
+        from_store = self.verified.get("sha256") == sha256
+        # Not known before the pin was checked: the pin read the file.
+        hashed = "after the download" if self.sha256 != sha256 else self.hashed or EARLIER
+        self.sha256 = sha256
+        if from_store and "sha256" in self.verified_by:
+            self.verified_by["sha256"]["against"].append(pin)
+            return f"the store's sha256, verified {hashed}"
+        self.verified_by["sha256"] = {"against": [pin], "hashed": hashed}
+        return f"hashed {hashed}"
 
 
 class Listing:
@@ -71,18 +96,42 @@ class Listing:
         with self._lock:
             return len(self._sizes), sum(self._sizes.values())
 
-    def entries(self, verify_checksums: bool) -> list[FileEntry]:
-        """The files kept, with the checksum the engine verified (if verification was on)."""
+    def entries(
+        self,
+        verify_checksums: bool,
+        hashes: Mapping[str, FileHashes] | None = None,
+        details: Callable[[RemoteObject], Mapping[str, str]] | None = None,
+    ) -> list[FileEntry]:
+        """The files kept, with the checksums the engine verified (if verification was on).
+
+        ``hashes`` is what the engine hashed this run; a file it did not (complete
+        from an earlier run, from the node cache) shows the checksum it would have
+        chosen, verified when that file was downloaded. ``details`` gives the
+        provider's per-file facts (:meth:`Provider.object_details`).
+        """
         result = []
         with self._lock:
             items = sorted(self._objects.items())
         for key, (obj, listed) in items:
+            done = (hashes or {}).get(key)
             verified: dict[str, str] = {}
-            chosen = choose_checksum(listed, obj.size) if verify_checksums else None
-            # Still announced after the download: the engine checked it (a withdrawn one it skips).
-            if chosen is not None and (obj.checksums.get(chosen.algorithm) or "").lower() == chosen.expected:
-                verified[chosen.algorithm] = chosen.expected
-            result.append(FileEntry(key, obj.size, obj.version, verified, verified.get("sha256")))
+            how = EARLIER
+            if done is not None:
+                verified = dict(done.verified)
+                how = done.how
+            else:
+                chosen = choose_checksum(listed, obj.size) if verify_checksums else None
+                # Still announced after the download: the engine checked it (a withdrawn one it skips).
+                if chosen is not None and (obj.checksums.get(chosen.algorithm) or "").lower() == chosen.expected:
+                    verified[chosen.algorithm] = chosen.expected
+            entry = FileEntry(key, obj.size, obj.version, verified, verified.get("sha256"))
+            if done is not None:
+                entry.sha256 = done.sha256 or entry.sha256
+                entry.hashed = done.how
+            entry.verified_by = {algorithm: {"against": ["store"], "hashed": how} for algorithm in verified}
+            if details is not None:
+                entry.details = {str(k): redact(str(v)) for k, v in details(obj).items()}
+            result.append(entry)
         return result
 
 

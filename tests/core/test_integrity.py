@@ -72,7 +72,7 @@ def test_digest_pin_on_http_ok_and_mismatch(http_server: HttpFileServer, tmp_pat
     ok = run_cli(["--expect-digest", f"sha256:{sha(data)}", url, str(tmp_path / "ok")])
     assert ok.returncode == 0, ok.stderr
     assert files_in(tmp_path / "ok") == {"model.onnx": data}  # nothing else: no state, no staging
-    assert "hashed after the download" in ok.stderr
+    assert "(hashed while streaming)" in ok.stderr  # no second read of the file
 
     wrong = sha(b"another model")
     bad = run_cli(["--expect-digest", f"sha256:{wrong}", url, str(tmp_path / "bad")])
@@ -289,6 +289,8 @@ def test_record_field_by_field_and_termination_message(fake_hf_hub: FakeHFHub, t
         "size": len(weights),
         "version": lfs.oid,
         "checksums": {"sha256": sha(weights)},
+        # The LFS oid is the sha256 the store announces: verified while streaming serves the pin too.
+        "verified_by": {"sha256": {"against": ["store", "--expect-manifest"], "hashed": "while streaming"}},
     }
     config = files["config.json"]
     assert config["size"] == 8 and config["version"] == hub.blob("acme/rec", "config.json").oid

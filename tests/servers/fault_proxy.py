@@ -8,6 +8,8 @@ Each accepted connection may be given one fault, taken from a queue of
 * ``status``: answer the first request with an HTTP ``status`` (and close),
   never reaching the server;
 * ``slow``: forward the answer at ``rate`` bytes per second;
+* ``flip``: invert byte ``after_bytes`` of the answer's *body* (counted from
+  the end of the response head), a silent corruption that only a checksum sees;
 * ``refuse``: see :meth:`FaultProxy.refuse_for` (the port stops listening).
 
 Faults can be limited to connections whose first request line contains
@@ -37,7 +39,7 @@ import pytest
 
 @dataclass
 class ProxyFault:
-    kind: str  # reset | stall | status | slow
+    kind: str  # reset | stall | status | slow | flip
     times: int = 1  # how many connections get it (-1: every one)
     after_bytes: int = 0
     seconds: float = 0.0
@@ -221,11 +223,21 @@ class FaultProxy:
     def _pump_down(self, upstream: socket.socket, client: socket.socket, fault: ProxyFault | None) -> None:
         sent = 0
         stalled = False
+        head = bytearray()  # the response head, while a ``flip`` looks for the body's start
+        body_at: int | None = None  # the answer's offset of its first body byte
         try:
             while True:
                 chunk = upstream.recv(65536)
                 if not chunk:
                     break
+                if fault is not None and fault.kind == "flip":
+                    if body_at is None and len(head) < 65536:
+                        head += chunk
+                        end = head.find(b"\r\n\r\n")
+                        body_at = None if end < 0 else end + 4
+                    at = None if body_at is None else body_at + fault.after_bytes - sent
+                    if at is not None and 0 <= at < len(chunk) and self._claim(fault):
+                        chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
                 if fault is not None and fault.kind in ("reset", "stall") and not stalled:
                     room = fault.after_bytes - sent
                     if room < len(chunk) and self._claim(fault):

@@ -28,6 +28,12 @@ checksums (CRC32C, SHA-256, SHA-1, CRC32, CRC64NVME; hex) are cheaper for the
 engine to verify than MD5, and multipart objects have no other. Composite
 (per-part) checksums and multipart ETags (``-N``) are not digests of the
 object and are not offered; the size always is verified.
+
+**Version ids.** ListObjectsV2 carries none. An object that gets a
+``HeadObject`` (a single object, the large ones, the SSE probe) takes its
+``x-amz-version-id`` from it; the others learn it from their first GET answer
+(see :class:`ObjectRef`). Reads are pinned to it once known, and the record
+names it per file.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ import binascii
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from storage_initializer.errors import NotFoundError
 from storage_initializer.provider import RemoteObject
@@ -65,12 +71,28 @@ _OPAQUE_ETAG_SSE = ("aws:kms", "aws:kms:dsse")
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """What ``open_range`` needs about a listed object (kept in ``RemoteObject.extra``)."""
+    """What ``open_range`` needs about a listed object (kept in ``RemoteObject.extra``).
+
+    ``version_id`` is S3's ``x-amz-version-id`` from a ``HeadObject`` (a versioned
+    bucket; ``null`` for an object written before versioning was enabled, as S3 says it).
+    A listed object that got no HEAD learns it from its first GET answer
+    (:meth:`learned`); either way later reads are pinned to it (``versionId=``).
+    """
 
     bucket: str
     key: str
     etag: str | None  # as S3 sends it, quotes included (for If-Match)
     md5_from_etag: bool = False
+    version_id: str | None = None
+    served: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+    def current_version(self) -> str | None:
+        """The version id reads are pinned to: from the HEAD, else from the first GET answer."""
+        return self.version_id or self.served.get("version_id")
+
+    def learned(self, version_id: str) -> None:
+        """The version id a GET answer carried (the first one is kept)."""
+        self.served.setdefault("version_id", version_id)
 
 
 def etag_md5(etag: str | None) -> str | None:
@@ -83,6 +105,17 @@ def opaque_etag(headers: Mapping[str, str]) -> bool:
     """True when the object's encryption makes its ETag something other than an MD5."""
     sse = (headers.get("x-amz-server-side-encryption") or "").strip().lower()
     return sse in _OPAQUE_ETAG_SSE or bool(headers.get("x-amz-server-side-encryption-customer-algorithm"))
+
+
+def version_id(headers: Mapping[str, str]) -> str | None:
+    """S3's version id of the object an answer is about; ``None`` when the bucket is not versioned.
+
+    S3 sends no ``x-amz-version-id`` for an unversioned bucket, and ``null`` (a real id,
+    usable as ``versionId=null``) for an object written before versioning was enabled:
+    that is recorded as S3 says it, never made up.
+    """
+    value = (headers.get("x-amz-version-id") or "").strip()
+    return value or None
 
 
 def checksums_from(headers: Mapping[str, str]) -> dict[str, str]:
@@ -209,5 +242,5 @@ class Listing:
             size=int(length) if length.isdigit() else None,
             version=etag.strip('"') if etag else None,
             checksums=checksums,
-            extra=ObjectRef(self.bucket, key, etag, md5_from_etag=md5 is not None),
+            extra=ObjectRef(self.bucket, key, etag, md5_from_etag=md5 is not None, version_id=version_id(headers)),
         )

@@ -46,7 +46,8 @@ from storage_initializer.redact import register_secret
 
 from ._config import S3Settings, credential_source, describe, s3_settings
 from ._errors import CREDENTIALS_HINT, ENDPOINT_HINT
-from ._listing import Listing, ObjectRef, opaque_etag
+from ._listing import Listing, ObjectRef, opaque_etag, version_id
+from ._sigv4 import canonical_query
 from ._wire import Frozen, S3Wire
 
 log = logging.getLogger("storage_initializer.s3")
@@ -401,6 +402,18 @@ class S3Provider(Provider):
         return ref
 
     @staticmethod
+    def _version_query(ref: ObjectRef) -> str:
+        """``versionId=...`` (canonical) once the object's version id is known: reads stay on that version."""
+        pinned = ref.current_version()
+        return canonical_query({"versionId": pinned}) if pinned else ""
+
+    def object_details(self, obj: RemoteObject) -> Mapping[str, str]:
+        """The object's S3 version id (a versioned bucket), for the record."""
+        ref = obj.extra
+        pinned = ref.current_version() if isinstance(ref, ObjectRef) else None
+        return {"version_id": pinned} if pinned else {}
+
+    @staticmethod
     def _range_headers(ref: ObjectRef, obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
         headers, ranged = read_headers(start, end, obj.size, etag=ref.etag)
         return {name.lower(): value for name, value in headers.items()}, ranged
@@ -412,7 +425,8 @@ class S3Provider(Provider):
             return None  # the event loop speaks to origins only: the pool goes through the proxy
         headers, ranged = self._range_headers(ref, obj, start, end)
         path = target.prefix + quote(ref.key, safe="/~")
-        signed = self.wire.signed_headers("GET", target, path)
+        query = self._version_query(ref)
+        signed = self.wire.signed_headers("GET", target, path, query)
         signed.update(headers)
 
         def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
@@ -421,14 +435,15 @@ class S3Provider(Provider):
             self._check(uri, ref, obj, status, answer, start, ranged)
 
         tls = self.wire.tls_context() if target.base_url.startswith("https:") else None
-        return HttpRange(target.base_url + path, signed, check, tls)
+        url = target.base_url + path + ("?" + query if query else "")
+        return HttpRange(url, signed, check, tls)
 
     def open_range(
         self, uri: str, obj: RemoteObject, start: int, end: int | None
     ) -> AbstractContextManager[ByteStream]:
         ref = self._ref(uri, obj)
         headers, ranged = self._range_headers(ref, obj, start, end)
-        response = self.wire.get(uri, ref.bucket, ref.key, headers)
+        response = self.wire.get(uri, ref.bucket, ref.key, headers, self._version_query(ref))
         try:
             if response.status not in (200, 206):
                 raise self.wire.error(response, uri=uri, bucket=ref.bucket, key=ref.key, streamed=True)
@@ -455,6 +470,14 @@ class S3Provider(Provider):
             if status != 206 or not content_range.startswith(f"bytes {start}-"):
                 got = f"HTTP {status} {content_range}".rstrip()
                 raise TransientError(f"{uri}: asked for {ref.key!r} from byte {start}, got {got}")
+        served, pinned = version_id(headers), ref.current_version()
+        if served and pinned and served != pinned:
+            raise ObjectChangedError(
+                f"{uri}: object {ref.key!r} changed during the download (version {pinned}, now {served})",
+                hint="run again to download the new version",
+            )
+        if served:
+            ref.learned(served)
         etag = headers.get("ETag")
         if ref.etag and etag and etag.strip('"') != ref.etag.strip('"'):
             raise ObjectChangedError(

@@ -1,0 +1,293 @@
+"""Pins checked with the download, not after it: the sha256 is computed as the bytes arrive.
+
+On stores that give no sha256 (plain HTTP, S3 without ``ChecksumSHA256``,
+GCS), a pinned file is hashed while it streams: in one stream from the bytes
+as they arrive, or, read as parallel ranged parts, in file order as the
+parts land. What a user can check: the record says each file's sha256 was
+``hashed while streaming`` (not ``after the download``), a body corrupted in
+transit (a proxy inverting one byte) fails with the digest message and
+publishes nothing, and a download killed with SIGKILL resumes and still
+verifies (the kept prefix hashed from disk once, the record says so).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from tests.cli import clean_env, run_cli
+from tests.servers.fault_proxy import FaultProxy, ProxyFault
+from tests.servers.gcs import FakeGcsServer
+from tests.servers.http_server import Fault, HttpFileServer
+from tests.servers.s3 import SeaweedFS
+
+MiB = 1024 * 1024
+STREAMING = "while streaming"
+IN_PARTS = "while streaming, in order as the parts landed"
+#: Parallel 1 MiB parts, 4 at a time, for any file of 1 MiB or more.
+PARTS = {
+    "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M",
+    "STORAGE_INITIALIZER_PART_SIZE": "1M",
+    "STORAGE_INITIALIZER_FILE_CONCURRENCY": "4",
+}
+#: One stream whatever the size.
+ONE_STREAM = {"STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1G"}
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def everything_in(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) if root.exists() else []
+
+
+def record_files(record: Path) -> dict[str, dict[str, Any]]:
+    (pair,) = json.loads(record.read_text())["pairs"]
+    return {f["path"]: f for f in pair["files"]}
+
+
+def pinned_run(uri: str, dest: Path, digest: str, env: Mapping[str, str], record: Path) -> Any:
+    return run_cli(["--record", str(record), "--expect-digest", f"sha256:{digest}", uri, str(dest)], env)
+
+
+# -- HTTP: no checksum from the store -----------------------------------------------------------
+def test_http_pin_is_hashed_while_streaming_in_one_stream_and_in_parts(
+    http_server: HttpFileServer, tmp_path: Path
+) -> None:
+    data = os.urandom(6 * MiB + 12345)
+    url = http_server.add("/m/model.bin", data)
+    for name, env, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        result = pinned_run(url, tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        assert f"digest pin verified: sha256:{sha(data)} (hashed {how})" in result.stderr
+        entry = record_files(record)["model.bin"]
+        assert entry["checksums"] == {}  # plain HTTP announces none
+        assert entry["sha256"] == sha(data)
+        assert entry["verified_by"] == {"sha256": {"against": ["--expect-digest"], "hashed": how}}
+
+
+def test_http_body_corrupted_in_transit_fails_the_pin_and_publishes_nothing(
+    http_server: HttpFileServer, fault_proxy_factory: Callable[..., FaultProxy], tmp_path: Path
+) -> None:
+    data = os.urandom(4 * MiB)
+    http_server.add("/m/model.bin", data)
+    proxy = fault_proxy_factory(http_server.port)
+    for name, env in (("one", ONE_STREAM), ("parts", PARTS)):
+        # One byte of one data answer inverted (the size probe spared): the store announces no
+        # checksum, so only the pin can see it.
+        proxy.add(ProxyFault("flip", after_bytes=300_000, unless="bytes=0-0"))
+        record = tmp_path / f"{name}.json"
+        result = pinned_run(f"{proxy.url}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 1, result.stderr
+        assert proxy.injected and proxy.injected[-1].startswith("flip")
+        errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+        assert len(errors) == 1
+        assert "model.bin: sha256 is " in errors[0] and f"--expect-digest pins {sha(data)}" in errors[0]
+        assert f"sha256 is {sha(data)}" not in errors[0]
+        assert everything_in(tmp_path / name) == []  # nothing published, the stage removed
+        (pair,) = json.loads(record.read_text())["pairs"]
+        assert pair["status"] == "error" and "--expect-digest pins" in pair["error"]
+
+
+def test_manifest_pin_hashes_the_listed_files_while_streaming(http_server: HttpFileServer, tmp_path: Path) -> None:
+    data = os.urandom(3 * MiB)
+    url = http_server.add("/w/weights.bin", data)
+    manifest = tmp_path / "SHA256SUMS"
+    manifest.write_text(f"{sha(data)}  weights.bin\n")
+    record = tmp_path / "record.json"
+    result = run_cli(["--record", str(record), "--expect-manifest", str(manifest), url, str(tmp_path / "out")], PARTS)
+    assert result.returncode == 0, result.stderr
+    assert f"manifest pin verified: 1 files (1 hashed {IN_PARTS})" in result.stderr
+    entry = record_files(record)["weights.bin"]
+    assert entry["verified_by"] == {"sha256": {"against": ["--expect-manifest"], "hashed": IN_PARTS}}
+
+
+# -- S3 (SeaweedFS): an MD5 ETag or a CRC but no sha256 ---------------------------------------------
+def test_s3_pin_is_hashed_with_the_store_checksum_in_the_same_pass(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    bucket = seaweedfs.new_bucket("stream")
+    data = os.urandom(5 * MiB)
+    seaweedfs.put(bucket, "m/model.bin", data)  # boto3's default CRC32 (and the ETag's MD5), no SHA-256
+    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        env = {**seaweedfs.env(), **extra}
+        result = pinned_run(f"s3://{bucket}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        entry = record_files(record)["model.bin"]
+        (store_algorithm,) = entry["checksums"]  # the cheapest the store announced
+        assert store_algorithm in ("crc32", "md5")
+        assert entry["sha256"] == sha(data)
+        assert entry["verified_by"] == {
+            store_algorithm: {"against": ["store"], "hashed": how},
+            "sha256": {"against": ["--expect-digest"], "hashed": how},
+        }
+
+
+# -- GCS (fake-gcs-server, through the SDK's streams): crc32c/md5 but no sha256 ---------------------
+def test_gcs_pin_is_hashed_while_streaming_through_the_sdk(gcs_server: FakeGcsServer, tmp_path: Path) -> None:
+    bucket = gcs_server.create_bucket()
+    data = os.urandom(3 * MiB + 7)
+    gcs_server.upload(bucket, "m/model.bin", data)
+    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+        record = tmp_path / f"{name}.json"
+        env = {
+            "STORAGE_EMULATOR_HOST": gcs_server.url,
+            "HOME": str(tmp_path / "home"),
+            "NO_GCE_CHECK": "true",
+            "GCE_METADATA_HOST": "127.0.0.1:9",
+            "GCE_METADATA_IP": "127.0.0.1:9",
+            **extra,
+        }
+        result = pinned_run(f"gs://{bucket}/m/model.bin", tmp_path / name, sha(data), env, record)
+        assert result.returncode == 0, result.stderr
+        assert (tmp_path / name / "model.bin").read_bytes() == data
+        entry = record_files(record)["model.bin"]
+        (store_algorithm,) = entry["checksums"]  # crc32c (its C library) or md5
+        assert entry["verified_by"] == {
+            store_algorithm: {"against": ["store"], "hashed": how},
+            "sha256": {"against": ["--expect-digest"], "hashed": how},
+        }
+
+
+# -- resume after SIGKILL -----------------------------------------------------------------------
+def _kill_when(server: HttpFileServer, args: list[str], env: Mapping[str, str], sent: int) -> None:
+    """Start the CLI, SIGKILL it once the server sent ``sent`` bytes (and stopped sending)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "storage_initializer", *args],
+        env=clean_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while server.bytes_sent < sent and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.5)  # the bytes sent land (the server holds the rest back meanwhile)
+        assert proc.poll() is None, "the download ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(10)
+
+
+def test_pinned_download_killed_and_resumed_still_verifies(http_server: HttpFileServer, tmp_path: Path) -> None:
+    data = os.urandom(8 * MiB)
+    url = http_server.add("/m/model.bin", data)
+    cases = (
+        # One stream: the server goes silent after 5 MiB.
+        ("one", ONE_STREAM, Fault(stall_after=5 * MiB, stall_seconds=15, stall_times=1)),
+        # Parts of 1 MiB, 2 at a time: those from 5 MiB on are held back, the first five complete.
+        ("parts", {**PARTS, "STORAGE_INITIALIZER_FILE_CONCURRENCY": "2"}, Fault(hold_from=5 * MiB, hold_seconds=15)),
+    )
+    for name, env, fault in cases:
+        dest, record = tmp_path / name, tmp_path / f"{name}.json"
+        args = ["--record", str(record), "--expect-digest", f"sha256:{sha(data)}", url, str(dest)]
+        http_server.faults["/m/model.bin"] = fault
+        http_server.reset_counters()
+        _kill_when(http_server, args, env, sent=5 * MiB)
+        assert not (dest / "model.bin").exists()  # still in the stage
+        http_server.faults.clear()
+        http_server.reset_counters()
+        result = run_cli(args, env)
+        assert result.returncode == 0, result.stderr
+        assert "resuming model.bin" in result.stderr
+        assert http_server.bytes_sent <= len(data) - 4 * MiB  # the kept bytes were not fetched again
+        assert (dest / "model.bin").read_bytes() == data and everything_in(dest) == ["model.bin"]
+        hashed = record_files(record)["model.bin"]["verified_by"]["sha256"]["hashed"]
+        assert hashed.startswith(STREAMING if name == "one" else IN_PARTS), hashed
+        assert "bytes, on disk from an interrupted download, read back once)" in hashed, hashed
+
+
+# -- the in-order hasher itself -------------------------------------------------------------------
+def test_in_order_hasher_follows_parts_landing_out_of_order(tmp_path: Path) -> None:
+    """Parts written concurrently in chunks, completing in shuffled order, some reporting the
+    bytes they wrote and some only their offset (as the event loop does): the digest is the
+    file's whatever the interleaving; landing in order with the bytes, nothing is read back."""
+    import random
+    import threading
+
+    from storage_initializer.engine.hashing import Digests
+    from storage_initializer.engine.inorder import InOrderHasher
+
+    data = os.urandom(5 * MiB + 999)
+    part, chunk = 512 * 1024, 64 * 1024
+    parts = [(s, min(s + part, len(data))) for s in range(0, len(data), part)]
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * len(data))
+    fd = os.open(path, os.O_RDWR)
+    buffers = threading.local()
+
+    def buffer() -> memoryview:
+        if not hasattr(buffers, "view"):
+            buffers.view = memoryview(bytearray(256 * 1024))
+        return buffers.view  # type: ignore[no-any-return]
+
+    try:
+        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
+        hasher.resumed([])  # nothing on disk yet: a no-op
+        order = list(range(len(parts)))
+        random.Random(7).shuffle(order)
+        queue = list(order)
+        lock = threading.Lock()
+
+        def worker(direct: bool) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index = queue.pop()
+                start, end = parts[index]
+                for offset in range(start, end, chunk):
+                    piece = memoryview(data)[offset : min(offset + chunk, end)]
+                    os.pwrite(fd, piece, offset)
+                    hasher.landed(index, offset + len(piece), piece if direct else None)
+                hasher.part_done(index)
+
+        threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert hasher.finish().sha256() == sha(data)
+        # The frontier's bytes, reported with the data, are hashed from it: nothing read back.
+        in_order = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
+        for index, (start, end) in enumerate(parts):
+            for offset in range(start, end, chunk):
+                piece = memoryview(data)[offset : min(offset + chunk, end)]
+                in_order.landed(index, offset + len(piece), piece)
+            in_order.part_done(index)
+        assert in_order.finish().sha256() == sha(data) and in_order.read_back == 0
+    finally:
+        os.close(fd)
+
+
+def test_in_order_hasher_hashes_a_resumed_prefix_from_disk_once(tmp_path: Path) -> None:
+    from storage_initializer.engine.hashing import Digests
+    from storage_initializer.engine.inorder import InOrderHasher
+
+    data = os.urandom(4 * MiB)
+    parts = [(s, s + MiB) for s in range(0, len(data), MiB)]
+    path = tmp_path / "f"
+    path.write_bytes(data[: 2 * MiB] + b"\0" * MiB + data[3 * MiB :])  # parts 0, 1 and 3 kept
+    fd = os.open(path, os.O_RDWR)
+    try:
+        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, lambda: memoryview(bytearray(MiB)))
+        hasher.resumed([0, 1, 3])
+        assert hasher.from_disk == 2 * MiB and hasher.read_back == 2 * MiB  # the contiguous prefix only
+        os.pwrite(fd, data[2 * MiB : 3 * MiB], 2 * MiB)
+        hasher.landed(2, 3 * MiB, memoryview(data)[2 * MiB : 3 * MiB])  # hashed from the bytes given
+        hasher.part_done(2)  # part 3 follows, from disk
+        assert hasher.finish().sha256() == sha(data)
+        assert hasher.read_back == 3 * MiB
+    finally:
+        os.close(fd)
