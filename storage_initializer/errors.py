@@ -208,9 +208,14 @@ def classify(exc: BaseException) -> StorageInitializerError:
         return exc
     if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
         return StorageInitializerError(f"local file error on {exc.filename}: {exc.strerror or exc}")
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:  # a full or read-only disk, never a socket
+        return StorageInitializerError(f"local file error: {exc.strerror or exc}", hint="check the volume DEST is on")
     if is_network_failure(exc):
         return network_error(exc)
     return StorageInitializerError(f"unexpected {type(exc).__name__}: {exc}")
+
+
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 
 
 def is_network_failure(exc: BaseException) -> bool:
@@ -221,6 +226,8 @@ def is_network_failure(exc: BaseException) -> bool:
     the core imports none of these libraries.
     """
     if isinstance(exc, OSError) and exc.filename is not None and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return False
+    if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
         return False
     names = {cls.__name__ for cls in type(exc).__mro__}
     return isinstance(exc, (OSError, EOFError, TimeoutError)) or bool(names & _TRANSIENT_EXCEPTION_NAMES)

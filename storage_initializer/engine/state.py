@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from storage_initializer.engine.dest import describe_os_error
 from storage_initializer.engine.paths import STATE_DIR_NAME, TEMP_PREFIX, TEMP_SUFFIX, LayoutChecker
 from storage_initializer.provider import RemoteObject
 
@@ -269,7 +270,10 @@ class DestState:
         with self._lock:
             self._entries[relpath] = entry
             if self._manifest_fd is not None:
-                os.write(self._manifest_fd, line)
+                try:
+                    os.write(self._manifest_fd, line)
+                except OSError as exc:  # a full disk says so, rather than looking like a network error
+                    raise describe_os_error(exc, self.root) from None
 
     # -- partial files -------------------------------------------------------
     def _partial_path(self, relpath: str) -> str:
@@ -327,9 +331,14 @@ class DestState:
             "part_size": part_size,
             "done": sorted(done),
         }
-        with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(record, handle)
-        os.replace(temp, path)
+        try:
+            with open(temp, "w", encoding="utf-8") as handle:
+                json.dump(record, handle)
+            os.replace(temp, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+            raise describe_os_error(exc, self.root) from None
 
     def forget_parts(self, relpath: str) -> None:
         with contextlib.suppress(FileNotFoundError):

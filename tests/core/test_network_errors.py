@@ -153,3 +153,8 @@ def test_tools_that_keep_only_text_are_read_by_their_words() -> None:
     assert tls.hint == "X"
     reset = network_error(OSError("Recv failure: Connection reset by peer"), hint="check the proxy")
     assert reset.retryable and reset.hint == "check the proxy"
+
+
+def test_a_full_disk_is_never_called_a_network_error() -> None:
+    error = classify(OSError(28, "No space left on device"))
+    assert "network" not in error.message and "No space left" in error.message and not error.retryable
