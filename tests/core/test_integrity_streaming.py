@@ -31,6 +31,9 @@ from tests.servers.s3 import SeaweedFS
 
 MiB = 1024 * 1024
 STREAMING = "while streaming"
+#: A whole object of 1 MiB or more from the event loop lands unhashed (splice) and is hashed from the page
+#: cache by a worker right after: no read from the disk, no pass after the download.
+LANDED = "while streaming, from the page cache as it landed"
 IN_PARTS = "while streaming, in order as the parts landed"
 #: Parallel 1 MiB parts, 4 at a time, for any file of 1 MiB or more.
 PARTS = {
@@ -65,7 +68,7 @@ def test_http_pin_is_hashed_while_streaming_in_one_stream_and_in_parts(
 ) -> None:
     data = os.urandom(6 * MiB + 12345)
     url = http_server.add("/m/model.bin", data)
-    for name, env, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+    for name, env, how in (("one", ONE_STREAM, LANDED), ("parts", PARTS, IN_PARTS)):
         record = tmp_path / f"{name}.json"
         result = pinned_run(url, tmp_path / name, sha(data), env, record)
         assert result.returncode == 0, result.stderr
@@ -118,7 +121,7 @@ def test_s3_pin_is_hashed_with_the_store_checksum_in_the_same_pass(seaweedfs: Se
     bucket = seaweedfs.new_bucket("stream")
     data = os.urandom(5 * MiB)
     seaweedfs.put(bucket, "m/model.bin", data)  # boto3's default CRC32 (and the ETag's MD5), no SHA-256
-    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+    for name, extra, how in (("one", ONE_STREAM, LANDED), ("parts", PARTS, IN_PARTS)):
         record = tmp_path / f"{name}.json"
         env = {**seaweedfs.env(), **extra}
         result = pinned_run(f"s3://{bucket}/m/model.bin", tmp_path / name, sha(data), env, record)
