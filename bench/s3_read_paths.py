@@ -5,7 +5,7 @@
 Both variants run through the same engine (16 workers) and the same listing
 logic; only the requests differ:
 
-* ``wire``: what ships: SigV4 headers signed here, urllib3 pool, ``readinto``
+* ``wire``: what ships: SigV4 headers signed here, the http.client pool, ``readinto``
   from the socket, ListObjectsV2 parsed with ElementTree;
 * ``botocore``: ``list_objects_v2`` / ``head_object`` / ``get_object`` of a
   botocore client (``StreamingBody.read``).
