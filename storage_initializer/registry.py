@@ -137,11 +137,29 @@ class Registry:
 
     @classmethod
     def from_entry_points(cls) -> Registry:
-        indexed = _indexed_registry(cls)
-        if indexed is not None:
-            return indexed
-        registry = cls._scan()
-        registry._use_index()
+        """The installed providers; their URI formats from the index where it still describes them.
+
+        Finding the provider of a URI otherwise imports every provider's module (their SDKs
+        stay unimported, but the modules alone cost tens of milliseconds of a pod's start).
+        The image writes the index once, after installing (:func:`write_index`).
+        """
+        index = _read_index()
+        registry = None
+        if index is not None and index.get("paths") == _import_paths():
+            # Nothing installed or removed since: the index names the entry points too.
+            try:
+                registry = cls(
+                    ProviderEntry(name, _IndexedEntryPoint(value, dist_name, dist_version))
+                    for name, value, dist_name, dist_version in index["key"]
+                )
+            except (ValueError, TypeError):
+                registry = None
+        if registry is None:
+            registry = cls._scan()
+            if index is None or index.get("key") != _index_key(registry.entries.values()):
+                return registry
+        if index is not None:
+            registry._apply_index(index)
         return registry
 
     @classmethod
@@ -151,24 +169,16 @@ class Registry:
         eps = sorted(entry_points(group=GROUP), key=lambda ep: ep.name)
         return cls(ProviderEntry(ep.name, ep) for ep in eps)
 
-    def _use_index(self) -> None:
-        """Take the providers' formats from the index, if it describes exactly these entry points.
-
-        Finding the provider of a URI otherwise imports every provider's module (their SDKs
-        stay unimported, but the modules alone cost tens of milliseconds of a pod's start).
-        The image writes the index once, after installing (:func:`write_index`).
-        """
+    def _apply_index(self, index: dict[str, Any]) -> None:
+        """Take the providers' URI formats from ``index`` (a malformed one is ignored)."""
         try:
-            with open(INDEX_PATH, encoding="utf-8") as handle:
-                index = json.load(handle)
-            if index.get("key") != _index_key(self.entries.values()):
-                return
             for name, known in index["providers"].items():
                 formats = tuple(UriFormat(**fmt) for fmt in known["formats"])
                 if name in self.entries:
                     self.entries[name].indexed = (formats, bool(known["fallback"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return
+        except (KeyError, ValueError, TypeError, AttributeError):
+            for entry in self.entries.values():
+                entry.indexed = None
 
     @classmethod
     def from_classes(cls, providers: Mapping[str, type[Plugin]]) -> Registry:
@@ -392,24 +402,14 @@ class _IndexedDist:
     version: str
 
 
-def _indexed_registry(cls: type[Registry]) -> Registry | None:
-    """The registry the index describes, if nothing was installed or removed since it was written."""
+def _read_index() -> dict[str, Any] | None:
+    """The providers index the image wrote, or None (none, unreadable or not an index)."""
     try:
         with open(INDEX_PATH, encoding="utf-8") as handle:
             index = json.load(handle)
-        if index.get("paths") != _import_paths():
-            return None
-        registry = cls(
-            ProviderEntry(name, _IndexedEntryPoint(value, dist_name, dist_version))
-            for name, value, dist_name, dist_version in index["key"]
-        )
-        for name, known in index["providers"].items():
-            formats = tuple(UriFormat(**fmt) for fmt in known["formats"])
-            if name in registry.entries:
-                registry.entries[name].indexed = (formats, bool(known["fallback"]))
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         return None
-    return registry
+    return index if isinstance(index, dict) and isinstance(index.get("key"), list) else None
 
 
 def write_index(path: str = INDEX_PATH) -> int:
