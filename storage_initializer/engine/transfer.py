@@ -48,7 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storage_initializer")
 
-#: A whole object at least this big whose bytes must be hashed lands through ``splice`` and is
+#: A whole object at least this big whose bytes must be hashed, from a plain-HTTP origin with
+#: ``STORAGE_INITIALIZER_SPLICE`` on, lands through ``splice`` and is
 #: hashed from the page cache on a worker (:meth:`PairTransfer._settle`): the same two copies as
 #: hashing in the loop (socket -> file -> hash, instead of socket -> buffer -> file), so no more
 #: CPU under a one-CPU quota, while with a second core free the hashes of many files run beside
@@ -408,7 +409,14 @@ class PairTransfer:
                 return False
             with self._jobs_lock:
                 self._jobs[job.relpath] = job
-            offload = hasher is not None and obj.size - start >= OFFLOAD_HASH_MIN
+            # Only where the body can be spliced: a TLS body passes through our buffer anyway,
+            # and hashing it there spares reading it back.
+            offload = (
+                hasher is not None
+                and obj.size - start >= OFFLOAD_HASH_MIN
+                and self.settings.splice
+                and request.url.startswith("http://")
+            )
             fetch = Fetch(
                 request,
                 job.fd,
@@ -448,12 +456,11 @@ class PairTransfer:
             if fetch.error is not None:
                 raise fetch.error
             self._verify_size(job, fetch.offset)
-            if to_hash is not None:
-                self._hash_prefix(job.fd, fetch.offset, to_hash, start)
-            if to_hash is not None:
-                self._verified(job, to_hash, self._stream_how(job) + ", from the page cache as it landed")
-            else:
+            if to_hash is None:
                 self._verified(job, cast("Digests | None", fetch.hasher), self._stream_how(job))
+            else:
+                self._hash_prefix(job.fd, fetch.offset, to_hash, start)
+                self._verified(job, to_hash, self._stream_how(job) + ", from the page cache as it landed")
             self._close_fd(job)
             self._publish(job)
         except BaseException as exc:
