@@ -177,17 +177,15 @@ class Pool:
         conn.close()
 
     def _connect(self) -> http.client.HTTPConnection:
-        host, port = self._host, self._port
-        tunnel = self._proxy is not None and self._tls
-        if self._proxy is not None:
-            host, port = self._proxy[0], self._proxy[1]
+        proxy = self._proxy
+        host, port = (proxy[0], proxy[1]) if proxy is not None else (self._host, self._port)
         conn: http.client.HTTPConnection
         if self._tls:
             conn = http.client.HTTPSConnection(host, port, timeout=self._connect_timeout, context=self._context)
+            if proxy is not None:  # TLS to the origin through a CONNECT tunnel
+                conn.set_tunnel(self._host, self._port, headers=proxy[2])
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self._connect_timeout)
-        if tunnel and self._proxy is not None:
-            conn.set_tunnel(self._host, self._port, headers=self._proxy[2])
         try:
             conn.connect()
         except socket.gaierror as exc:
