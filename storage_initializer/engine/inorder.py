@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from storage_initializer.engine.hashing import Digests
+from storage_initializer.errors import IntegrityError
 
 #: The most the event loop hashes in one landing (a read buffer, with room).
 INLINE_MAX = 4 * 1024 * 1024
@@ -167,8 +168,8 @@ class InOrderHasher:
                     buf = self._buffer()
                 want = min(len(buf), end - start)
                 n = os.preadv(self._fd, [buf[:want]], start)
-                if n <= 0:
-                    raise OSError(f"short read while hashing at offset {start}")
+                if n <= 0:  # as when hashing a kept prefix (PairTransfer._hash_prefix): not a network error
+                    raise IntegrityError(f"the temporary file ended at byte {start} of {end}", retryable=True)
                 self.digests.update(buf[:n])
                 self.read_back += n
                 if budget is not None:
