@@ -240,7 +240,9 @@ class RemoteObject:
     to the lowercase hex digest of the whole object; :meth:`Provider.open_range`
     may delete an entry of a ``dict`` it listed when a response shows the
     digest does not apply (an S3 ETag of an SSE-KMS object is no MD5), and the
-    engine then does not check it. ``supports_ranges`` is
+    engine then does not check it; a provider that :attr:`~Provider.answers_checksums`
+    may add an entry the answer announced. Adding never changes the object's
+    identity: a resume or an earlier download matches on the digests both announce. ``supports_ranges`` is
     ``False`` when the store can only stream the object from its first byte
     (an HTTP server without Range support): the engine then reads it in one
     stream and restarts it from zero after a failure. ``extra`` is private to
@@ -391,6 +393,12 @@ class Provider(Plugin):
     :class:`Resolver` instead. Methods are called from several threads at
     once, except :meth:`validate`, :meth:`resolve` and :meth:`list`.
     """
+
+    #: The store's answer to a whole-object read may announce digests its listing did not
+    #: (S3's ``x-amz-checksum-*`` with ``x-amz-checksum-mode: ENABLED``): the provider adds
+    #: them to the object's ``checksums`` dict when it checks the answer, and the engine,
+    #: choosing when the first byte is hashed, may verify the cheapest of them.
+    answers_checksums: ClassVar[bool] = False
 
     def resolve(self, uri: str) -> str | Resolution | None:
         """Map ``uri`` to another URI to download instead, or return ``None`` (the default).

@@ -89,6 +89,21 @@ def _identity_matches(entry: ManifestEntry, source: str, obj: RemoteObject) -> b
     return bool(shared) and all(obj.checksums[a].lower() == entry.checksums[a].lower() for a in shared)
 
 
+def _digests_agree(recorded: object, listed: Mapping[str, str], versioned: bool) -> bool:
+    """Do the digests a partial record kept and the listing's describe the same content?
+
+    Either may hold more (a provider adds what its answer announced, see
+    :class:`RemoteObject`): the digests both name must agree, and without a
+    version at least one must be shared.
+    """
+    if not isinstance(recorded, dict):
+        return False
+    shared = set(recorded) & set(listed)
+    if not shared and not versioned:
+        return False
+    return all(str(recorded[a]).lower() == listed[a].lower() for a in shared)
+
+
 #: The extended attribute that records a published file's identity (and, on DEST, extracted archives).
 XATTR = "user.storage-initializer"
 XATTR_EXTRACTED = "user.storage-initializer.extracted"
@@ -296,7 +311,7 @@ class DestState:
             and raw.get("source") == source
             and raw.get("size") == obj.size
             and raw.get("version") == obj.version
-            and raw.get("checksums") == dict(obj.checksums)
+            and _digests_agree(raw.get("checksums"), obj.checksums, versioned=obj.version is not None)
             and raw.get("part_size") == part_size
         )
         return raw if same else None

@@ -399,8 +399,7 @@ class PairTransfer:
         started = False
         self._outstanding_add(1)
         try:
-            checksum = self._checksum(job)
-            start, hasher = self._open_stream(job, checksum, resume=True)
+            start, hasher = self._open_stream(job, resume=True)
             request = self.provider.http_range(self.uri, obj, start, obj.size) if start < obj.size else None
             if request is None:  # no request to describe, or every byte already on disk: a worker's job
                 if start:
@@ -456,7 +455,7 @@ class PairTransfer:
             if fetch.error is not None:
                 raise fetch.error
             self._verify_size(job, fetch.offset)
-            if to_hash is None:
+            if to_hash is None or to_hash.idle:  # idle: the answer announced nothing to verify
                 self._verified(job, cast("Digests | None", fetch.hasher), self._stream_how(job))
             else:
                 self._hash_prefix(job.fd, fetch.offset, to_hash, start)
@@ -502,7 +501,6 @@ class PairTransfer:
         self._outstanding_add(-1)
 
     def _download_whole(self, job: _FileJob, resume: bool = True, first_attempt: int = 0) -> None:
-        checksum = self._checksum(job)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
         if self._has_fast_path and self._try_fast_path(job):
@@ -510,9 +508,7 @@ class PairTransfer:
         attempt = first_attempt
         while True:
             # After a failed verification the bytes kept from an earlier run are suspect too.
-            size, digests = self._stream_whole(
-                job, checksum, resume=resume and attempt == first_attempt, first_attempt=attempt
-            )
+            size, digests = self._stream_whole(job, resume=resume and attempt == first_attempt, first_attempt=attempt)
             try:
                 self._verify_size(job, size)
                 self._verified(job, digests, self._stream_how(job))
@@ -537,9 +533,7 @@ class PairTransfer:
         self._publish(job)
         return True
 
-    def _stream_whole(
-        self, job: _FileJob, checksum: Checksum | None, resume: bool, first_attempt: int = 0
-    ) -> tuple[int, Digests | None]:
+    def _stream_whole(self, job: _FileJob, resume: bool, first_attempt: int = 0) -> tuple[int, Digests | None]:
         """Read the object in one stream, retrying transient failures.
 
         A retry continues where the stream broke when the store serves
@@ -550,7 +544,7 @@ class PairTransfer:
         """
         obj = job.obj
         resumable = obj.size is not None and obj.supports_ranges
-        start, hasher = self._open_stream(job, checksum, resume)
+        start, hasher = self._open_stream(job, resume)
         cursor = _Cursor(start)
         attempt = first_attempt
         while True:
@@ -568,11 +562,11 @@ class PairTransfer:
                     cursor.offset = 0
                     os.ftruncate(job.fd, 0)
                     job.resumed_at = 0
-                    hasher = self._digests(job, checksum)
+                    hasher = self._stream_digests(job)
                 attempt = 0 if progressed else attempt + 1
                 self._backoff_or_raise(error, attempt, job.relpath)
 
-    def _open_stream(self, job: _FileJob, checksum: Checksum | None, resume: bool) -> tuple[int, Digests | None]:
+    def _open_stream(self, job: _FileJob, resume: bool) -> tuple[int, Digests | None]:
         """Open the temporary file of a one-stream read; return where to start and the hasher.
 
         The start is past the bytes an earlier, killed run left, when the partial
@@ -591,7 +585,7 @@ class PairTransfer:
         job.fd = self._open_temp(job, truncate=start == 0)
         if job.streamed and start == 0:
             self.state.save_stream(job.relpath, self.source, obj)
-        hasher = self._digests(job, checksum)
+        hasher = self._stream_digests(job)
         job.resumed_at = start
         if start:
             log.info("resuming %s from byte %d of %d", job.relpath, start, obj.size)
@@ -613,7 +607,7 @@ class PairTransfer:
             os.ftruncate(job.fd, job.obj.size)
         except OSError as exc:
             raise describe_os_error(exc, job.final) from None
-        digests = self._digests(job, self._checksum(job))
+        digests = Digests.make(self._checksum(job), self._wants_sha256(job))
         if digests is not None:
             job.hasher = InOrderHasher(digests, job.fd, parts, self.engine.buffer)
         with self._jobs_lock:
@@ -821,8 +815,16 @@ class PairTransfer:
             return None
         return choose_checksum(job.obj.checksums, job.obj.size, "sha256" if self._wants_sha256(job) else None)
 
-    def _digests(self, job: _FileJob, checksum: Checksum | None) -> Digests | None:
-        return Digests.make(checksum, self._wants_sha256(job))
+    def _stream_digests(self, job: _FileJob) -> Digests | None:
+        """The digests of a one-stream read, its store checksum chosen when the first byte is hashed.
+
+        The store's answer to the read may announce a digest the listing did not (see
+        :attr:`Provider.answers_checksums`), cheaper to compute or the only one there is.
+        """
+        sha256 = self._wants_sha256(job)
+        if self.settings.verify_checksums and (job.obj.checksums or self.provider.answers_checksums):
+            return Digests.deferred(functools.partial(self._checksum, job), sha256)
+        return Digests.make(None, sha256)
 
     @staticmethod
     def _stream_how(job: _FileJob) -> str:

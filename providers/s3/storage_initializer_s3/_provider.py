@@ -46,7 +46,7 @@ from storage_initializer.redact import register_secret
 
 from ._config import S3Settings, credential_source, describe, s3_settings
 from ._errors import CREDENTIALS_HINT, ENDPOINT_HINT
-from ._listing import Listing, ObjectRef, opaque_etag, version_id
+from ._listing import Listing, ObjectRef, checksums_from, opaque_etag, version_id
 from ._sigv4 import canonical_query
 from ._wire import Frozen, S3Wire
 
@@ -98,12 +98,19 @@ class _NoBody:
         return iter(())
 
 
+#: Asks a GET's answer for the object's additional checksums (CRC64NVME, which S3 gives every
+#: new object, CRC32 from the SDKs' uploads...): signed, on whole-object reads (S3 names them
+#: for those only).
+CHECKSUM_MODE = {"x-amz-checksum-mode": "ENABLED"}
+
+
 class S3Provider(Provider):
     """Objects and prefixes of S3 buckets."""
 
     uri_formats = (UriFormat(prefix="s3://"),)
     requires = ("botocore",)
     description = "AWS S3 and S3-compatible stores: prefixes as directories, parallel ranged reads"
+    answers_checksums = True  # whole-object GETs ask for the additional checksums (CHECKSUM_MODE)
 
     def __init__(self, context: ProviderContext) -> None:
         super().__init__(context)
@@ -426,7 +433,7 @@ class S3Provider(Provider):
         headers, ranged = self._range_headers(ref, obj, start, end)
         path = target.prefix + quote(ref.key, safe="/~")
         query = self._version_query(ref)
-        signed = self.wire.signed_headers("GET", target, path, query)
+        signed = self.wire.signed_headers("GET", target, path, query, None if ranged else CHECKSUM_MODE)
         signed.update(headers)
 
         def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
@@ -443,7 +450,8 @@ class S3Provider(Provider):
     ) -> AbstractContextManager[ByteStream]:
         ref = self._ref(uri, obj)
         headers, ranged = self._range_headers(ref, obj, start, end)
-        response = self.wire.get(uri, ref.bucket, ref.key, headers, self._version_query(ref))
+        amz = None if ranged else CHECKSUM_MODE
+        response = self.wire.get(uri, ref.bucket, ref.key, headers, self._version_query(ref), amz)
         try:
             if response.status not in (200, 206):
                 raise self.wire.error(response, uri=uri, bucket=ref.bucket, key=ref.key, streamed=True)
@@ -478,6 +486,11 @@ class S3Provider(Provider):
             )
         if served:
             ref.learned(served)
+        if not ranged and isinstance(obj.checksums, dict):
+            # A whole-object answer names the object's additional checksums (CHECKSUM_MODE):
+            # the engine may verify one of them instead of the ETag's MD5 (cheaper), or at all.
+            for algorithm, digest in checksums_from(headers).items():
+                obj.checksums.setdefault(algorithm, digest)
         etag = headers.get("ETag")
         if ref.etag and etag and etag.strip('"') != ref.etag.strip('"'):
             raise ObjectChangedError(

@@ -218,9 +218,11 @@ class S3Wire:
             amz_headers=amz,
         )
 
-    def signed_headers(self, method: str, target: Target, path: str, query: str = "") -> dict[str, str]:
-        """The headers of a bodiless request (``host`` and the signature); ``query``: canonical form."""
-        return self._headers(method, target, path, query, None)
+    def signed_headers(
+        self, method: str, target: Target, path: str, query: str = "", amz: dict[str, str] | None = None
+    ) -> dict[str, str]:
+        """The headers of a bodiless request (``host``, ``amz``, the signature); ``query``: canonical form."""
+        return self._headers(method, target, path, query, amz)
 
     def send(
         self,
@@ -357,11 +359,19 @@ class S3Wire:
         )
         return response.headers
 
-    def get(self, uri: str, bucket: str, key: str, headers: dict[str, str], query: str = "") -> Any:
+    def get(
+        self,
+        uri: str,
+        bucket: str,
+        key: str,
+        headers: dict[str, str],
+        query: str = "",
+        amz: dict[str, str] | None = None,
+    ) -> Any:
         """A streamed GET (the caller checks the status and reads the body); ``query``: canonical form."""
         target = self.target(bucket)
         path = target.prefix + quote(key, safe="/~")
-        return self.send("GET", target, path, query=query, headers=headers, stream=True, what=self._shown(uri))
+        return self.send("GET", target, path, query=query, amz=amz, headers=headers, stream=True, what=self._shown(uri))
 
     def _shown(self, uri: str) -> str:
         """The URI as messages show it (errors and log records redact it where they are made)."""

@@ -1,0 +1,146 @@
+"""S3's additional checksums, announced in the GET answer, verified instead of the ETag's MD5.
+
+Against the real SeaweedFS (it stores and validates ``x-amz-checksum-*`` on PUT and names them
+in answers to ``x-amz-checksum-mode: ENABLED``), through the real command: the record says which
+digest was verified and how, and a byte flipped on the wire (tests/servers/fault_proxy.py) is
+caught by that digest and fetched again.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import zlib
+from pathlib import Path
+from typing import Any
+
+from awscrt.checksums import crc64nvme
+
+from storage_initializer.engine.hashing import CRC64NVME_MIN, Checksum, Digests, choose_checksum
+from storage_initializer.engine.state import DestState
+from storage_initializer.provider import RemoteObject
+from tests.cli import run_cli, tree
+from tests.servers.fault_proxy import ProxyFault
+from tests.servers.s3 import MiB, SeaweedFS
+
+#: Whole objects, one stream each (no parts: S3 names checksums for whole-object answers only).
+WHOLE = {"STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "64M"}
+
+
+def _b64(value: int, size: int) -> str:
+    return base64.b64encode(value.to_bytes(size, "big")).decode()
+
+
+def _verified_by(record: Path) -> dict[str, dict[str, Any]]:
+    (pair,) = json.loads(record.read_text())["pairs"]
+    return {f["path"]: f["verified_by"] for f in pair["files"]}
+
+
+def _seed(seaweedfs: SeaweedFS, bucket: str) -> dict[str, bytes]:
+    small, mid, big, legacy = os.urandom(100_000), os.urandom(3 * MiB), os.urandom(20 * MiB), os.urandom(50_000)
+    seaweedfs.put(bucket, "m/small.bin", small, ChecksumCRC32=_b64(zlib.crc32(small), 4))
+    seaweedfs.put(bucket, "m/mid.bin", mid, ChecksumCRC32=_b64(zlib.crc32(mid), 4))
+    # CRC64NVME: what S3 gives every new object uploaded without a checksum.
+    seaweedfs.put(bucket, "m/big.bin", big, ChecksumCRC64NVME=_b64(crc64nvme(big), 8))
+    # An uploader that sends no checksum (rclone, older SDKs): the ETag's MD5 is all there is.
+    seaweedfs.client(request_checksum_calculation="when_required").put_object(
+        Bucket=bucket, Key="m/legacy.bin", Body=legacy
+    )
+    return {"small.bin": small, "mid.bin": mid, "big.bin": big, "legacy.bin": legacy}
+
+
+def test_the_cheapest_digest_the_answer_names_is_verified_and_recorded(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    bucket = seaweedfs.new_bucket("ck")
+    files = _seed(seaweedfs, bucket)
+    record = tmp_path / "record.json"
+    result = run_cli(["--record", str(record), f"s3://{bucket}/m", str(tmp_path / "out")], seaweedfs.env() | WHOLE)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out") == files
+    verified = _verified_by(record)
+    # The listing offered only the ETags' MD5s; the answers named cheaper digests.
+    assert set(verified["small.bin"]) == {"crc32"}  # hashed by the loop as it arrived
+    assert set(verified["mid.bin"]) == {"crc32"}  # spliced, hashed from the page cache
+    assert "page cache" in verified["mid.bin"]["crc32"]["hashed"]
+    assert set(verified["big.bin"]) == {"crc64nvme"}  # large enough to load awscrt for
+    assert set(verified["legacy.bin"]) == {"md5"}
+
+
+def test_a_flipped_byte_fails_the_answers_digest_and_is_fetched_again(
+    seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    bucket = seaweedfs.new_bucket("ck")
+    files = _seed(seaweedfs, bucket)
+    proxy = fault_proxy_factory(int(seaweedfs.endpoint_url.rsplit(":", 1)[1]))
+    for name in ("small.bin", "mid.bin", "big.bin"):
+        proxy.add(ProxyFault("flip", after_bytes=20_000, match=name, unless="list-type"))
+    env = seaweedfs.env() | WHOLE | {"AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
+    result = run_cli([f"s3://{bucket}/m", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert len([i for i in proxy.injected if i.startswith("flip")]) == 3
+    assert "small.bin: crc32 is " in result.stderr and "mid.bin: crc32 is " in result.stderr
+    assert "big.bin: crc64nvme is " in result.stderr
+    assert tree(tmp_path / "out") == files
+
+
+def test_a_rerun_recognises_files_verified_by_the_answers_digest(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """The manifest keeps the digests the answer added; the next listing names only the MD5: the
+    object is the same (the digests both name agree), nothing is fetched again."""
+    bucket = seaweedfs.new_bucket("ck")
+    files = _seed(seaweedfs, bucket)
+    argv = [f"s3://{bucket}/m", str(tmp_path / "out")]
+    assert run_cli(argv, seaweedfs.env() | WHOLE).returncode == 0
+    again = run_cli(argv, seaweedfs.env() | WHOLE)
+    assert again.returncode == 0, again.stderr
+    assert "4 already complete" in again.stderr, again.stderr
+    assert tree(tmp_path / "out") == files
+
+
+def test_resume_records_match_on_the_digests_both_name(tmp_path: Path) -> None:
+    """A resume record written after an answer added a digest (a restart after a failed check)
+    still matches the next run's listing, which names fewer; a digest both name that differs, or
+    none shared without a version, is another object."""
+    state = DestState(str(tmp_path))
+    os.makedirs(state.partial_dir)
+    md5, crc = {"md5": "a" * 32}, {"crc32": "0badf00d"}
+    state.save_stream("w.bin", "s3://b/m", RemoteObject("w.bin", 10, "etag", {**md5, **crc}))
+    assert state.has_stream("w.bin", "s3://b/m", RemoteObject("w.bin", 10, "etag", md5))
+    assert not state.has_stream("w.bin", "s3://b/m", RemoteObject("w.bin", 10, "etag", {"md5": "b" * 32}))
+    assert not state.has_stream("w.bin", "s3://b/m", RemoteObject("w.bin", 10, "other", md5))
+    state.save_stream("u.bin", "s3://b/m", RemoteObject("u.bin", 10, None, crc))
+    assert not state.has_stream("u.bin", "s3://b/m", RemoteObject("u.bin", 10, None, md5))
+    assert state.has_stream("u.bin", "s3://b/m", RemoteObject("u.bin", 10, None, {**md5, **crc}))
+
+
+def test_crc64nvme_of_the_check_vector() -> None:
+    """CRC-64/NVME's check value (the digest of ``123456789``), fed in pieces, as S3 spells it in hex."""
+    hasher = Checksum("crc64nvme", "ae8b14860a799888").new()
+    hasher.update(b"1234")
+    hasher.update(memoryview(b"56789"))
+    assert hasher.hexdigest() == "ae8b14860a799888"
+
+
+def test_choice_weighs_the_cost_of_loading_awscrt() -> None:
+    announced = {"md5": "0" * 32, "crc64nvme": "1" * 16, "crc32": "2" * 8}
+    big = choose_checksum(announced, CRC64NVME_MIN)
+    assert big is not None and big.algorithm == "crc64nvme"
+    # Below the threshold another digest is cheaper than loading the library (unless loaded).
+    if "awscrt.checksums" not in sys.modules:
+        small = choose_checksum(announced, 1000)
+        assert small is not None and small.algorithm == "crc32"
+    alone = choose_checksum({"crc64nvme": "1" * 16}, 1000)  # the only digest (a multipart upload)
+    assert alone is not None and alone.algorithm == "crc64nvme"
+
+
+def test_deferred_digests_choose_when_the_first_byte_is_hashed() -> None:
+    announced: dict[str, str] = {"md5": hashlib.md5(b"data").hexdigest()}
+    digests = Digests.deferred(lambda: choose_checksum(announced, 4), sha256=True)
+    announced["crc32"] = f"{zlib.crc32(b'data'):08x}"  # the answer named it before the body
+    digests.update(b"data")
+    assert digests.checksum is not None and digests.checksum.algorithm == "crc32"
+    assert digests.hexdigest() == announced["crc32"]
+    assert digests.sha256() == hashlib.sha256(b"data").hexdigest()
+    nothing = Digests.deferred(lambda: None, sha256=False)
+    assert nothing.idle and nothing.hexdigest() == ""
