@@ -47,6 +47,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list of %(default)s (and tiny: one 4 KiB object, the fixed cost of a run)",
     )
     parser.add_argument("--sources", default="s3,http,gcs,azure", help="comma list of %(default)s")
+    parser.add_argument(
+        "--s3-objects",
+        choices=("aws", "rclone"),
+        default="aws",
+        help="how S3 objects are seeded: aws = as AWS S3 holds them today (rclone's shapes plus the"
+        " CRC64NVME checksum S3 gives every new object; bench/seed_s3.py), rclone = rclone copy"
+        " (MD5 ETags only, as MinIO/Ceph hold objects uploaded without a checksum) (%(default)s)",
+    )
     parser.add_argument("--tools", default="", help="comma list (default: every default tool of each source)")
     parser.add_argument(
         "--variant",
@@ -200,9 +208,9 @@ def machine_notes(paths: tools.Paths, dest_root: Path) -> dict[str, Any]:
 # -- the run ------------------------------------------------------------------------------
 
 
-def make_server(name: str, work: Path, paths: tools.Paths, data_root: Path) -> servers.Server:
+def make_server(name: str, work: Path, paths: tools.Paths, data_root: Path, s3_objects: str = "aws") -> servers.Server:
     if name == "s3":
-        return servers.SeaweedFS(work, paths.rclone)
+        return servers.SeaweedFS(work, paths.rclone, aws_checksums=s3_objects == "aws")
     if name == "http":
         return servers.Nginx(work, paths.rclone, data_root)
     if name == "gcs":
@@ -373,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             quick = args.quick or (emulator and not args.emulator_full)
             repeats = args.emulator_repeats if emulator else args.repeats
             wanted = [datasets.dataset(n, quick) for n in names]
-            server = make_server(source, work, paths, args.data_dir)
+            server = make_server(source, work, paths, args.data_dir, args.s3_objects)
             applicable = [t for t in selected if source in t.sources]
             todo = [ds for ds in wanted if server.supports(ds)]
             if not applicable or not todo:

@@ -106,6 +106,14 @@ def render(path: Path) -> str:
         mode = "Mode: **shared** (no pinning: tools and servers share every core)."
     out.append("")
     out.append(mode)
+    if "s3" in str(args.get("sources", "")):
+        out.append("")
+        out.append(
+            "S3 objects: as AWS S3 holds them (rclone's shapes plus a full-object CRC64NVME checksum; "
+            "bench/seed_s3.py)."
+            if args.get("s3_objects", "rclone") == "aws"
+            else "S3 objects: uploaded by `rclone copy` (MD5 ETags only, no additional checksum)."
+        )
     out.append("")
     out.append("Versions: " + "; ".join(f"{k} `{v}`" for k, v in versions.items()) + ".")
     if end.get("code_digest") and end.get("code_digest") != meta.get("code_digest"):

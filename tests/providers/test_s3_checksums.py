@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import zlib
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any
 
 from awscrt.checksums import crc64nvme
 
-from storage_initializer.engine.hashing import CRC64NVME_MIN, Checksum, Digests, choose_checksum
+from storage_initializer.engine.hashing import Checksum, Digests, choose_checksum
 from storage_initializer.engine.state import DestState
 from storage_initializer.provider import RemoteObject
 from tests.cli import run_cli, tree
@@ -39,22 +40,24 @@ def _verified_by(record: Path) -> dict[str, dict[str, Any]]:
     return {f["path"]: f["verified_by"] for f in pair["files"]}
 
 
-def _seed(seaweedfs: SeaweedFS, bucket: str) -> dict[str, bytes]:
+def _seed(seaweedfs: SeaweedFS, bucket: str) -> tuple[dict[str, bytes], bytes]:
+    """Objects below ``m/`` (the files) and ``b/big.bin`` (returned): a download of its own, as
+    a first object that large makes the run load awscrt, and CRC64NVME wins for every later one."""
     small, mid, big, legacy = os.urandom(100_000), os.urandom(3 * MiB), os.urandom(20 * MiB), os.urandom(50_000)
     seaweedfs.put(bucket, "m/small.bin", small, ChecksumCRC32=_b64(zlib.crc32(small), 4))
     seaweedfs.put(bucket, "m/mid.bin", mid, ChecksumCRC32=_b64(zlib.crc32(mid), 4))
     # CRC64NVME: what S3 gives every new object uploaded without a checksum.
-    seaweedfs.put(bucket, "m/big.bin", big, ChecksumCRC64NVME=_b64(crc64nvme(big), 8))
+    seaweedfs.put(bucket, "b/big.bin", big, ChecksumCRC64NVME=_b64(crc64nvme(big), 8))
     # An uploader that sends no checksum (rclone, older SDKs): the ETag's MD5 is all there is.
     seaweedfs.client(request_checksum_calculation="when_required").put_object(
         Bucket=bucket, Key="m/legacy.bin", Body=legacy
     )
-    return {"small.bin": small, "mid.bin": mid, "big.bin": big, "legacy.bin": legacy}
+    return {"small.bin": small, "mid.bin": mid, "legacy.bin": legacy}, big
 
 
 def test_the_cheapest_digest_the_answer_names_is_verified_and_recorded(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     bucket = seaweedfs.new_bucket("ck")
-    files = _seed(seaweedfs, bucket)
+    files, big = _seed(seaweedfs, bucket)
     record = tmp_path / "record.json"
     result = run_cli(["--record", str(record), f"s3://{bucket}/m", str(tmp_path / "out")], seaweedfs.env() | WHOLE)
     assert result.returncode == 0, result.stderr
@@ -64,37 +67,43 @@ def test_the_cheapest_digest_the_answer_names_is_verified_and_recorded(seaweedfs
     assert set(verified["small.bin"]) == {"crc32"}  # hashed by the loop as it arrived
     assert set(verified["mid.bin"]) == {"crc32"}  # spliced, hashed from the page cache
     assert "page cache" in verified["mid.bin"]["crc32"]["hashed"]
-    assert set(verified["big.bin"]) == {"crc64nvme"}  # large enough to load awscrt for
     assert set(verified["legacy.bin"]) == {"md5"}
+    result = run_cli(["--record", str(record), f"s3://{bucket}/b", str(tmp_path / "big")], seaweedfs.env() | WHOLE)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "big") == {"big.bin": big}
+    assert set(_verified_by(record)["big.bin"]) == {"crc64nvme"}  # large enough to load awscrt for
 
 
 def test_a_flipped_byte_fails_the_answers_digest_and_is_fetched_again(
     seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
 ) -> None:
     bucket = seaweedfs.new_bucket("ck")
-    files = _seed(seaweedfs, bucket)
+    files, big = _seed(seaweedfs, bucket)
     proxy = fault_proxy_factory(int(seaweedfs.endpoint_url.rsplit(":", 1)[1]))
     for name in ("small.bin", "mid.bin", "big.bin"):
         proxy.add(ProxyFault("flip", after_bytes=20_000, match=name, unless="list-type"))
     env = seaweedfs.env() | WHOLE | {"AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
     result = run_cli([f"s3://{bucket}/m", str(tmp_path / "out")], env)
     assert result.returncode == 0, result.stderr
-    assert len([i for i in proxy.injected if i.startswith("flip")]) == 3
     assert "small.bin: crc32 is " in result.stderr and "mid.bin: crc32 is " in result.stderr
-    assert "big.bin: crc64nvme is " in result.stderr
     assert tree(tmp_path / "out") == files
+    result = run_cli([f"s3://{bucket}/b", str(tmp_path / "big")], env)
+    assert result.returncode == 0, result.stderr
+    assert "big.bin: crc64nvme is " in result.stderr
+    assert tree(tmp_path / "big") == {"big.bin": big}
+    assert len([i for i in proxy.injected if i.startswith("flip")]) == 3
 
 
 def test_a_rerun_recognises_files_verified_by_the_answers_digest(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
     """The manifest keeps the digests the answer added; the next listing names only the MD5: the
     object is the same (the digests both name agree), nothing is fetched again."""
     bucket = seaweedfs.new_bucket("ck")
-    files = _seed(seaweedfs, bucket)
+    files, _ = _seed(seaweedfs, bucket)
     argv = [f"s3://{bucket}/m", str(tmp_path / "out")]
     assert run_cli(argv, seaweedfs.env() | WHOLE).returncode == 0
     again = run_cli(argv, seaweedfs.env() | WHOLE)
     assert again.returncode == 0, again.stderr
-    assert "4 already complete" in again.stderr, again.stderr
+    assert "3 already complete" in again.stderr, again.stderr
     assert tree(tmp_path / "out") == files
 
 
@@ -123,15 +132,21 @@ def test_crc64nvme_of_the_check_vector() -> None:
 
 
 def test_choice_weighs_the_cost_of_loading_awscrt() -> None:
-    announced = {"md5": "0" * 32, "crc64nvme": "1" * 16, "crc32": "2" * 8}
-    big = choose_checksum(announced, CRC64NVME_MIN)
-    assert big is not None and big.algorithm == "crc64nvme"
-    # Below the threshold another digest is cheaper than loading the library (unless loaded).
-    if "awscrt.checksums" not in sys.modules:
-        small = choose_checksum(announced, 1000)
-        assert small is not None and small.algorithm == "crc32"
-    alone = choose_checksum({"crc64nvme": "1" * 16}, 1000)  # the only digest (a multipart upload)
-    assert alone is not None and alone.algorithm == "crc64nvme"
+    """Loading awscrt costs what MD5 spends on ~20 MB: the first objects of a small download take
+    another digest; once CRC64NVME_MIN bytes went that way, CRC64NVME (alone: at once)."""
+    script = (
+        "import sys\n"
+        "from storage_initializer.engine.hashing import CRC64NVME_MIN, choose_checksum\n"
+        "announced = {'md5': '0' * 32, 'crc64nvme': '1' * 16, 'crc32': '2' * 8}\n"
+        "print([choose_checksum(announced, CRC64NVME_MIN // 4).algorithm for _ in range(6)])\n"
+        "print('awscrt.checksums' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == [str(["crc32"] * 3 + ["crc64nvme"] * 3), "True"], out
+    alone = "from storage_initializer.engine.hashing import choose_checksum\n" + (
+        "print(choose_checksum({'crc64nvme': '1' * 16}, 10).algorithm)"  # a multipart upload's only digest
+    )
+    assert subprocess.run([sys.executable, "-c", alone], capture_output=True, text=True).stdout.strip() == "crc64nvme"
 
 
 def test_deferred_digests_choose_when_the_first_byte_is_hashed() -> None:
