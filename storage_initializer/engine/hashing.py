@@ -59,7 +59,7 @@ class _Crc64Nvme:
     """S3's CRC-64/NVME (the checksum S3 gives every new object), by awscrt's C code, as big-endian hex."""
 
     def __init__(self) -> None:
-        from awscrt.checksums import crc64nvme  # type: ignore[import-not-found, unused-ignore]
+        from awscrt.checksums import crc64nvme  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
         self._crc: Any = crc64nvme
         self._value = 0
@@ -90,7 +90,7 @@ def _crc64nvme_worth(size: int | None, alone: bool) -> bool:
 @functools.cache
 def _crc64nvme_available() -> bool:
     try:
-        import awscrt.checksums  # type: ignore[import-not-found, unused-ignore]  # noqa: F401
+        import awscrt.checksums  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: F401
 
         return True
     except ImportError:
