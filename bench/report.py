@@ -166,7 +166,7 @@ def render(path: Path) -> str:
             targets.append(_target_row(source, first["dataset"], key, stats, group))
     if targets:
         out.append("")
-        out.append("## Targets of issue 6 (reported, not asserted)")
+        out.append("## Targets (reported, not asserted)")
         out.append("")
         out.append(
             "| source | dataset | ours MB/s | fastest peer (MB/s) | ours x fastest peer (>=1.0) | "

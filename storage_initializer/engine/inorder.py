@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from storage_initializer.engine.hashing import Digests
@@ -54,6 +53,7 @@ class InOrderHasher:
         self._hashed = 0  # bytes [0, _hashed) are hashed
         self._holder: str | None = None  # who hashes now: the event loop (inline) or a worker
         self._lock = threading.Lock()
+        self._released = threading.Condition(self._lock)  # notified whenever the hashing role is let go
         #: Bytes hashed by reading the file back (the rest came from the bytes as they were written).
         self.read_back = 0
         #: Bytes that were on disk from an earlier run when hashing started (:meth:`resumed`).
@@ -134,8 +134,8 @@ class InOrderHasher:
         The event loop hashes only a bounded span: wait for it. Another worker hashes until
         nothing contiguous is left, so this one may go (unless it needs the final digest).
         """
-        while True:
-            with self._lock:
+        with self._lock:
+            while True:
                 if self._contiguous() == self._hashed and self._holder is None:
                     return False
                 if self._holder is None:
@@ -143,11 +143,16 @@ class InOrderHasher:
                     return True
                 if self._holder == _WORKER and not wait_for_worker:
                     return False
-            time.sleep(0.0005)
+                self._released.wait()
+
+    def _let_go(self) -> None:
+        """(Lock held.) Give up the hashing role."""
+        self._holder = None
+        self._released.notify_all()
 
     def _drop(self) -> None:
         with self._lock:
-            self._holder = None
+            self._let_go()
 
     def _catch_up(self, budget: int | None) -> None:
         """As the hashing thread: hash the contiguous prefix, reading it back, then let go.
@@ -162,7 +167,7 @@ class InOrderHasher:
                 with self._lock:
                     start, end = self._hashed, self._contiguous()
                     if start >= end or (budget is not None and budget <= 0):
-                        self._holder = None
+                        self._let_go()
                         return
                 if buf is None:
                     buf = self._buffer()
