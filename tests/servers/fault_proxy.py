@@ -19,15 +19,18 @@ spare those whose request head contains ``unless`` (e.g. an HTTP source's
 proxy asks the server to close every connection after one answer, so each
 request arrives on a connection of its own and meets the fault check.
 Optionally terminates TLS with a ``trustme`` CA, to put a self-signed HTTPS
-front on a plain-HTTP server. Counts connections and bytes relayed.
+front on a plain-HTTP server. Counts connections and bytes relayed (a reset takes back
+those the client never received).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import socket
 import ssl
 import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -246,6 +249,7 @@ class FaultProxy:
                             self._count(room)
                             sent += room
                         if fault.kind == "reset":
+                            self._uncount_unacked(client)
                             self._reset(client)
                             upstream.close()
                             return
@@ -276,6 +280,20 @@ class FaultProxy:
     def _count(self, n: int) -> None:
         with self.lock:
             self.bytes_down += n
+
+    def _uncount_unacked(self, sock: socket.socket) -> None:
+        """Take back from ``bytes_down`` what the client's kernel has not acknowledged: a reset
+        drops it unsent. (What it did acknowledge the client can still read before the reset.)
+        Under load the client may lag behind by megabytes of socket buffers, all counted as
+        relayed by ``sendall`` and lost with the reset."""
+        if isinstance(sock, ssl.SSLSocket):
+            return  # its queue holds TLS records, not the plain bytes counted
+        try:
+            unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        with self.lock:
+            self.bytes_down -= unacked
 
     @staticmethod
     def _reset(sock: socket.socket) -> None:
