@@ -315,4 +315,8 @@ def test_a_silenced_connection_is_abandoned_and_its_bytes_fetched_again_promptly
     assert proxy.injected, "the fault never fired"
     assert tree(tmp_path / "out") == {"big.bin": data}
     assert "stall" in result.stderr and "retrying big.bin" in result.stderr
-    assert elapsed < 3 + 10, f"took {elapsed:.1f}s"
+    # Its range was asked for again within the stall timeout (plus slack for a loaded machine),
+    # not twice it; measured at the proxy, so the time the rest of the 32 MiB takes is not in it.
+    gap = proxy.range_resent_at("big.bin") - proxy.injected_at[0][0]
+    assert gap < 3 + 2.5, f"the silenced range was asked for again after {gap:.1f}s"
+    assert elapsed < 45, f"took {elapsed:.1f}s"
