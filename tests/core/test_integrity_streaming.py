@@ -164,8 +164,27 @@ def test_gcs_pin_is_hashed_while_streaming_through_the_sdk(gcs_server: FakeGcsSe
 
 
 # -- resume after SIGKILL -----------------------------------------------------------------------
-def _kill_when(server: HttpFileServer, args: list[str], env: Mapping[str, str], sent: int) -> None:
-    """Start the CLI, SIGKILL it once the server sent ``sent`` bytes (and stopped sending)."""
+def _kept(dest: Path) -> int:
+    """The bytes a rerun keeps, as the resume state says: a stream's prefix, or the parts done.
+    (A pinned download stages in DEST/.si-staging/ID/, with its own state directory.)"""
+    kept = 0
+    for path in dest.rglob(".storage-initializer/partial/*.json"):
+        try:
+            record = json.loads(path.read_text())
+            if record["part_size"] == -1:
+                kept += sum(t.stat().st_size for t in path.parents[2].glob("*.si-partial"))
+            else:
+                size, part = record["size"], record["part_size"]
+                kept += sum(min(part, size - i * part) for i in record["done"])
+        except (OSError, ValueError):
+            continue  # being replaced, or published meanwhile
+    return kept
+
+
+def _kill_when(dest: Path, args: list[str], env: Mapping[str, str], kept: int) -> None:
+    """Start the CLI, SIGKILL it once ``kept`` bytes are on disk for a rerun (the server holds
+    the rest back). The bytes the server sent may still sit in socket buffers: what counts is
+    what the resume state says landed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "storage_initializer", *args],
         env=clean_env(env),
@@ -174,10 +193,10 @@ def _kill_when(server: HttpFileServer, args: list[str], env: Mapping[str, str], 
     )
     try:
         deadline = time.monotonic() + 60
-        while server.bytes_sent < sent and proc.poll() is None and time.monotonic() < deadline:
+        while _kept(dest) < kept and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        time.sleep(0.5)  # the bytes sent land (the server holds the rest back meanwhile)
         assert proc.poll() is None, "the download ended before it could be killed"
+        assert _kept(dest) >= kept, "the download never got going"
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(10)
@@ -197,7 +216,7 @@ def test_pinned_download_killed_and_resumed_still_verifies(http_server: HttpFile
         args = ["--record", str(record), "--expect-digest", f"sha256:{sha(data)}", url, str(dest)]
         http_server.faults["/m/model.bin"] = fault
         http_server.reset_counters()
-        _kill_when(http_server, args, env, sent=5 * MiB)
+        _kill_when(dest, args, env, kept=5 * MiB)
         assert not (dest / "model.bin").exists()  # still in the stage
         http_server.faults.clear()
         http_server.reset_counters()

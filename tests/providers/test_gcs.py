@@ -680,4 +680,6 @@ def test_a_silenced_read_is_abandoned_within_the_stall_timeout(
     assert proxy.injected and "retrying big.bin" in result.stderr
     assert tree(tmp_path / "out") == {"big.bin": data}
     assert proxy.injected_at[0][0] - started < 6  # the stall began early on
-    assert time.monotonic() - proxy.injected_at[0][0] < 6 + 3  # detected within the timeout (+ slack), not 2x
+    # Detected within the timeout (+ slack), not 2x: the stalled range is asked for again. (Measured
+    # at the proxy: the rest of the transfer and the exit, slow on a loaded machine, are not in it.)
+    assert proxy.range_resent_at("big.bin") - proxy.injected_at[0][0] < 6 + 3

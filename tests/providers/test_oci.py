@@ -262,9 +262,10 @@ def test_image_layer_stream_continues_after_a_cut_connection(
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "out") == {"w.bin": weights}
     assert result.stderr.count(f"retrying layer-1-sha256-{layer['digest'][7:]} of ") == 2
-    # Continued where it broke, not started over: two restarts would relay the 2 x 1.5 MiB
-    # again plus what each reset loses in flight (socket buffers: up to ~1 MiB each).
-    assert proxy.bytes_down < layer["size"] + 3 * MiB
+    # Continued where it broke, not started over: two restarts would relay the 2 x 1.5 MiB again.
+    # The proxy counts only what reached the client (a reset drops the bytes its send queue held:
+    # megabytes when a loaded client lags), all of which the stream keeps.
+    assert proxy.bytes_down < layer["size"] + MiB
 
 
 def test_docker_schema2_manifest_list(tmp_path: Path, oci_registry: Registry) -> None:

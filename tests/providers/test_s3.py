@@ -647,8 +647,8 @@ def test_a_killed_single_stream_resumes_and_verifies_the_checksum_of_the_whole(
 
     # Again, with the kept prefix damaged on disk: the checksum of the whole catches it, fetched anew.
     (dest / "w.bin").unlink()
-    proc = subprocess.Popen(argv, env=clean_env(env | {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}))
     proxy.add(ProxyFault("stall", after_bytes=3 * MiB, seconds=600, match="w.bin", unless="list-type"))
+    proc = subprocess.Popen(argv, env=clean_env(env | {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}))
     while not (temp.exists() and temp.stat().st_size >= 2 * MiB):
         assert time.monotonic() < deadline + 60, "the download never got going"
         time.sleep(0.05)

@@ -184,6 +184,10 @@ def _saved_bytes(dest: Path, files: Mapping[str, bytes]) -> int:
     saved = sum(len(data) for path, data in files.items() if (dest / path).exists())
     for record in (state / "partial").glob("*.json"):
         data = json.loads(record.read_text())
+        if (dest / data["path"]).exists():
+            # Killed after the file was published, before its record was removed: the rerun
+            # skips the file (counted above), so its parts are not counted a second time.
+            continue
         if data["part_size"] == -1:  # one stream: its temporary file holds a prefix
             saved += sum(p.stat().st_size for p in dest.rglob(f".{Path(data['path']).name}.si-partial"))
             continue
@@ -208,6 +212,10 @@ def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, sour
         )
         # Early kills anywhere; the last one late enough that some work is saved.
         time.sleep(rng.uniform(0.3, 1.6) if attempt < 2 else rng.uniform(2.0, 3.0))
+        if attempt == 2:  # a slow machine may still be starting up: wait for some saved work
+            deadline = time.monotonic() + 60
+            while not _saved_while_running(dest, source.files) and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         for rel, data in tree(dest, after_failure=True).items():  # whatever is under a final name is complete and right
@@ -307,4 +315,8 @@ def test_a_silenced_connection_is_abandoned_and_its_bytes_fetched_again_promptly
     assert proxy.injected, "the fault never fired"
     assert tree(tmp_path / "out") == {"big.bin": data}
     assert "stall" in result.stderr and "retrying big.bin" in result.stderr
-    assert elapsed < 3 + 10, f"took {elapsed:.1f}s"
+    # Its range was asked for again within the stall timeout (plus slack for a loaded machine),
+    # not twice it; measured at the proxy, so the time the rest of the 32 MiB takes is not in it.
+    gap = proxy.range_resent_at("big.bin") - proxy.injected_at[0][0]
+    assert gap < 3 + 2.5, f"the silenced range was asked for again after {gap:.1f}s"
+    assert elapsed < 45, f"took {elapsed:.1f}s"

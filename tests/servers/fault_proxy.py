@@ -19,15 +19,19 @@ spare those whose request head contains ``unless`` (e.g. an HTTP source's
 proxy asks the server to close every connection after one answer, so each
 request arrives on a connection of its own and meets the fault check.
 Optionally terminates TLS with a ``trustme`` CA, to put a self-signed HTTPS
-front on a plain-HTTP server. Counts connections and bytes relayed.
+front on a plain-HTTP server. Counts connections and bytes relayed (a reset takes back
+those the client never received).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import re
 import socket
 import ssl
 import struct
+import termios
 import threading
 import time
 from collections.abc import Iterator
@@ -61,6 +65,7 @@ class FaultProxy:
         self.requests: list[tuple[float, str]] = []  # (monotonic time, first request line) per connection
         self.heads: list[str] = []  # the whole request head per connection (e.g. to read its Range)
         self.injected_at: list[tuple[float, str]] = []  # (monotonic time, first request line) per fault
+        self.injected_heads: list[str] = []  # the request head of each fault's connection
         self._tls: ssl.SSLContext | None = None
         if tls is not None:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -148,7 +153,7 @@ class FaultProxy:
                 if fault.unless and fault.unless.lower() in head.lower():
                     continue
                 if fault.kind in ("status", "slow"):
-                    self._claim_locked(fault, first_line)
+                    self._claim_locked(fault, first_line, head)
                 return fault
         return None
 
@@ -165,18 +170,40 @@ class FaultProxy:
             injected = next(t for t, line in self.injected_at if match in line)
             return min(t for t, line in self.requests if t > injected and match in line)
 
-    def _claim_locked(self, fault: ProxyFault, what: str) -> bool:
+    def range_resent_at(self, match: str) -> float:
+        """When (``time.monotonic()``) the range of the first fault on ``match`` was asked for
+        again: the next request for ``match`` whose ``Range`` ends where the faulted one's did (a
+        retry continues from where the bytes stopped). Other ranges of the same object, asked
+        for meanwhile by parallel streams, do not count. After a fault on a read of the whole
+        object (no ``Range``), the next request for ``match`` counts."""
+
+        def range_end(head: str) -> str | None:
+            found = re.search(r"(?im)^range:\s*bytes=\d*-(\d*)", head)
+            return found.group(1) if found else None
+
+        with self.lock:
+            i = next(i for i, (_, line) in enumerate(self.injected_at) if match in line)
+            injected, end = self.injected_at[i][0], range_end(self.injected_heads[i])
+            return min(
+                t
+                for (t, line), head in zip(self.requests, self.heads, strict=True)
+                if t > injected and match in line and (end is None or range_end(head) == end)
+            )
+
+    def _claim_locked(self, fault: ProxyFault, what: str, head: str) -> bool:
         if fault.times == 0:
             return False
         if fault.times > 0:
             fault.times -= 1
         self.injected.append(f"{fault.kind}: {what}")
         self.injected_at.append((time.monotonic(), what))
+        self.injected_heads.append(head)
         return True
 
-    def _claim(self, fault: ProxyFault) -> bool:
+    def _claim(self, fault: ProxyFault, head: str) -> bool:
+        first_line = head.split("\r\n", 1)[0]
         with self.lock:
-            return self._claim_locked(fault, f"after {fault.after_bytes} bytes")
+            return self._claim_locked(fault, f"after {fault.after_bytes} bytes of {first_line}", head)
 
     def _serve(self, client: socket.socket) -> None:
         client.settimeout(None)
@@ -209,7 +236,7 @@ class FaultProxy:
                 client.close()
             return
         threading.Thread(target=self._pump_up, args=(client, upstream), daemon=True).start()
-        self._pump_down(upstream, client, fault)
+        self._pump_down(upstream, client, fault, head.decode("latin-1"))
 
     def _pump_up(self, client: socket.socket, upstream: socket.socket) -> None:
         try:
@@ -220,7 +247,9 @@ class FaultProxy:
         with contextlib.suppress(OSError):
             upstream.shutdown(socket.SHUT_WR)
 
-    def _pump_down(self, upstream: socket.socket, client: socket.socket, fault: ProxyFault | None) -> None:
+    def _pump_down(
+        self, upstream: socket.socket, client: socket.socket, fault: ProxyFault | None, request_head: str
+    ) -> None:
         sent = 0
         stalled = False
         head = bytearray()  # the response head, while a ``flip`` looks for the body's start
@@ -236,16 +265,17 @@ class FaultProxy:
                         end = head.find(b"\r\n\r\n")
                         body_at = None if end < 0 else end + 4
                     at = None if body_at is None else body_at + fault.after_bytes - sent
-                    if at is not None and 0 <= at < len(chunk) and self._claim(fault):
+                    if at is not None and 0 <= at < len(chunk) and self._claim(fault, request_head):
                         chunk = chunk[:at] + bytes([chunk[at] ^ 0xFF]) + chunk[at + 1 :]
                 if fault is not None and fault.kind in ("reset", "stall") and not stalled:
                     room = fault.after_bytes - sent
-                    if room < len(chunk) and self._claim(fault):
+                    if room < len(chunk) and self._claim(fault, request_head):
                         if room > 0:
                             client.sendall(chunk[:room])
                             self._count(room)
                             sent += room
                         if fault.kind == "reset":
+                            self._uncount_unacked(client)
                             self._reset(client)
                             upstream.close()
                             return
@@ -276,6 +306,20 @@ class FaultProxy:
     def _count(self, n: int) -> None:
         with self.lock:
             self.bytes_down += n
+
+    def _uncount_unacked(self, sock: socket.socket) -> None:
+        """Take back from ``bytes_down`` what the client's kernel has not acknowledged: a reset
+        drops it unsent. (What it did acknowledge the client can still read before the reset.)
+        Under load the client may lag behind by megabytes of socket buffers, all counted as
+        relayed by ``sendall`` and lost with the reset."""
+        if isinstance(sock, ssl.SSLSocket):
+            return  # its queue holds TLS records, not the plain bytes counted
+        try:
+            unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except OSError:
+            return
+        with self.lock:
+            self.bytes_down -= unacked
 
     @staticmethod
     def _reset(sock: socket.socket) -> None:
