@@ -74,6 +74,23 @@ def test_the_cheapest_digest_the_answer_names_is_verified_and_recorded(seaweedfs
     assert set(_verified_by(record)["big.bin"]) == {"crc64nvme"}  # large enough to load awscrt for
 
 
+def test_an_object_read_as_parts_is_verified_by_the_digest_its_head_names(seaweedfs: SeaweedFS, tmp_path: Path) -> None:
+    """Ranged answers name no checksum (on AWS neither): an object above the multipart threshold
+    (32 MiB by default) gets one HeadObject, whose CRC64NVME is verified over the parts in order."""
+    bucket = seaweedfs.new_bucket("ck")
+    data = os.urandom(40 * MiB)
+    seaweedfs.put(bucket, "p/w.bin", data, ChecksumCRC64NVME=_b64(crc64nvme(data), 8))
+    seaweedfs.put(bucket, "p/a.bin", b"the listing's encryption probe goes here")
+    record = tmp_path / "record.json"
+    env = seaweedfs.env() | {"STORAGE_INITIALIZER_PART_SIZE": "8M"}
+    result = run_cli(["--record", str(record), f"s3://{bucket}/p", str(tmp_path / "out")], env)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "out")["w.bin"] == data
+    verified = _verified_by(record)["w.bin"]
+    assert set(verified) == {"crc64nvme"}
+    assert "parts" in verified["crc64nvme"]["hashed"]
+
+
 def test_a_flipped_byte_fails_the_answers_digest_and_is_fetched_again(
     seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
 ) -> None:

@@ -53,8 +53,11 @@ from ._wire import Listed, Page, S3Wire
 log = logging.getLogger("storage_initializer.s3")
 
 MiB = 1024 * 1024
-#: Objects at least this large get their own HeadObject (for additional checksums).
-HEAD_MIN_SIZE = 64 * MiB
+#: Objects at least this large get their own HeadObject (for additional checksums): the engine's
+#: default multipart threshold, above which objects are read as ranged parts, and S3 names an
+#: object's checksums on whole-object answers only. (One HEAD, ~1 ms, against hashing 32 MiB
+#: with MD5, 50 ms, instead of CRC64NVME.)
+HEAD_MIN_SIZE = 32 * MiB
 
 _MD5_ETAG_RE = re.compile(r"^[0-9a-fA-F]{32}$")
 #: Response headers of S3's additional checksums -> the engine's algorithm names.
