@@ -263,7 +263,12 @@ def test_download_job_publishes_all_or_nothing(tmp_path: Path, http_server: Http
     stage = dest.parent / ".llama.si-publish"
     for _ in range(8):
         proc = _start(_args(urls, dest), env)
-        time.sleep(rng.uniform(0.2, 1.4))
+        # Kill at a random point of the download itself: timed from the stage's appearance, not
+        # from the start (a slow machine's interpreter start-up would eat a fixed delay).
+        deadline = time.monotonic() + 30
+        while not stage.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 1.2))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += proc.returncode == -signal.SIGKILL
