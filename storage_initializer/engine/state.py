@@ -85,12 +85,11 @@ def _identity_matches(entry: ManifestEntry, source: str, obj: RemoteObject) -> b
     if obj.version is not None:
         return obj.version == entry.version
     # No version: fall back to an announced checksum; without one we cannot know.
-    shared = set(obj.checksums) & set(entry.checksums)
-    return bool(shared) and all(obj.checksums[a].lower() == entry.checksums[a].lower() for a in shared)
+    return _digests_agree(dict(entry.checksums), obj.checksums, versioned=False)
 
 
 def _digests_agree(recorded: object, listed: Mapping[str, str], versioned: bool) -> bool:
-    """Do the digests a partial record kept and the listing's describe the same content?
+    """Do the digests recorded (manifest, partial record) and the listing's describe the same content?
 
     Either may hold more (a provider adds what its answer announced, see
     :class:`RemoteObject`): the digests both name must agree, and without a
