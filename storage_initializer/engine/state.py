@@ -267,18 +267,20 @@ class DestState:
         entry = self._entries.get(relpath) or self._extracted.get(relpath)
         return entry is not None and entry.extracted and _identity_matches(entry, source, obj)
 
-    def label(self, temp_path: str, source: str, obj: RemoteObject) -> None:
-        """Set the identity attribute on a file about to be renamed to its final name.
+    def label(self, temp_path: str, source: str, obj: RemoteObject) -> ManifestEntry | None:
+        """Set the identity attribute on a file about to be renamed to its final name; return the entry.
 
-        It travels with the rename, so a kill between the rename and :meth:`record_complete`
-        leaves a file a rerun still recognises (rather than downloading it again).
+        It travels with the rename (which keeps the inode, its size and mtime), so a kill between
+        the rename and :meth:`record_complete` leaves a file a rerun still recognises (rather than
+        downloading it again). ``None``: the file is gone (the rename fails next, and says why).
         """
         try:
             st = os.stat(temp_path)
         except OSError:
-            return  # the rename fails next, and says why
+            return None
         entry = ManifestEntry(source, st.st_size, obj.version, dict(obj.checksums), st.st_mtime_ns)
         self._set_xattr(temp_path, XATTR, _record(entry))
+        return entry
 
     def record_complete(
         self,
@@ -288,17 +290,19 @@ class DestState:
         obj: RemoteObject,
         *,
         extracted: bool = False,
-        labelled: bool = False,
+        labelled: ManifestEntry | None = None,
     ) -> None:
-        """``labelled``: :meth:`label` already set the attribute (before the rename)."""
-        if extracted:
-            size, mtime_ns = obj.size or 0, 0
-        else:
-            st = os.stat(final_path)
-            size, mtime_ns = st.st_size, st.st_mtime_ns
-        entry = ManifestEntry(source, size, obj.version, dict(obj.checksums), mtime_ns, extracted)
-        if not extracted and not labelled:
-            self._set_xattr(final_path, XATTR, _record(entry))
+        """``labelled``: what :meth:`label` set on the file before the rename (recorded as is)."""
+        entry = labelled
+        if entry is None:
+            if extracted:
+                size, mtime_ns = obj.size or 0, 0
+            else:
+                st = os.stat(final_path)
+                size, mtime_ns = st.st_size, st.st_mtime_ns
+            entry = ManifestEntry(source, size, obj.version, dict(obj.checksums), mtime_ns, extracted)
+            if not extracted:
+                self._set_xattr(final_path, XATTR, _record(entry))
         # Written at once (one small O_APPEND write): a file published a moment
         # before a SIGKILL is then not downloaded again by the rerun.
         line = self._line(relpath, entry).encode("utf-8")

@@ -892,9 +892,9 @@ class PairTransfer:
     def _publish(self, job: _FileJob) -> None:
         # A directory that appeared at the final name meanwhile makes
         # os.replace fail (IsADirectoryError): no second lstat per file here.
-        self.state.label(job.temp, self.source, job.obj)
+        labelled = self.state.label(job.temp, self.source, job.obj)
         publish(job.temp, job.final, self.settings.fsync, maybe_linked=self._has_fast_path)
-        self.state.record_complete(job.relpath, job.final, self.source, job.obj, labelled=True)
+        self.state.record_complete(job.relpath, job.final, self.source, job.obj, labelled=labelled)
         if job.streamed:
             self.state.forget_parts(job.relpath)
         if self.cache is not None:
