@@ -132,14 +132,18 @@ class DestDir:
             with self._lock:
                 self._known.add(current)
 
-    def check_target(self, final_path: str) -> None:
-        """Refuse to replace a directory with a file (a symlink is replaced, not followed)."""
+    def check_target(self, final_path: str) -> bool:
+        """Refuse to replace a directory with a file (a symlink is replaced, not followed).
+
+        Returns whether something is there already (nothing: no earlier download to recognise).
+        """
         try:
             mode = os.lstat(final_path).st_mode
         except FileNotFoundError:
-            return
+            return False
         if stat.S_ISDIR(mode):
             raise UnsafePathError(f"{final_path} exists as a directory, but the model has a file there")
+        return True
 
 
 def publish(temp_path: str, final_path: str, fsync: bool, maybe_linked: bool = False) -> None:

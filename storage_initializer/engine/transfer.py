@@ -325,9 +325,9 @@ class PairTransfer:
         if self.first_match is None:
             self.first_match = (relpath, obj)
         final = self.dest.ensure_parent(relpath)
-        self.dest.check_target(final)
-        if self.state.was_extracted(relpath, self.source, obj) or self.state.is_complete(
-            relpath, final, self.source, obj
+        present = self.dest.check_target(final)
+        if self.state.was_extracted(relpath, self.source, obj) or (
+            present and self.state.is_complete(relpath, final, self.source, obj)
         ):
             log.debug("already complete: %s", relpath)
             self.progress.file_skipped(obj.size or 0)
