@@ -421,19 +421,23 @@ class S3Provider(Provider):
         return {"version_id": pinned} if pinned else {}
 
     @staticmethod
-    def _range_headers(ref: ObjectRef, obj: RemoteObject, start: int, end: int | None) -> tuple[dict[str, str], bool]:
+    def _range_headers(
+        ref: ObjectRef, obj: RemoteObject, start: int, end: int | None
+    ) -> tuple[dict[str, str], dict[str, str] | None, bool]:
+        """The read's plain headers, its signed ``x-amz-*`` ones (CHECKSUM_MODE on whole reads), and
+        whether it is ranged."""
         headers, ranged = read_headers(start, end, obj.size, etag=ref.etag)
-        return {name.lower(): value for name, value in headers.items()}, ranged
+        return {name.lower(): value for name, value in headers.items()}, None if ranged else CHECKSUM_MODE, ranged
 
     def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
         ref = self._ref(uri, obj)
         target = self.wire.target(ref.bucket)
         if target.proxy:
             return None  # the event loop speaks to origins only: the pool goes through the proxy
-        headers, ranged = self._range_headers(ref, obj, start, end)
+        headers, amz, ranged = self._range_headers(ref, obj, start, end)
         path = target.prefix + quote(ref.key, safe="/~")
         query = self._version_query(ref)
-        signed = self.wire.signed_headers("GET", target, path, query, None if ranged else CHECKSUM_MODE)
+        signed = self.wire.signed_headers("GET", target, path, query, amz)
         signed.update(headers)
 
         def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
@@ -449,8 +453,7 @@ class S3Provider(Provider):
         self, uri: str, obj: RemoteObject, start: int, end: int | None
     ) -> AbstractContextManager[ByteStream]:
         ref = self._ref(uri, obj)
-        headers, ranged = self._range_headers(ref, obj, start, end)
-        amz = None if ranged else CHECKSUM_MODE
+        headers, amz, ranged = self._range_headers(ref, obj, start, end)
         response = self.wire.get(uri, ref.bucket, ref.key, headers, self._version_query(ref), amz)
         try:
             if response.status not in (200, 206):
