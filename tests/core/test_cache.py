@@ -259,16 +259,29 @@ def test_download_job_publishes_all_or_nothing(tmp_path: Path, http_server: Http
     dest = tmp_path / "node" / "models" / "llama"
     env = {"STORAGE_INITIALIZER_PUBLISH": "atomic-dir", "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
     rng = random.Random(7)
-    killed = staged = 0
     stage = dest.parent / ".llama.si-publish"
-    for _ in range(8):
+
+    def run_until_staged() -> tuple[subprocess.Popen[str], float]:
+        """Start a run; return it once its stage appears (or it ended), with that moment."""
         proc = _start(_args(urls, dest), env)
-        # Kill at a random point of the download itself: timed from the stage's appearance, not
-        # from the start (a slow machine's interpreter start-up would eat a fixed delay).
         deadline = time.monotonic() + 30
         while not stage.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 1.2))
+            time.sleep(0.005)
+        return proc, time.monotonic()
+
+    # Kill points are drawn within the time a whole run takes on this machine, measured first:
+    # a fixed window would let a fast machine finish most runs before the kill (too few kills)
+    # and a slow one be killed before any byte arrived.
+    proc, staged_at = run_until_staged()
+    assert proc.wait(timeout=60) == 0, proc.communicate()[1]
+    span = time.monotonic() - staged_at
+    assert _complete_or_absent(dest, files)
+    shutil.rmtree(dest)
+    killed = staged = runs = 0
+    while (killed < 4 or staged < 2) and runs < 24:
+        runs += 1
+        proc, staged_at = run_until_staged()
+        time.sleep(max(0.0, staged_at + rng.uniform(0.0, 0.8 * span) - time.monotonic()))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += proc.returncode == -signal.SIGKILL
