@@ -45,7 +45,7 @@ class NameNotResolvedError(OSError):
 class PoolResponse:
     """A response: ``status``, ``headers`` (case-insensitive), ``data`` or a streamed body."""
 
-    __slots__ = ("_conn", "_data", "_fp", "_pool", "headers", "status")
+    __slots__ = ("_conn", "_data", "_fp", "_pool", "headers", "reason", "status")
 
     def __init__(self, pool: Pool, conn: http.client.HTTPConnection, fp: http.client.HTTPResponse) -> None:
         self._pool = pool
@@ -53,6 +53,7 @@ class PoolResponse:
         self._fp = fp
         self._data: bytes | None = None
         self.status = fp.status
+        self.reason = fp.reason
         self.headers = fp.headers
 
     @property

@@ -12,13 +12,15 @@
 * Headers come from the ``<hostname>-headers`` variable (JSON object), as in
   KServe. They are credentials for that host: a redirect to another origin
   (scheme, host or port) drops them all, not only ``Authorization`` as
-  ``requests`` does. Proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundles
+  ``requests`` does. Credentials in the URL (``https://user:password@host/...``)
+  are sent as HTTP basic auth, under the same rule. Proxies (``HTTP(S)_PROXY``, ``NO_PROXY``) and CA bundles
   (``REQUESTS_CA_BUNDLE``, ``SSL_CERT_FILE``, ``CURL_CA_BUNDLE``) are read
   from the provider's environment.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
+from http.client import HTTPException
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -40,6 +43,7 @@ from storage_initializer.errors import (
     network_error,
 )
 from storage_initializer.httpbody import HttpBody
+from storage_initializer.httppool import Pool
 from storage_initializer.provider import ByteStream, HttpRange, Provider, ProviderContext, RemoteObject, UriFormat
 from storage_initializer.redact import register_secret
 
@@ -50,6 +54,8 @@ _CA_HINT = (
     "the server's certificate is not signed by a CA this container trusts: set REQUESTS_CA_BUNDLE "
     "(or SSL_CERT_FILE) to the CA bundle that signed it, or check that the host name matches the certificate"
 )
+#: Answers the probe leaves to ``requests`` (which follows them, with the cross-origin rules).
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 #: Below this size a server without ranges costs nothing (the engine reads small files in one
 #: stream anyway): say so only at DEBUG. The engine's automatic multipart threshold.
 _NO_RANGES_NOTICE_SIZE = 32 * 1024 * 1024
@@ -106,6 +112,8 @@ class HttpProvider(Provider):
         self._local = threading.local()
         self._verify: bool | str = self._ca_bundle()
         self._ssl: ssl.SSLContext | None = None
+        self._pools: dict[str, Pool] = {}
+        self._pools_lock = threading.Lock()
 
     # -- configuration ---------------------------------------------------------
     def _ca_bundle(self) -> bool | str:
@@ -115,20 +123,27 @@ class HttpProvider(Provider):
         return kit.ca_bundle(self.env)
 
     def headers_for(self, url: str) -> dict[str, str]:
-        """Extra request headers from the ``<hostname>-headers`` variable."""
-        host = urlsplit(url).hostname or ""
+        """Extra request headers for ``url``'s host: the ``<hostname>-headers`` variable, and the
+        URL's own credentials as basic auth (unless that variable sets ``Authorization``)."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
         raw = self.env.get(host + _HEADERS_SUFFIX)
-        if not raw:
-            return {}
-        try:
-            headers = json.loads(raw)
-        except ValueError:
-            raise ConfigError(f"{host}{_HEADERS_SUFFIX} is not valid JSON", hint='use {"Name": "value"}') from None
-        if not isinstance(headers, dict):
-            raise ConfigError(f"{host}{_HEADERS_SUFFIX} must be a JSON object of header names to values")
+        headers: dict[str, str] = {}
+        if raw:
+            try:
+                loaded = json.loads(raw)
+            except ValueError:
+                raise ConfigError(f"{host}{_HEADERS_SUFFIX} is not valid JSON", hint='use {"Name": "value"}') from None
+            if not isinstance(loaded, dict):
+                raise ConfigError(f"{host}{_HEADERS_SUFFIX} must be a JSON object of header names to values")
+            headers = {str(k): str(v) for k, v in loaded.items()}
+        if parts.username is not None and not any(k.lower() == "authorization" for k in headers):
+            pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
+            register_secret(parts.password or "")
         for value in headers.values():
-            register_secret(str(value))
-        return {str(k): str(v) for k, v in headers.items()}
+            register_secret(value)
+        return headers
 
     def session(self) -> Any:
         """One ``requests.Session`` per thread (proxies, CA and pool from the kit)."""
@@ -165,6 +180,49 @@ class HttpProvider(Provider):
             where = f"{server.hostname}:{server.port or (443 if server.scheme == 'https' else 80)}"
             raise network_error(exc, where, ca_hint=_CA_HINT) from None
 
+    def _pool(self, uri: str) -> Pool:
+        """The keep-alive pool of ``uri``'s origin (for the probe)."""
+        parts = urlsplit(uri)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        origin = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        with self._pools_lock:
+            pool = self._pools.get(origin)
+            if pool is None:
+                pool = Pool(
+                    origin,
+                    ssl_context=self._tls_context() if parts.scheme == "https" else None,
+                    connect_timeout=self.context.connect_timeout,
+                    read_timeout=self.context.stall_timeout,
+                    maxsize=2,
+                )
+                self._pools[origin] = pool
+        return pool
+
+    def _probe(self, uri: str, headers: Mapping[str, str]) -> tuple[int, Any, str]:
+        """One GET of ``uri`` for its status, headers (case-insensitive) and reason (the body is not read).
+
+        Through :meth:`_pool` when nothing needs ``requests`` (a proxy does; a redirect
+        answer is asked again through it, which follows it with the cross-origin rules).
+        """
+        if not kit.proxies_for(uri, self.env):
+            parts = urlsplit(uri)
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            sent = {"Accept-Encoding": "identity", **self.headers_for(uri), **headers}
+            pool = self._pool(uri)
+            try:
+                response = retry_refused(lambda: pool.request("GET", target, sent, stream=True), uri)
+            except (OSError, HTTPException) as exc:  # refused, DNS, TLS, timeout, a malformed answer
+                where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+                raise network_error(exc, where, ca_hint=_CA_HINT) from None
+            try:
+                if response.status not in _REDIRECTS:
+                    return response.status, response.headers, response.reason
+            finally:
+                response.close()
+        with self.get(uri, headers) as answer:
+            return answer.status_code, answer.headers, answer.reason or ""
+
     # -- the provider contract -------------------------------------------------
     def validate(self, uri: str) -> None:
         parts = urlsplit(uri)
@@ -182,25 +240,22 @@ class HttpProvider(Provider):
         return unquote(urlsplit(uri).path.rsplit("/", 1)[-1])
 
     def list(self, uri: str) -> Iterator[RemoteObject]:
-        response = self.get(uri, {"Range": kit.range_header(0, 1)})
-        if response.status_code == 416:
+        status, headers, reason = self._probe(uri, {"Range": kit.range_header(0, 1)})
+        if status == 416:
             # No byte 0 to send: an empty file (nginx and S3 answer so, with "bytes */0").
             # Ask again without a range for its validators and length.
-            response.close()
-            response = self.get(uri, {})
-        with response:
-            if response.status_code not in (200, 206):
-                raise error_for_status(response.status_code, uri, response.reason or "", response.headers)
-            headers = response.headers
-            etag = headers.get("ETag")
-            version = etag or headers.get("Last-Modified")
-            if response.status_code == 206:
-                size = kit.content_range_total(headers.get("Content-Range"))
-                ranges = size is not None
-            else:
-                length = headers.get("Content-Length")
-                size = int(length) if length and length.isdigit() else None
-                ranges = False
+            status, headers, reason = self._probe(uri, {})
+        if status not in (200, 206):
+            raise error_for_status(status, uri, reason, headers)
+        etag = headers.get("ETag")
+        version = etag or headers.get("Last-Modified")
+        if status == 206:
+            size = kit.content_range_total(headers.get("Content-Range"))
+            ranges = size is not None
+        else:
+            length = headers.get("Content-Length")
+            size = int(length) if length and length.isdigit() else None
+            ranges = False
         if not ranges:
             level = logging.INFO if size is None or size >= _NO_RANGES_NOTICE_SIZE else logging.DEBUG
             log.log(level, "%s does not serve byte ranges: one stream, restarted on failure", uri)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.cli import run_cli, tree
+from tests.cli import clean_env, run_cli, tree
 from tests.servers.fault_proxy import ProxyFault
 from tests.servers.forward_proxy import ForwardProxy
 from tests.servers.http_server import HttpFileServer
@@ -81,6 +84,38 @@ def test_headers_from_the_host_variable_are_sent(tmp_path: Path, http_server: Ht
     assert allowed.returncode == 0, allowed.stderr
     bad = run_cli([url, str(tmp_path / "c")], {"127.0.0.1-headers": "not json"})
     assert bad.returncode == 2 and "127.0.0.1-headers is not valid JSON" in bad.stderr
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_logged(
+    tmp_path: Path, http_server: HttpFileServer
+) -> None:
+    data = os.urandom(3 * 1024 * 1024)
+    basic = "Basic " + base64.b64encode(b"alice:s3cr3t-pw").decode()
+    url = http_server.add("/private/m.bin", data, require_headers={"Authorization": basic})
+    denied = run_cli([url, str(tmp_path / "a")])
+    assert denied.returncode == 1 and "HTTP 401" in denied.stderr
+    with_creds = url.replace("http://", "http://alice:s3cr3t-pw@")
+    parts = {"STORAGE_INITIALIZER_PART_SIZE": "1M", "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "1M"}
+    result = run_cli(["-v", with_creds, str(tmp_path / "b")], parts)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "b") == {"m.bin": data}
+    assert len(http_server.requests) > 3  # the probe and the ranged parts, each authorised
+    assert "s3cr3t-pw" not in result.stderr and basic.split()[1] not in result.stderr
+
+
+def test_a_plain_download_does_not_import_requests(tmp_path: Path, http_server: HttpFileServer) -> None:
+    """``requests`` costs ~45 ms of a pod's start: the probe and the bytes go without it."""
+    url = http_server.add("/fast/m.bin", b"tiny model")
+    code = (
+        "import sys\n"
+        "from storage_initializer.cli import start\n"
+        f"status = start([{url!r}, {str(tmp_path / 'out')!r}])\n"
+        "print(status, sorted({'requests', 'urllib3'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=clean_env(None), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert tree(tmp_path / "out") == {"m.bin": b"tiny model"}
+    assert done.stdout.strip() == "0 []"
 
 
 def test_redirects_are_followed_and_names_come_from_the_url(tmp_path: Path, http_server: HttpFileServer) -> None:
