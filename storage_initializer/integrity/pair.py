@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from storage_initializer import __version__
 from storage_initializer.engine.hashing import FileHashes
 from storage_initializer.errors import IntegrityError, StorageInitializerError, UsageError, classify
-from storage_initializer.integrity import pins, signing
+from storage_initializer.integrity import pins
 from storage_initializer.integrity.options import IntegrityOptions, PairChecks
 from storage_initializer.integrity.record import (
     FileEntry,
@@ -48,6 +48,8 @@ class IntegrityRun:
         # Every pair's checks are worked out first: a bad pin fails before any download.
         self._checks = {(uri, dest): options.for_pair(uri, uris) for uri, dest in pairs}
         if options.signature is not None:
+            from storage_initializer.integrity import signing  # only a signed model needs it (and pathlib)
+
             signing.preflight(options.signature)
         self._records = {(uri, dest): PairRecord(uri=redact(uri), dest=dest) for uri, dest in pairs}
         self._order = list(pairs)
@@ -186,6 +188,8 @@ class PairIntegrity:
                 summary = ", ".join(f"{n} {how}" for how, n in sorted(ways.items()))
                 log.info("manifest pin verified: %d files (%s)", len(checked), summary)
             if self.checks.signature is not None:
+                from storage_initializer.integrity import signing
+
                 signature_file = self._signature_file()
                 report = signing.verify_model(
                     self.stage.root, signature_file, self.checks.signature, files, self.stage.side
