@@ -63,6 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="NAME:VAR=VALUE ...",
         help='an extra run of this project with environment, e.g. "ours-c32:STORAGE_INITIALIZER_CONCURRENCY=32"',
     )
+    parser.add_argument(
+        "--baseline",
+        action="append",
+        default=[],
+        metavar="GIT_REF",
+        help="an extra run of this project as it was at GIT_REF (installed once into bench/.work/baseline-COMMIT)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds per source and dataset (%(default)s)")
     parser.add_argument("--quick", action="store_true", help="smoke sizes: 256 MiB / 32x8 MiB / 500x64 KiB / 4x64 MiB")
     parser.add_argument(
@@ -231,6 +238,11 @@ def select_tools(args: argparse.Namespace) -> list[tools.Tool]:
     for spec in args.variant:
         try:
             selected.append(tools.variant(spec))
+        except ValueError as exc:
+            raise SystemExit(f"bench: {exc}") from None
+    for ref in args.baseline:
+        try:
+            selected.append(tools.baseline(ref))
         except ValueError as exc:
             raise SystemExit(f"bench: {exc}") from None
     return selected

@@ -12,6 +12,8 @@ import glob
 import os
 import shlex
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,44 @@ TOOLS: tuple[Tool, ...] = (
     Tool("curl", ("http",), _curl, "curl -o DEST/FILE URL"),
     Tool("aria2c", ("http",), _aria2c, "aria2c -x16 -s16"),
 )
+
+
+def baseline(ref: str, python: str = sys.executable) -> Tool:
+    """This project as it was at git ``ref``, installed like ``ours`` (regular install, providers
+    index), so that a change is measured against the code before it in one interleaved run."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--verify", "--short", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not commit:
+        raise ValueError(f"--baseline {ref!r}: not a commit of this repository")
+    venv = WORK / f"baseline-{commit}"
+    stamp = venv / ".installed"
+    if not stamp.exists():
+        src = WORK / f"baseline-src-{commit}"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(venv, ignore_errors=True)
+        src.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-qq"]
+        providers = sorted(str(d) for d in (src / "providers").iterdir() if (d / "pyproject.toml").exists())
+        subprocess.run([*pip, str(src), *providers], check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "storage_initializer.registry", "--write-index"],
+            cwd="/",
+            check=True,
+            capture_output=True,
+        )
+        stamp.touch()
+    program = str(venv / "bin" / "storage-initializer")
+
+    def build(p: Paths, s: Server, ds: Dataset, dest: Path) -> Command:
+        return [program, s.uri(ds), str(dest)], s.env()
+
+    return Tool(f"ours@{commit}", TOOLS[0].sources, build, f"storage-initializer at {commit} (defaults)")
 
 
 def variant(spec: str) -> Tool:
