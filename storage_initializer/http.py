@@ -27,8 +27,8 @@ import contextlib
 import ipaddress
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from storage_initializer.errors import (
@@ -41,12 +41,16 @@ from storage_initializer.errors import (
 )
 from storage_initializer.redact import register_secret
 
+if TYPE_CHECKING:
+    import ssl
+
 __all__ = [
     "CA_VARIABLES",
     "RETRY_AFTER_CAP",
     "TRANSIENT_STATUSES",
     "bypasses_proxy",
     "ca_bundle",
+    "certifi_bundle",
     "check_partial",
     "content_range_total",
     "error_for_status",
@@ -61,6 +65,7 @@ __all__ = [
     "retry_after",
     "same_origin",
     "sleep",
+    "tls_context",
     "transient_error",
 ]
 
@@ -292,6 +297,39 @@ def ca_bundle(env: Mapping[str, str], store_ca: str | None = None) -> bool | str
         if value and value.strip():
             return value.strip()
     return True
+
+
+def tls_context(verify: bool | str, default_cafile: Callable[[], str | None] | None = None) -> ssl.SSLContext:
+    """The ``ssl`` context that verifies as a ``requests``-style ``verify`` says (for the engine's
+    event loop and :class:`~storage_initializer.httppool.Pool`, which take contexts).
+
+    ``False``: no verification; a path: that CA file, or directory of hashed certificates;
+    ``True``: ``default_cafile()`` when given and it names a file (certifi's bundle, as
+    ``requests`` and botocore default to), else the system's CAs.
+    """
+    import os.path
+    import ssl
+
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if isinstance(verify, str):
+        if os.path.isdir(verify):
+            return ssl.create_default_context(capath=verify)
+        return ssl.create_default_context(cafile=verify)
+    cafile = default_cafile() if default_cafile is not None else None
+    return ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+
+
+def certifi_bundle() -> str | None:
+    """certifi's CA bundle (what ``requests`` verifies with by default), if installed."""
+    try:
+        import certifi
+    except ImportError:
+        return None
+    return str(certifi.where())
 
 
 # -- sessions ----------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import ssl
 import threading
 from collections.abc import Iterator, Mapping
@@ -286,20 +285,7 @@ class HttpProvider(Provider):
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings of the provider's ``requests`` session, as an ``ssl`` context."""
         if self._ssl is None:
-            verify = self._verify
-            if verify is False:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            elif isinstance(verify, str) and os.path.isdir(verify):
-                context = ssl.create_default_context(capath=verify)
-            elif isinstance(verify, str):
-                context = ssl.create_default_context(cafile=verify)
-            else:
-                import certifi
-
-                context = ssl.create_default_context(cafile=certifi.where())
-            self._ssl = context
+            self._ssl = kit.tls_context(self._verify, kit.certifi_bundle)
         return self._ssl
 
     def open_range(

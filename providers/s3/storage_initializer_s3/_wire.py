@@ -179,14 +179,7 @@ class S3Wire:
     def tls_context(self) -> ssl.SSLContext:
         """How HTTPS endpoints are verified: ``S3_VERIFY_SSL``/``AWS_CA_BUNDLE``, else botocore's CAs."""
         if self._tls is None:
-            verify = self.settings.verify
-            if verify is False:
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            else:
-                context = ssl.create_default_context(cafile=verify if isinstance(verify, str) else default_ca())
-            self._tls = context
+            self._tls = kit.tls_context(self.settings.verify, default_ca)
         return self._tls
 
     def close(self) -> None:
