@@ -137,12 +137,12 @@ def test_s3_pin_is_hashed_with_the_store_checksum_in_the_same_pass(seaweedfs: Se
         }
 
 
-# -- GCS (fake-gcs-server, through the SDK's streams): crc32c/md5 but no sha256 ---------------------
-def test_gcs_pin_is_hashed_while_streaming_through_the_sdk(gcs_server: FakeGcsServer, tmp_path: Path) -> None:
+# -- GCS (fake-gcs-server, media reads on the engine's event loop): crc32c/md5 but no sha256 -------
+def test_gcs_pin_is_hashed_while_streaming(gcs_server: FakeGcsServer, tmp_path: Path) -> None:
     bucket = gcs_server.create_bucket()
     data = os.urandom(3 * MiB + 7)
     gcs_server.upload(bucket, "m/model.bin", data)
-    for name, extra, how in (("one", ONE_STREAM, STREAMING), ("parts", PARTS, IN_PARTS)):
+    for name, extra, how in (("one", ONE_STREAM, LANDED), ("parts", PARTS, IN_PARTS)):
         record = tmp_path / f"{name}.json"
         env = {
             "STORAGE_EMULATOR_HOST": gcs_server.url,

@@ -31,7 +31,7 @@ from storage_initializer_gcs import (
 )
 
 from storage_initializer.errors import ConfigError, NotFoundError, ObjectChangedError, UsageError
-from storage_initializer.provider import ProviderContext, RemoteObject
+from storage_initializer.provider import HttpRange, ProviderContext, RemoteObject
 from storage_initializer.registry import Registry
 from storage_initializer.runner import download
 from storage_initializer.settings import Settings
@@ -326,11 +326,18 @@ class ReplacingProvider(GcsProvider):
     server: FakeGcsServer
     replaced = threading.Event()
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+    def _replace_once(self, uri: str, obj: RemoteObject, start: int) -> None:
         if start > 0 and not self.replaced.is_set():
             self.replaced.set()
             name = obj.extra.name
             self.server.upload(uri[5:].split("/", 1)[0], name, b"new version" * 400_000)
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        self._replace_once(uri, obj, start)  # the engine's event loop reads the parts
+        return super().http_range(uri, obj, start, end)
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> AbstractContextManager[IO[bytes]]:
+        self._replace_once(uri, obj, start)
         return super().open_range(uri, obj, start, end)
 
 
@@ -459,12 +466,15 @@ def front_env(front: GoogleAuthFront, tmp_path: Path, **extra: str) -> dict[str,
 def test_service_account_key_file_is_read_and_used(
     google_auth: GoogleAuthFront, gcs_server: FakeGcsServer, gcs_bucket: str, tmp_path: Path
 ) -> None:
-    gcs_server.upload_tree(gcs_bucket, {"m/a": b"a" * 3000, "m/b": b"b"})
+    big = os.urandom(3 * MiB)  # read as ranged parts: each carries the token
+    gcs_server.upload_tree(gcs_bucket, {"m/a": b"a" * 3000, "m/b": b"b", "m/big": big})
     key = google_auth.service_account(SA_EMAIL)
     env = front_env(google_auth, tmp_path, GOOGLE_APPLICATION_CREDENTIALS=write_json(tmp_path / "sa.json", key))
+    env.update(STORAGE_INITIALIZER_PART_SIZE="1M", STORAGE_INITIALIZER_MULTIPART_THRESHOLD="1M")
     result = run_cli([f"gs://{gcs_bucket}/m", str(tmp_path / "out")], env)
     assert result.returncode == 0, result.stderr
-    assert tree(tmp_path / "out") == {"a": b"a" * 3000, "b": b"b"}
+    assert tree(tmp_path / "out") == {"a": b"a" * 3000, "b": b"b", "big": big}
+    assert sum("/o/m%2Fbig?alt=media" in path for _, path in google_auth.storage_requests) == 3
     assert [(g.kind, g.identity, g.granted) for g in google_auth.grants][:1] == [("jwt-bearer", SA_EMAIL, True)]
     assert google_auth.grants[0].scope == "https://www.googleapis.com/auth/devstorage.read_only"
     identities = {who for who, _ in google_auth.storage_requests}

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import json
 import logging
+import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -25,7 +27,15 @@ from storage_initializer.errors import (
     network_error,
 )
 from storage_initializer.httpbody import HttpBody
-from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import (
+    ByteStream,
+    ChunkStream,
+    HttpRange,
+    Provider,
+    ProviderContext,
+    RemoteObject,
+    UriFormat,
+)
 
 from .credentials import Credentials, _auth_text, find_credentials
 from .settings import settings_from_env
@@ -62,6 +72,24 @@ def _call_text(exc: Any) -> str:
     return message.strip()[:300] or type(exc).__name__
 
 
+def _error_text(body: bytes) -> str:
+    """The message of a JSON API error document (``{"error": {"message": ...}}``), else its text."""
+    try:
+        message = json.loads(body)["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return body.decode("utf-8", "replace").strip()[:300]
+    return str(message)
+
+
+class _Answer:
+    """What google-api-core and the kit read of a response the event loop got: its headers."""
+
+    request = None
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = headers
+
+
 _GZIP_CHUNK = 256 * 1024
 
 
@@ -91,6 +119,9 @@ class GcsProvider(Provider):
         self._lock = threading.Lock()
         self._local = threading.local()
         self._sessions: list[Any] = []
+        self._token_lock = threading.Lock()
+        self._token_request: Any = None
+        self._ssl: ssl.SSLContext | None = None
 
     # -- plumbing --------------------------------------------------------------
     @property
@@ -278,25 +309,69 @@ class GcsProvider(Provider):
             checksums["md5"] = md5
         return RemoteObject(key, blob.size, generation, checksums, extra=_Ref(bucket, name))
 
-    def open_range(
+    def _media(
         self, uri: str, obj: RemoteObject, start: int, end: int | None
-    ) -> AbstractContextManager[ByteStream]:
+    ) -> tuple[_Ref, str, dict[str, str], bool]:
+        """A media read's object, URL (generation pinned), headers and whether it is ranged."""
         ref = obj.extra if isinstance(obj.extra, _Ref) else None
         if ref is None:
             location = parse_uri(uri)
             ref = _Ref(location.bucket, location.path)
-        params = {"alt": "media"}
-        if obj.version:
-            params["generation"] = obj.version
+        url = self._media_url(ref) + "?alt=media" + (f"&generation={obj.version}" if obj.version else "")
         headers = {"Accept-Encoding": "gzip" if ref.gzip else "identity"}
         ranged = obj.supports_ranges and (start > 0 or (end is not None and end != obj.size))
         if ranged:
             headers["Range"] = kit.range_header(start, end)
+        return ref, url, headers, ranged
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        ref, url, headers, ranged = self._media(uri, obj, start, end)
+        if ref.gzip or kit.proxies_for(url, self.env):
+            return None  # decompressed, or through a proxy: the session reads it
+        with self._calls(uri):
+            headers.update(self._auth_headers(url))
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            if status not in (200, 206, 404, 412, 416):
+                from google.api_core.exceptions import from_http_status
+
+                error = from_http_status(status, _error_text(body), response=_Answer(answer))  # type: ignore[no-untyped-call]
+                raise self._api_error(error, uri)
+            self._check_served(uri, obj, status, answer, start, ranged)
+
+        tls = self._tls_context() if url.startswith("https:") else None
+        return HttpRange(url, headers, check, tls)
+
+    def _auth_headers(self, url: str) -> dict[str, str]:
+        """The ``Authorization`` header of a request (the token refreshed when near its expiry)."""
+        creds = self.credentials()
+        if creds.anonymous:
+            return {}
+        headers: dict[str, str] = {}
+        with self._token_lock:
+            if self._token_request is None:
+                from google.auth.transport.requests import Request
+
+                self._token_request = Request(kit.new_session(self.env, pool_size=1, verify=self._verify()))
+            creds.credentials.before_request(self._token_request, "GET", url, headers)
+        return headers
+
+    def _verify(self) -> bool | str:
+        return kit.ca_bundle(self.env)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._token_lock:
+            if self._ssl is None:
+                self._ssl = kit.tls_context(self._verify(), kit.certifi_bundle)
+            return self._ssl
+
+    def open_range(
+        self, uri: str, obj: RemoteObject, start: int, end: int | None
+    ) -> AbstractContextManager[ByteStream]:
+        ref, url, headers, ranged = self._media(uri, obj, start, end)
         shown = uri
         with self._calls(shown):
-            response = self.session().get(
-                self._media_url(ref), params=params, headers=headers, stream=True, timeout=self._timeout
-            )
+            response = self.session().get(url, headers=headers, stream=True, timeout=self._timeout)
         try:
             self._check_media(shown, obj, response, start, ranged)
         except BaseException:
@@ -307,26 +382,32 @@ class GcsProvider(Provider):
         return HttpBody(response.raw, self.context.stall_timeout)
 
     def _check_media(self, shown: str, obj: RemoteObject, response: Any, start: int, ranged: bool) -> None:
-        from google.api_core.exceptions import from_http_response
-
         status = response.status_code
+        if status not in (200, 206, 404, 412, 416):
+            from google.api_core.exceptions import from_http_response
+
+            error = from_http_response(response)  # type: ignore[no-untyped-call]
+            raise self._api_error(error, shown)
+        self._check_served(shown, obj, status, response.headers, start, ranged)
+
+    def _check_served(
+        self, shown: str, obj: RemoteObject, status: int, headers: Mapping[str, str], start: int, ranged: bool
+    ) -> None:
+        """Is a media answer the generation and range asked for? (any status but another error's)"""
         if status in (404, 412, 416):
             raise ObjectChangedError(
                 f"{shown}: {obj.key} changed or was deleted during the download "
                 f"(generation {obj.version} is gone: HTTP {status})",
                 hint="run again to download the current version",
             )
-        if status not in (200, 206):
-            error = from_http_response(response)  # type: ignore[no-untyped-call]
-            raise self._api_error(error, shown)
-        served = response.headers.get("X-Goog-Generation")
+        served = headers.get("X-Goog-Generation")
         if obj.version and served and served != obj.version:
             raise ObjectChangedError(
                 f"{shown}: {obj.key} changed during the download (generation {obj.version}, now {served})",
                 hint="run again to download the current version",
             )
         if ranged:
-            kit.check_partial(status, response.headers, start, shown)
+            kit.check_partial(status, headers, start, shown)
 
     def close(self) -> None:
         with self._lock:
