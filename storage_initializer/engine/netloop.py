@@ -306,7 +306,7 @@ class NetLoop:
             if now > conn.deadline:
                 waited = self._connect if conn.state == "connecting" else self._stall
                 what = "connecting" if conn.state == "connecting" else "no byte arrived"
-                self._fail(conn, TransientError(f"{what} for {waited:.0f}s (stalled connection)"))
+                self._fail(conn, TransientError(f"{what} for {waited:g}s (stalled connection)"))
 
     def _start(self, fetch: Fetch) -> None:
         if fetch.done.is_set():
