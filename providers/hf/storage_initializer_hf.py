@@ -25,6 +25,7 @@ import functools
 import logging
 import os
 import re
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -47,7 +48,15 @@ from storage_initializer.errors import (
     is_network_failure,
     network_error,
 )
-from storage_initializer.provider import ByteStream, ChunkStream, Provider, ProviderContext, RemoteObject, UriFormat
+from storage_initializer.provider import (
+    ByteStream,
+    ChunkStream,
+    HttpRange,
+    Provider,
+    ProviderContext,
+    RemoteObject,
+    UriFormat,
+)
 from storage_initializer.redact import register_secret
 
 log = logging.getLogger("storage_initializer.hf")
@@ -227,6 +236,14 @@ class _FileRef:
     lfs_sha256: str | None
 
 
+class _Answer:
+    """The status and headers of an answer the event loop got, as :meth:`HfProvider._check_response` reads them."""
+
+    def __init__(self, status_code: int, headers: Mapping[str, str]) -> None:
+        self.status_code = status_code
+        self.headers = headers
+
+
 def _body(response: Any, what: str) -> ChunkStream:
     """An httpx2 streamed response body as a stream; stalls and resets become TransientError."""
 
@@ -253,6 +270,7 @@ class HfProvider(Provider):
         self.settings = load_settings(self.env, context)
         self._locations: dict[tuple[str, str, str, str], str] = {}
         self._location_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
+        self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------
@@ -435,14 +453,67 @@ class HfProvider(Provider):
         try:
             return self._open(ref, obj, start, end)
         except Exception as exc:
-            hf = HfUri(ref.repo_type, ref.repo_id, ref.path, ref.commit)
-            error = map_error(exc, uri, hf, self.settings)
-            if isinstance(error, NotFoundError):  # listed a moment ago: the commit was rewritten
-                raise ObjectChangedError(
-                    f"{error.message}: it was listed at commit {ref.commit}",
-                    hint="the repository's history was rewritten; run again",
-                ) from None
-            raise error from None
+            raise self._read_error(exc, uri, ref) from None
+
+    def _read_error(self, exc: Exception, uri: str, ref: _FileRef) -> StorageInitializerError:
+        """What a failed read of a listed file stands for (a 404 now: the history was rewritten)."""
+        hf = HfUri(ref.repo_type, ref.repo_id, ref.path, ref.commit)
+        error = map_error(exc, uri, hf, self.settings)
+        if isinstance(error, NotFoundError):  # listed a moment ago: the commit was rewritten
+            return ObjectChangedError(
+                f"{error.message}: it was listed at commit {ref.commit}",
+                hint="the repository's history was rewritten; run again",
+            )
+        return error
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        """The read as the engine's event loop sends it: on the CDN URL of an LFS file (no token),
+        else on ``/resolve/<commit>/``. A refused signed URL is forgotten and the read retried."""
+        ref = obj.extra
+        if not isinstance(ref, _FileRef):
+            return None
+        try:
+            url = self._location(ref, refresh=False)
+        except Exception as exc:
+            raise self._read_error(exc, uri, ref) from None
+        if kit.proxies_for(url, self.env):
+            return None  # the Hub's client speaks to the proxy
+        on_hub = kit.same_origin(url, self.settings.endpoint)
+        wanted = kit.range_header(start, end)
+        headers = self._headers(token=on_hub, extra={"Range": wanted, "Accept-Encoding": "identity"})
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            if status in (200, 206):
+                self._check_response(ref, obj, _Answer(status, answer), start)
+                return
+            if not on_hub and status in (401, 403):
+                self._forget_location(ref)
+                raise TransientError(
+                    f"{ref.path}: the CDN refused its signed URL (HTTP {status}); asking for a new one"
+                )
+            if status == 416:
+                raise ObjectChangedError(f"{ref.path} is shorter than listed (HTTP 416 for {wanted})")
+            import httpx2
+            from huggingface_hub import hf_raise_for_status
+
+            response = httpx2.Response(status, headers=dict(answer), content=body, request=httpx2.Request("GET", url))
+            try:
+                hf_raise_for_status(response)
+            except Exception as exc:
+                raise self._read_error(exc, uri, ref) from None
+            raise StorageInitializerError(f"{ref.path}: the Hub answered HTTP {status}")
+
+        return HttpRange(url, headers, check, self._tls_context() if url.startswith("https:") else None)
+
+    def _forget_location(self, ref: _FileRef) -> None:
+        with self._lock:
+            self._locations.pop((ref.repo_type, ref.repo_id, ref.commit, ref.path), None)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._lock:
+            if self._ssl is None:
+                self._ssl = kit.tls_context(kit.ca_bundle(self.env), kit.certifi_bundle)
+            return self._ssl
 
     def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> ChunkStream:
         from huggingface_hub import get_session, hf_raise_for_status

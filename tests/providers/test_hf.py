@@ -20,7 +20,7 @@ from storage_initializer.errors import (
     TransientError,
     UsageError,
 )
-from storage_initializer.provider import RemoteObject
+from storage_initializer.provider import HttpRange, RemoteObject
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import download_one, error_line, make_provider, run_cli
 from tests.providers.hub_faults import HubFaults
@@ -267,7 +267,11 @@ def test_stall_is_retried_then_fails_with_a_message(fake_hf_hub: FakeHFHub, tmp_
     assert failed.returncode != 0
     assert time.monotonic() - started < 15
     line = error_line(failed.stderr)
-    assert "hf://acme/stall" in line and "no data" in line and "gave up after 2 retries" in line
+    assert (
+        "hf://acme/stall" in line
+        and "no byte arrived for 0.5s (stalled connection)" in line
+        and "gave up after 2 retries" in line
+    )
 
 
 def test_private_repo_with_and_without_token_cli(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
@@ -366,6 +370,41 @@ def test_expired_cdn_url_is_resolved_again(fake_hf_hub: FakeHFHub, tmp_path: Pat
     with prov.open_range("hf://acme/expiry", obj, 5, 15) as stream:
         assert stream.read() == b"5678901234"
     assert [r.status for r in hub.requests if r.server == "cdn"] == [206, 403, 206]
+
+
+class _ExpiringHf(HfProvider):
+    """Lets the signed CDN URLs expire once, as the second part of the file is about to be read."""
+
+    hub: FakeHFHub
+    expired = False
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        if start > 0 and not type(self).expired:
+            type(self).expired = True
+            self.hub.expire_cdn_urls()
+        return super().http_range(uri, obj, start, end)
+
+
+def test_an_expired_cdn_url_mid_download_is_resolved_again_by_the_event_loop(
+    fake_hf_hub: FakeHFHub, tmp_path: Path
+) -> None:
+    data = os.urandom(3 * MiB)
+    fake_hf_hub.add_repo("acme/expiring", {"model.safetensors": data})
+    _ExpiringHf.hub = fake_hf_hub
+    _ExpiringHf.expired = False
+    fetch_with = functools.partial(download_one, "hf", _ExpiringHf)
+    fetch_with(
+        "hf://acme/expiring",
+        tmp_path / "out",
+        env_for(fake_hf_hub, tmp_path),
+        part_size=1 * MiB,
+        multipart_threshold=1 * MiB,
+        file_concurrency=1,
+    )
+    assert files_under(tmp_path / "out") == {"model.safetensors": data}
+    cdn = [r.status for r in fake_hf_hub.requests if r.server == "cdn"]
+    assert cdn.count(403) == 1 and cdn.count(206) == 3, cdn  # the refused part, asked again on a new URL
+    assert all(r.authorization is None for r in fake_hf_hub.requests if r.server == "cdn")
 
 
 def test_token_sources(fake_hf_hub: FakeHFHub, tmp_path: Path) -> None:
