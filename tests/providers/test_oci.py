@@ -33,7 +33,8 @@ import zstandard
 from storage_initializer_oci import OciProvider
 from storage_initializer_oci.reference import Reference, parse
 
-from storage_initializer.errors import UsageError
+from storage_initializer.errors import TransientError, UsageError
+from storage_initializer.provider import ProviderContext
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import clean_env, run_cli, tree
 from tests.servers.fault_proxy import ProxyFault
@@ -567,6 +568,38 @@ def test_token_auth_with_docker_config_dir(tmp_path: Path, oci_registry_token: R
     anonymous = cli([uri, str(tmp_path / "anon")], {"KSERVE_OCI_DOCKER_CONFIG": str(other.parent)})
     assert anonymous.returncode == 1
     assert f"docker config {other} has no auths entry for {registry.host}" in anonymous.stderr
+
+
+def test_a_token_refused_on_the_event_loop_is_renewed_through_the_registry(
+    tmp_path: Path, oci_registry_token: Registry
+) -> None:
+    """A blob read the engine's loop sends carries the cached token; a 401 there (the token
+    expired or was revoked early) drops it, and the next read negotiates a new one."""
+    registry = oci_registry_token
+    assert registry.token_server is not None
+    repository = repo()
+    data = os.urandom(64 * 1024)
+    push_files(registry.pusher(), repository, "v1", {"model.bin": data})
+    config = docker_config(tmp_path, registry.host, basic_entry())
+    env = {**INSECURE, "KSERVE_OCI_DOCKER_CONFIG": str(config)}
+    provider = OciProvider(ProviderContext(env=env, concurrency=2))
+    try:
+        uri = registry.uri(repository, ":v1")
+        (obj,) = provider.list(uri)
+        request = provider.http_range(uri, obj, 0, obj.size)
+        assert request is not None and request.headers["Authorization"].startswith("Bearer ")
+        with pytest.raises(TransientError, match="refused its token"):
+            request.check(401, {}, b"")
+        assert provider.http_range(uri, obj, 0, obj.size) is None  # the token is gone: negotiate it
+        tokens = len(registry.token_server.requests)
+        with provider.open_range(uri, obj, 0, obj.size) as stream:
+            assert stream.read() == data
+        assert len(registry.token_server.requests) == tokens + 1
+        renewed = provider.http_range(uri, obj, 10, 20)
+        assert renewed is not None and renewed.headers["Authorization"] != request.headers["Authorization"]
+        assert renewed.headers["Range"] == "bytes=10-19"
+    finally:
+        provider.close()
 
 
 def test_identity_token_gets_an_oauth2_token(tmp_path: Path, oci_registry_token: Registry) -> None:

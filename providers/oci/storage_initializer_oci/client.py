@@ -10,10 +10,12 @@ registry's credentials never reach the storage service.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from collections.abc import Mapping
 from typing import Any
 
+from storage_initializer import http as kit
 from storage_initializer.connect import retry_refused
 from storage_initializer.errors import (
     AccessDeniedError,
@@ -73,7 +75,9 @@ class RegistryClient:
         self.scope = f"repository:{repository}:pull"
         self._tokens = TokenCache()
         self._basic = False  # the registry asked for basic auth
+        self._challenged = False  # the registry asked for credentials at all
         self._local = threading.local()
+        self._tls: ssl.SSLContext | None = None
 
     # -- sessions ----------------------------------------------------------------
     def session(self) -> Any:
@@ -125,6 +129,27 @@ class RegistryClient:
                 hint="check the registry host and port in the URI",
             ) from None
 
+    # -- requests the engine's event loop sends -----------------------------------
+    def loop_headers(self) -> dict[str, str] | None:
+        """The credentials a request sent by the engine's event loop carries, or ``None`` when
+        it cannot be sent there: a proxy, or a registry that wants credentials not at hand (a
+        token that expired): :meth:`get` answers the challenge instead."""
+        if self._proxies():
+            return None
+        authorization = self._authorization()
+        if authorization is None:
+            return None if self._challenged else {}
+        return {"Authorization": authorization}
+
+    def refused_on_loop(self) -> None:
+        """A loop request met ``401``: forget the token, so the next read negotiates a new one."""
+        self._tokens.drop(self.scope)
+
+    def tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = kit.tls_context(self.verify, kit.certifi_bundle)
+        return self._tls
+
     def _authorization(self) -> str | None:
         token = self._tokens.get(self.scope)
         if token is not None:
@@ -145,6 +170,7 @@ class RegistryClient:
             if response.status_code != 401:
                 break
             challenge = response.headers.get("WWW-Authenticate", "")
+            self._challenged = True
             response.close()
             if attempt == 1 or not self._answer(challenge, what):
                 raise refused(self.registry, what, self.config, 401)

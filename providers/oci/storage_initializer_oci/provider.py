@@ -24,10 +24,11 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import IO, Any
 
+from storage_initializer import http as kit
 from storage_initializer.errors import (
     IntegrityError,
     NotFoundError,
@@ -39,6 +40,7 @@ from storage_initializer.errors import (
 from storage_initializer.httpbody import HttpBody
 from storage_initializer.provider import (
     ByteStream,
+    HttpRange,
     Provider,
     ProviderContext,
     RemoteObject,
@@ -205,35 +207,59 @@ class OciProvider(Provider):
                 intermediate=merged,
             )
 
-    def _open_blob(self, uri: str, layer: media.Layer, headers: dict[str, str]) -> Any:
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        """A blob read as the engine's event loop sends it (a redirect to object storage makes
+        the engine read it through :meth:`open_range`, which follows it without credentials)."""
+        layer = obj.extra
+        if not isinstance(layer, media.Layer):
+            return None
         client = self.client(parse(uri))
+        credentials = client.loop_headers()
+        if credentials is None:
+            return None
+        headers, ranged = kit.read_headers(start, end, obj.size)
+        headers.update(credentials)
         what = f"{uri}: blob {layer.digest}"
-        response = client.get(f"blobs/{layer.digest}", {"Accept-Encoding": "identity", **headers}, what)
-        if response.status_code in (200, 206):
-            return response
-        response.close()
-        if response.status_code == 404:
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            if status == 401:
+                client.refused_on_loop()
+                raise TransientError(f"{what}: the registry refused its token (HTTP 401); asking for a new one")
+            if status == 403:
+                raise auth.refused(client.registry, what, client.config, 403)
+            self._check_blob(what, status, answer, start, ranged)
+
+        url = f"{client.base}/v2/{client.repository}/blobs/{layer.digest}"
+        return HttpRange(url, headers, check, client.tls_context() if url.startswith("https:") else None)
+
+    def _check_blob(self, what: str, status: int, headers: Mapping[str, str], start: int, ranged: bool) -> None:
+        """Is a blob answer the bytes asked for? Raise the matching error if not."""
+        if status == 404:
             raise ObjectChangedError(
                 f"{what} is no longer in the registry (HTTP 404)",
                 hint="the manifest was deleted or replaced; run again",
             )
-        raise status_error(response.status_code, what, "", response.reason or "")
+        if status not in (200, 206):
+            raise status_error(status, what, "")
+        if ranged:
+            content_range = headers.get("Content-Range", "")
+            if status != 206 or not content_range.startswith(f"bytes {start}-"):
+                raise TransientError(f"{what} ignored a range request (HTTP {status})")
 
     def open_range(
         self, uri: str, obj: RemoteObject, start: int, end: int | None
     ) -> AbstractContextManager[ByteStream]:
         layer = obj.extra
         assert isinstance(layer, media.Layer), "objects come from this provider's list()"
-        ranged = start > 0 or (end is not None and end != obj.size)
-        headers = {"Range": f"bytes={start}-" + ("" if end is None else str(end - 1))} if ranged else {}
-        response = self._open_blob(uri, layer, headers)
-        if ranged:
-            content_range = response.headers.get("Content-Range", "")
-            if response.status_code != 206 or not content_range.startswith(f"bytes {start}-"):
-                response.close()
-                raise TransientError(
-                    f"{uri}: blob {layer.digest} ignored a range request (HTTP {response.status_code})"
-                )
+        headers, ranged = kit.read_headers(start, end, obj.size)
+        client = self.client(parse(uri))
+        what = f"{uri}: blob {layer.digest}"
+        response = client.get(f"blobs/{layer.digest}", {"Accept-Encoding": "identity", **headers}, what)
+        try:
+            self._check_blob(what, response.status_code, response.headers, start, ranged)
+        except BaseException:
+            response.close()
+            raise
         return HttpBody(response.raw, self.context.stall_timeout)
 
     def assemble(self, uri: str, staged: Sequence[StagedObject], out: IO[bytes]) -> None:
