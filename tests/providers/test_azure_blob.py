@@ -229,12 +229,20 @@ class _ReplacingProvider(AzureBlobProvider):
     azurite: Azurite
     replaced = False
 
-    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Any:
-        stream = super().open_range(uri, obj, start, end)
+    def _replace_once(self, uri: str, obj: RemoteObject) -> None:
         if not type(self).replaced:
             type(self).replaced = True
             container, name = uri.split("/")[3], obj.extra
             self.azurite.upload(container, name, b"n" * (obj.size or 0))
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Any:
+        request = super().http_range(uri, obj, start, end)  # the engine's event loop reads the parts
+        self._replace_once(uri, obj)
+        return request
+
+    def open_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> Any:
+        stream = super().open_range(uri, obj, start, end)
+        self._replace_once(uri, obj)
         return stream
 
 

@@ -121,7 +121,7 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
     status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
     if isinstance(exc, HttpResponseError) and status:
         headers = getattr(response, "headers", None)
-        return _status_error(int(status), error_code(exc), what, access, container_kind, headers)
+        return status_error(int(status), error_code(exc), what, access, container_kind, headers)
     if isinstance(exc, ClientAuthenticationError):  # azure-identity: no token
         return AccessDeniedError(
             f"{what}: could not get an Azure AD token ({message})",
@@ -143,7 +143,7 @@ def map_error(exc: BaseException, what: str, access: Access, container_kind: str
     return classify(exc)
 
 
-def _status_error(
+def status_error(
     status: int,
     code: str | None,
     what: str,

@@ -9,23 +9,34 @@
 * Listing streams page by page (5000 blobs each) into the engine.
 * Each range carries ``If-Match: <listed ETag>`` (412 -> the blob changed);
   ``Content-MD5``, when the blob has one, is verified for the whole file.
+* Reads are described to the engine's event loop (:meth:`AzureBlobProvider.http_range`),
+  signed with the account key (Shared Key), a SAS or an Azure AD token as the SDK would;
+  through a proxy they go through the SDK's pipeline instead.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import email.utils
+import threading
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
 from storage_initializer import http as kit
 from storage_initializer.errors import NotFoundError
-from storage_initializer.provider import ByteStream, RemoteObject, UriFormat
+from storage_initializer.provider import ByteStream, HttpRange, ProviderContext, RemoteObject, UriFormat
 
+from . import _shared_key
 from ._base import AzureProvider
-from ._common import error_code, quoted
+from ._common import error_code, quoted, status_error
 from ._config import Access, AzureUri, uri_regexes
 
 _FOLDER_KEY = "hdi_isfolder"
+#: The scope of an Azure AD token for Azure Storage (the SDK's default audience).
+_STORAGE_SCOPE = "https://storage.azure.com/.default"
+#: A token is renewed when it has less than this many seconds left.
+_TOKEN_MARGIN = 300
 
 
 def _is_folder(metadata: Any) -> bool:
@@ -45,6 +56,12 @@ class AzureBlobProvider(AzureProvider):
     uri_formats = tuple(UriFormat(regex=r) for r in uri_regexes("blob"))
     requires = ("azure.storage.blob",)
     description = "Azure Blob Storage: https://ACCOUNT.blob.core.windows.net/CONTAINER/PATH[?SAS]"
+
+    def __init__(self, context: ProviderContext) -> None:
+        super().__init__(context)
+        self._token_lock = threading.Lock()
+        self._token: tuple[str, float] | None = None  # (token, expires_on)
+        self._tls: Any = None
 
     def build_client(self, target: AzureUri, access: Access, options: dict[str, Any]) -> Any:
         from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
@@ -142,3 +159,46 @@ class AzureBlobProvider(AzureProvider):
             )
 
         return self.ranged_body(what, access, call, start)
+
+    def http_range(self, uri: str, obj: RemoteObject, start: int, end: int | None) -> HttpRange | None:
+        target = self.target(uri)
+        access, container = self.service_client(target)
+        if kit.proxies_for(access.endpoint, self.env):
+            return None  # the SDK's transport speaks to the proxy
+        name, what = self.object_name(target, obj)
+        url = str(container.get_blob_client(name).url)
+        headers = {"x-ms-version": str(container.api_version), "x-ms-date": email.utils.formatdate(usegmt=True)}
+        ranged = start > 0 or (end is not None and end != obj.size)
+        if ranged:
+            headers["x-ms-range"] = kit.range_header(start, end)
+        if obj.version:
+            headers["If-Match"] = quoted(obj.version)
+        if access.sas:
+            url += ("&" if "?" in url else "?") + access.sas.lstrip("?")
+        elif access.key:
+            headers["Authorization"] = _shared_key.authorization(access.account, access.key, "GET", url, headers)
+        elif access.token is not None:
+            headers["Authorization"] = "Bearer " + self.guarded(what, access, lambda: self._bearer(container))
+
+        def check(status: int, answer: Mapping[str, str], body: bytes) -> None:
+            if status not in (200, 206):
+                code = answer.get("x-ms-error-code")
+                raise status_error(status, code, what, access, self.container_kind, answer)
+            if ranged:
+                kit.check_partial(status, answer, start, what)
+
+        tls = None
+        if url.startswith("https:"):
+            with self._token_lock:
+                if self._tls is None:
+                    self._tls = kit.tls_context(kit.ca_bundle(self.env), kit.certifi_bundle)
+                tls = self._tls
+        return HttpRange(url, headers, check, tls)
+
+    def _bearer(self, container: Any) -> str:
+        """An Azure AD token for storage from the client's credential, renewed near its expiry."""
+        with self._token_lock:
+            if self._token is None or self._token[1] - time.time() < _TOKEN_MARGIN:
+                token = container.credential.get_token(_STORAGE_SCOPE)
+                self._token = (str(token.token), float(token.expires_on))
+            return self._token[0]
