@@ -21,6 +21,7 @@ Requires pytest; import it only from tests.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -30,6 +31,7 @@ from typing import ClassVar
 
 import pytest
 
+from storage_initializer.engine.netloop import Fetch, NetLoop
 from storage_initializer.errors import (
     AccessDeniedError,
     NotFoundError,
@@ -97,6 +99,22 @@ class ConformanceStore(ABC):
     def stall_once(self, key: str, seconds: float) -> bool:
         """Make the next read of ``key`` send some bytes, then nothing for ``seconds``; False if unsupported."""
         return False
+
+
+def _loop_read(
+    loop: NetLoop, provider: Provider, uri: str, obj: RemoteObject, start: int, end: int | None, tmp_path: Path
+) -> bytes:
+    """Bytes ``[start, end)`` of ``obj`` as the engine's event loop fetches them from ``http_range``."""
+    request = provider.http_range(uri, obj, start, end if end is not None else obj.size)
+    assert request is not None, "http_range described one read and not the next"
+    path = tmp_path / f"loop-{uuid.uuid4().hex[:8]}"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        stop = end if end is not None else obj.size
+        loop.fetch(Fetch(request, fd, start, stop, None, lambda n: None, lambda: False, str(tmp_path)))
+    finally:
+        os.close(fd)
+    return path.read_bytes()[start:]
 
 
 def _payload(size: int, seed: int = 0) -> bytes:
@@ -242,6 +260,28 @@ class ProviderConformance:
                 with provider.open_range(store.uri_for("v.bin"), obj, 100, 200) as stream:
                     _read_exactly(stream, 100)
         finally:
+            provider.close()
+
+    def test_http_range_reads_exact_bytes_on_the_event_loop(self, store: ConformanceStore, tmp_path: Path) -> None:
+        """A provider that describes its reads (``http_range``) gets the bytes ``open_range`` gets,
+        sent by the engine's event loop itself, and a replaced object fails its check."""
+        data = _payload(50_000, 7)
+        store.put("h.bin", data)
+        provider = store.provider()
+        loop = NetLoop(64 * 1024, stall_timeout=30, connect_timeout=10)
+        uri = store.uri_for("h.bin")
+        try:
+            (obj,) = list(provider.list(uri))
+            if provider.http_range(uri, obj, 0, 10) is None:
+                pytest.skip("this provider's reads go through open_range")
+            for start, end in ((0, 10), (10, 20), (49_990, 50_000), (1234, None), (0, None)):
+                assert _loop_read(loop, provider, uri, obj, start, end, tmp_path) == data[start:end], (start, end)
+            if store.supports_versions:
+                store.replace("h.bin", _payload(50_000, 8))
+                with pytest.raises(ObjectChangedError):
+                    _loop_read(loop, provider, uri, obj, 100, 200, tmp_path)
+        finally:
+            loop.close()
             provider.close()
 
     # -- keys, URIs and failures -------------------------------------------------------
