@@ -26,11 +26,14 @@ DNS_NOT_FOUND = f"DNS name {INVALID_HOST} not found"
 TLS_FAILED = "TLS verification failed"
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on (connecting to it is refused)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+@contextmanager
+def refused_port() -> Iterator[int]:
+    """A port on 127.0.0.1 that refuses connections while the block runs: a socket holds it
+    bound without listening, so no other server can take it meanwhile (a port that was only
+    picked, then let go, could be taken and answered by another process's server)."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        yield int(holder.getsockname()[1])
 
 
 def error_lines(stderr: str) -> list[str]:

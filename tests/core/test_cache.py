@@ -55,6 +55,32 @@ def _start(args: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen[str]
     )
 
 
+def _start_logged(args: Sequence[str], env: Mapping[str, str], log: Path) -> subprocess.Popen[str]:
+    """Start an initializer whose stderr goes to ``log``, readable while it runs."""
+    with log.open("w") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "storage_initializer", *args],
+            env=clean_env(env),
+            stdout=subprocess.DEVNULL,
+            stderr=handle,
+            text=True,
+        )
+
+
+#: What an initializer logs once it found an entry locked by another and waits for it.
+WAITING = "waiting for another initializer on this node"
+
+
+def _wait_until_waiting(proc: subprocess.Popen[str], log: Path) -> None:
+    """Return once ``proc`` logged that it waits for the entry's holder (a fixed sleep let a slow
+    start-up take the signal before the wait began, and proved nothing on a fast machine)."""
+    deadline = time.monotonic() + 60
+    while WAITING not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert WAITING in log.read_text(), log.read_text()
+    assert proc.poll() is None, "a waiting initializer did not wait"
+
+
 def _cache_stats(stderr: str) -> tuple[int, int]:
     found = re.search(r"node cache: (\d+) hits, (\d+) misses", stderr)
     assert found, stderr
@@ -113,18 +139,21 @@ def test_a_killed_downloader_is_taken_over_by_a_waiting_one(tmp_path: Path, http
     while http_server.bytes_sent < 1 * MiB and time.monotonic() < deadline:
         time.sleep(0.05)
     assert http_server.bytes_sent >= 1 * MiB, "the first initializer never started downloading"
-    waiting = [_start(_args(urls, tmp_path / f"pod{i}"), env) for i in (1, 2)]
-    time.sleep(1.5)  # they find the entry locked and wait
-    assert all(p.poll() is None for p in waiting), "a waiting initializer did not wait"
+    logs = [tmp_path / f"pod{i}.log" for i in (1, 2)]
+    waiting = [_start_logged(_args(urls, tmp_path / f"pod{i}"), env, log) for i, log in zip((1, 2), logs, strict=True)]
+    for proc, log in zip(waiting, logs, strict=True):
+        _wait_until_waiting(proc, log)  # both find the entry locked and wait
     started = time.monotonic()
     first.send_signal(signal.SIGKILL)
     first.wait()
-    outputs = [p.communicate(timeout=60) for p in waiting]
+    for proc in waiting:
+        proc.wait(timeout=60)
     assert time.monotonic() - started < 30, "the waiters waited for the killed holder's stalled download"
-    for proc, (_, err) in zip(waiting, outputs, strict=True):
+    outputs = [log.read_text() for log in logs]
+    for proc, err in zip(waiting, outputs, strict=True):
         assert proc.returncode == 0, err
     assert tree(tmp_path / "pod1") == tree(tmp_path / "pod2") == files
-    assert sorted(_cache_stats(err) for _, err in outputs) == [(0, 1), (1, 0)]
+    assert sorted(_cache_stats(err) for err in outputs) == [(0, 1), (1, 0)]
     assert http_server.bytes_sent < 2 * 4 * MiB + 64 * 1024  # the killed part plus one whole copy
 
 
@@ -151,15 +180,15 @@ def test_a_waiting_initializer_stops_on_sigterm(tmp_path: Path, http_server: Htt
         deadline = time.monotonic() + 30
         while http_server.bytes_sent < 512 * 1024 and time.monotonic() < deadline:
             time.sleep(0.05)
-        waiter = _start(_args(urls, tmp_path / "pod1"), env)
-        time.sleep(1.5)
-        assert waiter.poll() is None
+        assert http_server.bytes_sent >= 512 * 1024, "the first initializer never started downloading"
+        log = tmp_path / "pod1.log"
+        waiter = _start_logged(_args(urls, tmp_path / "pod1"), env, log)
+        _wait_until_waiting(waiter, log)
         started = time.monotonic()
         waiter.send_signal(signal.SIGTERM)
-        _, err = waiter.communicate(timeout=20)
-        assert waiter.returncode == 143, err
+        waiter.wait(timeout=20)
+        assert waiter.returncode == 143, log.read_text()
         assert time.monotonic() - started < 5
-        assert "waiting for another initializer on this node" in err
     finally:
         holder.kill()
         holder.wait()

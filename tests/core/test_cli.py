@@ -352,10 +352,12 @@ def test_a_stopping_signal_exits_128_plus_its_number(
             stdout=subprocess.DEVNULL,
             stderr=stderr,
         )
+        # Signal once the server holds a request of the file (a fixed wait after the start-up
+        # line could end before a slow machine sent it).
         deadline = time.monotonic() + 30
-        while "provider HttpProvider" not in log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)  # the body request is held by the server
+        while not any(r.path == "/stuck.bin" and r.method == "GET" for r in http_server.requests):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.02)
         proc.send_signal(signum)
         assert proc.wait(timeout=20) == status
     text = log.read_text()

@@ -22,16 +22,11 @@ from storage_initializer.connect import retry_refused
 from storage_initializer.errors import StorageInitializerError, TransientError, classify, network_error
 from tests.cli import run_cli
 from tests.servers.http_server import HttpFileServer
+from tests.unreachable import refused_port
 
 
 def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if " ERROR " in line]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -44,10 +39,10 @@ def https_server() -> Iterator[HttpFileServer]:
 
 
 def test_a_refused_connection_says_so_and_fails_within_seconds(tmp_path: Path) -> None:
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/model.bin"
-    started = time.monotonic()
-    result = run_cli(["-v", url, str(tmp_path / "out")])
+    with refused_port() as port:
+        url = f"http://127.0.0.1:{port}/model.bin"
+        started = time.monotonic()
+        result = run_cli(["-v", url, str(tmp_path / "out")])
     assert result.returncode == 1
     (error,) = _error_lines(result.stderr)
     assert f"failed to download {url} to {tmp_path / 'out'}: cannot reach 127.0.0.1:{port}: connection refused" in error

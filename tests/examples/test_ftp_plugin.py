@@ -24,7 +24,7 @@ import pytest
 from storage_initializer.testing import ProviderConformance
 from tests.cli import run_cli
 from tests.servers.ftp_server import FtpServer
-from tests.unreachable import error_lines, free_port
+from tests.unreachable import error_lines, refused_port
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "ftp"
@@ -110,8 +110,8 @@ def test_failures_name_the_uri_and_hide_the_password(plugin_site: Path, ftp_serv
 
 def test_an_unreachable_server_says_why(plugin_site: Path, tmp_path: Path) -> None:
     """The plugin types socket failures with the core's rule (network_error), like the built-ins."""
-    port = free_port()
-    refused = run_cli([f"ftp://127.0.0.1:{port}/m.bin", str(tmp_path / "a")], plugin_env(plugin_site))
+    with refused_port() as port:
+        refused = run_cli([f"ftp://127.0.0.1:{port}/m.bin", str(tmp_path / "a")], plugin_env(plugin_site))
     assert refused.returncode == 1
     assert f"cannot reach ftp://127.0.0.1:{port}/m.bin: connection refused" in error_lines(refused.stderr)[-1]
     unknown = run_cli(["ftp://no-such-host.invalid/m.bin", str(tmp_path / "b")], plugin_env(plugin_site))

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import IO, Any
@@ -38,7 +38,7 @@ from storage_initializer.settings import Settings
 from storage_initializer.testing import ConformanceStore, ProviderConformance
 from tests.cli import run_cli, tree
 from tests.servers.fault_proxy import ProxyFault
-from tests.servers.gcs import FakeGcsServer, GoogleAuthFront, MiB, pattern_md5
+from tests.servers.gcs import FakeGcsServer, GoogleAuthFront, MiB, RequestLine, pattern_md5
 
 SA_EMAIL = "model-reader@test-project.iam.gserviceaccount.com"
 
@@ -250,6 +250,16 @@ def test_listing_carries_size_generation_and_checksums(
     assert obj.checksums["crc32c"] == google_crc32c.Checksum(data).digest().hex()
 
 
+def _logged_once(server: FakeGcsServer, before: int, done: Callable[[list[RequestLine]], bool]) -> list[RequestLine]:
+    """The requests logged since ``before``, once ``done`` holds of them (or after 30 s).
+    fake-gcs-server writes a request's line just after sending its response: the client can
+    have the last answer before the line is there, the more so on a loaded machine."""
+    deadline = time.monotonic() + 30
+    while not done(lines := server.request_log()[before:]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return lines
+
+
 def test_only_metadata_listing_and_media_are_requested(
     gcs_server: FakeGcsServer, gcs_bucket: str, tmp_path: Path
 ) -> None:
@@ -258,6 +268,7 @@ def test_only_metadata_listing_and_media_are_requested(
     gcs_server.upload(gcs_bucket, "m/a", b"abc")
     before = len(gcs_server.request_log())
     fetch(f"gs://{gcs_bucket}/m", tmp_path / "out", emulator_env(gcs_server, tmp_path))
+    _logged_once(gcs_server, before, lambda lines: any(r.path.startswith("/download/") for r in lines))
     time.sleep(0.3)  # a background request would be logged by now
     paths = [r.path.split("?", 1)[0] for r in gcs_server.request_log()[before:]]
     assert paths == [
@@ -281,10 +292,7 @@ def test_listing_pages_are_streamed(gcs_server: FakeGcsServer, gcs_bucket: str, 
         objects = iter(provider.list(f"gs://{gcs_bucket}/p"))
         first = next(objects)
         assert first.key == "000"
-        deadline = time.monotonic() + 5  # the access log is written just after each response
-        while not [r for r in gcs_server.request_log()[before:] if r.path.startswith(list_path)]:
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        assert _logged_once(gcs_server, before, lambda lines: any(r.path.startswith(list_path) for r in lines))
         time.sleep(0.2)  # a prefetched second page would show up here
         pages = [r for r in gcs_server.request_log()[before:] if r.path.startswith(list_path)]
         assert len(pages) == 1  # one page fetched for the first object
@@ -292,7 +300,9 @@ def test_listing_pages_are_streamed(gcs_server: FakeGcsServer, gcs_bucket: str, 
     finally:
         provider.close()
     assert [first.key, *rest] == [k[2:] for k in names]
-    pages = [r for r in gcs_server.request_log()[before:] if r.path.startswith(list_path)]
+    # The last page's line may follow its answer: wait for it, not for a fixed time.
+    logged = _logged_once(gcs_server, before, lambda lines: sum(r.path.startswith(list_path) for r in lines) >= 3)
+    pages = [r for r in logged if r.path.startswith(list_path)]
     assert len(pages) == 3
     assert all("maxResults=7" in r.path for r in pages)
     fetch(f"gs://{gcs_bucket}/p", tmp_path / "out", emulator_env(gcs_server, tmp_path), provider=SmallPages)

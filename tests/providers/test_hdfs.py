@@ -336,7 +336,14 @@ def test_ha_namenodes_fail_over_from_a_standby(make_fake_webhdfs: MakeFake, tmp_
 
 
 @pytest.mark.usefixtures("short_refused_retry")
-def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFake, tmp_path: Path) -> None:
+def test_storage_config_replaces_the_secret_directory(
+    make_fake_webhdfs: MakeFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The provider's scratch directories go to a temporary directory of this test's own: the
+    # machine's is shared with other runs, whose directories would come and go meanwhile.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     fake = make_fake_webhdfs(tls=True)
     _seed(fake)
     assert fake.ca_path is not None
@@ -344,9 +351,8 @@ def test_storage_config_replaces_the_secret_directory(make_fake_webhdfs: MakeFak
     spec = {"type": "hdfs", "HDFS_NAMENODE": fake.url, "TLS_CA": base64.b64encode(fake.ca_path.read_bytes()).decode()}
     env["STORAGE_CONFIG"] = json.dumps(spec)
     env["STORAGE_OVERRIDE_CONFIG"] = json.dumps({"HDFS_ROOTPATH": "/models"})
-    before = set(Path(tempfile.gettempdir()).glob("storage-initializer-hdfs-*"))
     assert _ok("hdfs://iris", tmp_path / "out", env) == EXPECTED
-    assert set(Path(tempfile.gettempdir()).glob("storage-initializer-hdfs-*")) == before  # decoded CA removed
+    assert list(scratch.glob("storage-initializer-hdfs-*")) == []  # decoded CA removed
     env["STORAGE_CONFIG"] = json.dumps({**spec, "type": "webhdfs", "TLS_CA": "%%% not base64"})
     assert isinstance(_fetch("hdfs://iris", tmp_path / "b", env).error, ConfigError)
     env["STORAGE_CONFIG"] = json.dumps({"type": "s3", "bucket": "b"})  # another type: the directory counts

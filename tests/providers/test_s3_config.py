@@ -515,17 +515,20 @@ def test_sigterm_ends_a_listing_retry_wait(seaweedfs: SeaweedFS, fault_proxy_fac
     proxy: FaultProxy = fault_proxy_factory(urlsplit(seaweedfs.endpoint_url).port)
     proxy.add(ProxyFault("status", times=-1, status=503, retry_after="60", match="list-type=2"))
     env = clean_env({**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url})
-    command = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/{root}/m", str(tmp_path / "out")]
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "storage_initializer", "-v", f"s3://{bucket}/{root}/m", str(tmp_path / "out")]
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, env=env, stderr=stderr, text=True)
+    # Signal once the provider says it waits (its debug line), not a fixed time after the 503
+    # reached the proxy: a slow machine might not have read the answer yet.
     deadline = time.monotonic() + 30
-    while not proxy.injected and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proxy.injected, "the listing never reached the proxy"
-    time.sleep(0.3)  # now inside the 60 s wait
+    while "in 60.00s after" not in log.read_text():
+        assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+        time.sleep(0.02)
     started = time.monotonic()
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=30)
-    assert process.returncode == 143, stderr
+    process.wait(timeout=30)
+    assert process.returncode == 143, log.read_text()
     assert time.monotonic() - started < 3  # not the 60 s wait, nor the 5 s hard-exit grace
     assert len(proxy.injected) == 1
 

@@ -23,7 +23,15 @@ import pytest
 from storage_initializer.connect import REFUSED_RETRY_SECONDS
 from storage_initializer.errors import REFUSED_HINT
 from tests.cli import run_cli
-from tests.unreachable import DNS_NOT_FOUND, INVALID_HOST, REFUSED, TLS_FAILED, error_lines, free_port, untrusted_https
+from tests.unreachable import (
+    DNS_NOT_FOUND,
+    INVALID_HOST,
+    REFUSED,
+    TLS_FAILED,
+    error_lines,
+    refused_port,
+    untrusted_https,
+)
 
 # The engine's own retries would show as "retrying ..." lines; one is enough to see them.
 QUICK = {"STORAGE_INITIALIZER_RETRIES": "1", "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.05"}
@@ -104,15 +112,16 @@ class Runs:
 
     def _run(self, name: str, kind: str) -> Outcome:
         scratch = Path(tempfile.mkdtemp(dir=self.scratch))
-        scheme, host = {
-            "refused": ("http", f"127.0.0.1:{free_port()}"),
-            "dns": ("http", INVALID_HOST),
-            "tls": ("https", self.tls_host),
-        }[kind]
-        uri, env = CASES[name].target(scheme, host, scratch)
-        started = time.monotonic()
-        result = run_cli(["-v", uri, str(scratch / "out")], {**QUICK, **env}, timeout=120)
-        return Outcome(result, time.monotonic() - started)
+        with refused_port() as port:
+            scheme, host = {
+                "refused": ("http", f"127.0.0.1:{port}"),
+                "dns": ("http", INVALID_HOST),
+                "tls": ("https", self.tls_host),
+            }[kind]
+            uri, env = CASES[name].target(scheme, host, scratch)
+            started = time.monotonic()
+            result = run_cli(["-v", uri, str(scratch / "out")], {**QUICK, **env}, timeout=120)
+            return Outcome(result, time.monotonic() - started)
 
     def get(self, name: str, kind: str) -> Outcome:
         if not self.futures:  # all at once: the refused cases' waits overlap

@@ -126,9 +126,25 @@ def test_slow_bandwidth_completes(tmp_path: Path, source: Source) -> None:
 
 
 def test_refused_connections_are_retried(tmp_path: Path, source: Source) -> None:
-    source.proxy.refuse_for(1.0)
-    result = source.run(tmp_path / "out", {"STORAGE_INITIALIZER_RETRY_BACKOFF": "0.4"})
-    assert result.returncode == 0, result.stderr
+    # The port refuses until the command says it was refused, then listens again: a refusal of a
+    # fixed time was over before a slow machine's command first connected (nothing was tested).
+    source.proxy.refuse()
+    log = tmp_path / "stderr"
+    with log.open("w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "storage_initializer", "-v", source.uri, str(tmp_path / "out")],
+            env=clean_env({**TUNING, **source.env, "STORAGE_INITIALIZER_RETRY_BACKOFF": "0.4"}),
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "refused; trying again" not in log.read_text() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        source.proxy.listen_again()
+    assert proc.wait(timeout=120) == 0, log.read_text()
+    assert "refused; trying again" in log.read_text()
     assert tree(tmp_path / "out") == source.files
 
 
@@ -204,20 +220,28 @@ def test_sigkill_at_random_points_never_leaves_a_wrong_file(tmp_path: Path, sour
     source.proxy.add(ProxyFault("slow", times=-1, rate=MiB))
     env = clean_env({**TUNING, **source.env})
     for attempt in range(3):
+        # A kill point is drawn over the bytes this run still has to fetch, as the (slowed) proxy
+        # relays them: the run cannot end before they all went through. Points in time (a sleep
+        # after the start) let a fast machine finish most runs before their kill, so the kills
+        # and the resume went untested, and a slow one be killed while still starting up.
+        # The last kill also waits for some saved work.
+        remaining = total - _saved_bytes(dest, source.files)
+        target = rng.uniform(0.0, 0.6) * remaining
+        source.proxy.reset_counters()
         proc = subprocess.Popen(
             [sys.executable, "-m", "storage_initializer", source.uri, str(dest)],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        # Early kills anywhere; the last one late enough that some work is saved.
-        time.sleep(rng.uniform(0.3, 1.6) if attempt < 2 else rng.uniform(2.0, 3.0))
-        if attempt == 2:  # a slow machine may still be starting up: wait for some saved work
-            deadline = time.monotonic() + 60
-            while not _saved_while_running(dest, source.files) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if source.proxy.bytes_down >= target and (attempt < 2 or _saved_while_running(dest, source.files)):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, f"run {attempt} ended before its kill point ({target:.0f} of {remaining} bytes)"
         proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
         for rel, data in tree(dest, after_failure=True).items():  # whatever is under a final name is complete and right
             if rel.rsplit("/", 1)[-1].endswith(".si-partial"):
                 continue  # a hidden temporary name, not a final one

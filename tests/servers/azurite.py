@@ -89,7 +89,7 @@ class Azurite:
     account_key = ACCOUNT_KEY
 
     def __init__(self, binary: Path | None = None, startup_timeout: float = 60.0, *, https: bool = False) -> None:
-        self.port = free_port()
+        self.port = 0
         self.data_dir = Path(tempfile.mkdtemp(prefix="azurite-"))
         self.scheme = "https" if https else "http"
         self.ca_path: str | None = None
@@ -107,21 +107,26 @@ class Azurite:
             cert.private_key_pem.write_to_path(str(tls_dir / "key.pem"))
             tls = ["--cert", str(tls_dir / "cert.pem"), "--key", str(tls_dir / "key.pem"), "--oauth", "basic"]
         self._log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "wb")  # noqa: SIM115
-        self._process: subprocess.Popen[bytes] | None = subprocess.Popen(
-            [
-                str(binary or azurite_binary()),
-                *("--blobHost", "127.0.0.1", "--blobPort", str(self.port)),
-                *("--location", str(self.data_dir)),
-                *("--loose", "--skipApiVersionCheck", "--disableTelemetry", "--silent"),
-                *tls,
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        self._process: subprocess.Popen[bytes] | None = None
         try:
-            self._wait_ready(startup_timeout)
+            for _ in range(5):  # a port can be taken by another process between choosing and binding it
+                self.port = free_port()
+                self._process = subprocess.Popen(
+                    [
+                        str(binary or azurite_binary()),
+                        *("--blobHost", "127.0.0.1", "--blobPort", str(self.port)),
+                        *("--location", str(self.data_dir)),
+                        *("--loose", "--skipApiVersionCheck", "--disableTelemetry", "--silent"),
+                        *tls,
+                    ],
+                    stdout=self._log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                if self._wait_ready(startup_timeout):
+                    return
+            raise RuntimeError(f"azurite exited: {self._log_tail()}")
         except BaseException:
             self.stop()
             raise
@@ -148,20 +153,23 @@ class Azurite:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float) -> bool:
+        """True once Azurite serves on its port; False when it exited (its port was taken)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self._process is not None
             if self._process.poll() is not None:
-                raise RuntimeError(f"azurite exited with {self._process.returncode}: {self._log_tail()}")
+                return False
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5) as raw:
                 s = raw
                 if self.ca_path:
                     s = ssl.create_default_context(cafile=self.ca_path).wrap_socket(raw, server_hostname="127.0.0.1")
-                # Any HTTP answer means the blob service is serving requests.
+                # Any answer of the blob service means it is serving requests; only it names an x-ms-
+                # header (a process that took the port first would answer too).
                 s.sendall(b"GET /devstoreaccount1?comp=list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(16).startswith(b"HTTP/1.1"):
-                    return
+                head = s.recv(4096)
+                if head.startswith(b"HTTP/1.1") and b"\r\nx-ms-" in head.lower():
+                    return True
             if time.monotonic() > deadline:
                 raise RuntimeError(f"azurite not ready after {timeout}s: {self._log_tail()}")
             time.sleep(0.05)

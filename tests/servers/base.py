@@ -451,13 +451,15 @@ class FakeHandler(BaseHTTPRequestHandler):
         chunked: bool = False,
         chunk: int = CHUNK,
         counted: Callable[[int], None] | None = None,
+        begun: Callable[[], None] | None = None,
     ) -> int:
         """Send ``body`` (anything sliceable into bytes), applying body ``faults``; the bytes sent.
 
         ``claim`` uses a fault up as it fires (``Faults.claim``); ``replace`` swaps the stored
         content for a "replace" fault; a stall waits on ``wake`` (default: the server
         stopping) and drops the connection when it was set. ``counted`` is told of every
-        piece sent.
+        piece sent; ``begun``, once, just before the first body byte is written (after a
+        stall at byte 0): the client cannot have the whole body before that moment.
         """
         pending = sorted(faults, key=lambda f: f.after_bytes)
         if any(f.kind == "corrupt" and claim(f) for f in pending):
@@ -487,6 +489,8 @@ class FakeHandler(BaseHTTPRequestHandler):
             if pending:
                 limit = min(limit, max(pending[0].after_bytes, sent + 1))
             piece = bytes(body[sent:limit])
+            if begun is not None and sent == 0:
+                begun()
             try:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
             except OSError:

@@ -179,8 +179,9 @@ class FakeWebHDFS(FakeService):
     Seeding: :meth:`put`, :meth:`mkdir`, :meth:`replace`, :meth:`delete`, :meth:`chmod`.
     Observing: ``requests`` (every :class:`RequestRecord`), :meth:`opens` (the datanode ranges),
     ``bytes_served`` / ``bytes_served_by_path``, ``max_active_reads`` (most simultaneous datanode
-    reads), :meth:`reset_counters`. Faults: :meth:`stall`, :meth:`cut`, :meth:`replace_during_read`,
-    :meth:`fail`. TLS: ``ca_path`` (PEM) and :meth:`client_cert_files`.
+    reads, each counted until its body starts to go out), :meth:`reset_counters`. Faults:
+    :meth:`stall`, :meth:`cut`, :meth:`replace_during_read`, :meth:`fail`. TLS: ``ca_path`` (PEM)
+    and :meth:`client_cert_files`.
     """
 
     def __init__(
@@ -207,7 +208,7 @@ class FakeWebHDFS(FakeService):
         self.gzip_reads = False
         self.bytes_served = 0
         self.bytes_served_by_path: dict[str, int] = {}
-        self.active_reads = 0  # datanode OPEN responses being sent right now
+        self.active_reads = 0  # datanode OPEN responses whose body has not started to go out
         self.max_active_reads = 0
         self._lock = threading.RLock()
         self._next_id = ROOT_FILE_ID + 1
@@ -725,13 +726,33 @@ class FakeWebHDFS(FakeService):
         with self._lock:
             self.active_reads += 1
             self.max_active_reads = max(self.max_active_reads, self.active_reads)
-        try:
-            self._stream(handler, record.path, data, offset, count, buffersize)
-        finally:
-            with self._lock:
-                self.active_reads -= 1
+        ended = False
 
-    def _stream(self, handler: _Handler, path: str, data: bytes, offset: int, count: int, chunk: int) -> None:
+        def end() -> None:
+            # Active until the body starts to go out, not until this thread is done: after its last
+            # write the client can have the whole body, and start its next read, before this thread
+            # runs again (a client holding 2 slots was seen with 3 reads "active").
+            nonlocal ended
+            with self._lock:
+                if not ended:
+                    ended = True
+                    self.active_reads -= 1
+
+        try:
+            self._stream(handler, record.path, data, offset, count, buffersize, begun=end)
+        finally:
+            end()
+
+    def _stream(
+        self,
+        handler: _Handler,
+        path: str,
+        data: bytes,
+        offset: int,
+        count: int,
+        chunk: int,
+        begun: Callable[[], None] | None = None,
+    ) -> None:
         faults = self._faults.pending(path, ("stall", "cut", "replace"), node="datanode", op="OPEN")[:1]
 
         def counted(n: int) -> None:
@@ -747,6 +768,7 @@ class FakeWebHDFS(FakeService):
             wake=self._stopping,
             chunk=max(1, min(chunk, 1 << 20)),
             counted=counted,
+            begun=begun,
         )
 
     # responses ------------------------------------------------------------

@@ -10,7 +10,8 @@ Each accepted connection may be given one fault, taken from a queue of
 * ``slow``: forward the answer at ``rate`` bytes per second;
 * ``flip``: invert byte ``after_bytes`` of the answer's *body* (counted from
   the end of the response head), a silent corruption that only a checksum sees;
-* ``refuse``: see :meth:`FaultProxy.refuse_for` (the port stops listening).
+* ``refuse``: see :meth:`FaultProxy.refuse` (the port stops listening until
+  :meth:`FaultProxy.listen_again`) and :meth:`FaultProxy.refuse_for`.
 
 Faults can be limited to connections whose first request line contains
 ``match`` (e.g. an object key), so a listing can pass while reads fail, and
@@ -71,6 +72,7 @@ class FaultProxy:
             self._tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             tls.issue_cert("127.0.0.1", "localhost").configure_cert(self._tls)
         self._listener = self._listen(0)
+        self._held: socket.socket | None = None  # the port, bound but not listening, while refusing
         self.port = self._listener.getsockname()[1]
         scheme = "https" if tls is not None else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
@@ -93,35 +95,68 @@ class FaultProxy:
             self.bytes_down = 0
             self.injected.clear()
 
-    def refuse_for(self, seconds: float) -> None:
-        """Stop listening (connections are refused) for ``seconds``, then listen again."""
+    def refuse(self) -> None:
+        """Stop listening: connections are refused until :meth:`listen_again`. The port stays
+        bound meanwhile (by a socket that does not listen), so no other process can take it."""
         with self.lock:
             listener, self._listener = self._listener, None  # type: ignore[assignment]
+        if listener is None:
+            return
         listener.close()
+        # The accept loop's pending accept keeps the closed socket listening for up to its 0.2 s
+        # timeout: the port is free to bind once that returned.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                held = self._bind(self.port)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
+        with self.lock:
+            self._held = held
+
+    def listen_again(self) -> None:
+        """Accept connections again after :meth:`refuse`."""
+        with self.lock:
+            held, self._held = self._held, None
+            if held is None or self._stopped.is_set():
+                return
+            held.listen(128)
+            self._listener = held
+
+    def refuse_for(self, seconds: float) -> None:
+        """Stop listening (connections are refused) for ``seconds``, then listen again."""
+        self.refuse()
 
         def reopen() -> None:
             time.sleep(seconds)
-            if not self._stopped.is_set():
-                with self.lock:
-                    self._listener = self._listen(self.port)
+            self.listen_again()
 
         threading.Thread(target=reopen, daemon=True).start()
 
     def stop(self) -> None:
         self._stopped.set()
         with self.lock:
-            listener = self._listener
-        if listener is not None:
-            listener.close()
+            listener, held = self._listener, self._held
+        for sock in (listener, held):
+            if sock is not None:
+                sock.close()
 
     # -- plumbing -------------------------------------------------------------------
     @staticmethod
-    def _listen(port: int) -> socket.socket:
+    def _bind(port: int) -> socket.socket:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))
-        sock.listen(128)
         sock.settimeout(0.2)
+        return sock
+
+    @classmethod
+    def _listen(cls, port: int) -> socket.socket:
+        sock = cls._bind(port)
+        sock.listen(128)
         return sock
 
     def _accept_loop(self) -> None:

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -154,14 +154,12 @@ class Registry:
         self.auth = auth
         self.storage = directory / "storage"
         self.storage.mkdir(parents=True)
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
         self.token_server: TokenServer | None = None
         config: dict[str, Any] = {
             "version": 0.1,
             "log": {"level": "error", "accesslog": {"disabled": True}},
             "storage": {"filesystem": {"rootdirectory": str(self.storage)}, "delete": {"enabled": True}},
-            "http": {"addr": self.host, "secret": secrets.token_hex(16)},
+            "http": {"secret": secrets.token_hex(16)},
         }
         if auth == "htpasswd":
             import bcrypt
@@ -179,24 +177,36 @@ class Registry:
                     "rootcertbundle": str(self.token_server.cert_path),
                 }
             }
-        # JSON is YAML: no YAML writer needed.
-        (directory / "config.yml").write_text(json.dumps(config))
         self.log = open(directory / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [_binary(), "serve", str(directory / "config.yml")], stdout=self.log, stderr=subprocess.STDOUT
-        )
-        self._wait()
+        for _ in range(5):  # a port can be taken by another process between choosing and binding it
+            self.port = free_port()
+            self.host = f"127.0.0.1:{self.port}"
+            config["http"]["addr"] = self.host
+            (directory / "config.yml").write_text(json.dumps(config))  # JSON is YAML: no YAML writer needed
+            self.process = subprocess.Popen(
+                [_binary(), "serve", str(directory / "config.yml")], stdout=self.log, stderr=subprocess.STDOUT
+            )
+            if self._wait():
+                return
+        raise RuntimeError(f"docker-registry exited: {(directory / 'registry.log').read_text()[-2000:]}")
 
-    def _wait(self) -> None:
+    def _wait(self) -> bool:
+        """True once this registry answers on its port; False when it exited (its port was taken)."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"docker-registry exited: {(self.directory / 'registry.log').read_text()[-2000:]}")
+                return False
+            connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
+                connection.request("GET", "/v2/")
+                # A process that took the port first answers too: only a registry names its API.
+                if connection.getresponse().getheader("Docker-Distribution-Api-Version"):
+                    return True
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                connection.close()
+            time.sleep(0.05)
         raise RuntimeError("docker-registry did not start listening")
 
     def uri(self, repository: str, ref: str = "") -> str:
