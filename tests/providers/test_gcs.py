@@ -13,6 +13,8 @@ import hashlib
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -703,3 +705,20 @@ def test_a_silenced_read_is_abandoned_within_the_stall_timeout(
     # Detected within the timeout (+ slack), not 2x: the stalled range is asked for again. (Measured
     # at the proxy: the rest of the transfer and the exit, slow on a loaded machine, are not in it.)
     assert proxy.range_resent_at("big.bin") - proxy.injected_at[0][0] < 6 + 3
+
+
+def test_crc32c_is_hashed_by_awscrt_in_place_once_it_pays() -> None:
+    """google-crc32c copies every buffer (it takes bytes only); awscrt reads it in place, and is
+    loaded for objects of CRC64NVME_MIN or more. Both give CRC-32C's check value."""
+    script = (
+        "import sys\n"
+        "from storage_initializer.engine.hashing import CRC64NVME_MIN, Checksum\n"
+        "for size in (10, CRC64NVME_MIN, 10):\n"
+        "    hasher = Checksum('crc32c', 'e3069283', size).new()\n"
+        "    hasher.update(b'1234')\n"
+        "    hasher.update(memoryview(b'56789'))\n"
+        "    print(type(hasher).__name__, hasher.hexdigest())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    # Small first: google-crc32c; big: awscrt; small again: awscrt, loaded by then.
+    assert out.split() == ["_Crc32c", "e3069283", "_AwsCrc", "e3069283", "_AwsCrc", "e3069283"], out
