@@ -24,6 +24,7 @@ No HTTP library is imported with this module: :func:`new_session` imports
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import threading
 import time
@@ -66,6 +67,7 @@ __all__ = [
     "same_origin",
     "sleep",
     "tls_context",
+    "tls_context_for",
     "transient_error",
 ]
 
@@ -299,13 +301,16 @@ def ca_bundle(env: Mapping[str, str], store_ca: str | None = None) -> bool | str
     return True
 
 
+@functools.lru_cache(maxsize=16)
 def tls_context(verify: bool | str, default_cafile: Callable[[], str | None] | None = None) -> ssl.SSLContext:
     """The ``ssl`` context that verifies as a ``requests``-style ``verify`` says (for the engine's
     event loop and :class:`~storage_initializer.httppool.Pool`, which take contexts).
 
     ``False``: no verification; a path: that CA file, or directory of hashed certificates;
     ``True``: ``default_cafile()`` when given and it names a file (certifi's bundle, as
-    ``requests`` and botocore default to), else the system's CAs.
+    ``requests`` and botocore default to), else the system's CAs. One context per setting
+    for the whole process (loading a CA bundle takes milliseconds; a context is shared
+    safely), so a provider need not keep its own.
     """
     import os.path
     import ssl
@@ -321,6 +326,12 @@ def tls_context(verify: bool | str, default_cafile: Callable[[], str | None] | N
         return ssl.create_default_context(cafile=verify)
     cafile = default_cafile() if default_cafile is not None else None
     return ssl.create_default_context(cafile=cafile) if cafile else ssl.create_default_context()
+
+
+def tls_context_for(url: str, env: Mapping[str, str]) -> ssl.SSLContext | None:
+    """The context an ``HttpRange`` of ``url`` takes: the CA of :func:`ca_bundle` (else
+    certifi's) for ``https://``, ``None`` for plain ``http://``."""
+    return tls_context(ca_bundle(env), certifi_bundle) if url.startswith("https:") else None
 
 
 def certifi_bundle() -> str | None:

@@ -25,7 +25,6 @@ import functools
 import logging
 import os
 import re
-import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -270,7 +269,6 @@ class HfProvider(Provider):
         self.settings = load_settings(self.env, context)
         self._locations: dict[tuple[str, str, str, str], str] = {}
         self._location_locks: dict[tuple[str, str, str, str], threading.Lock] = {}
-        self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
 
     # -- helpers ---------------------------------------------------------------
@@ -503,17 +501,11 @@ class HfProvider(Provider):
                 raise self._read_error(exc, uri, ref) from None
             raise StorageInitializerError(f"{ref.path}: the Hub answered HTTP {status}")
 
-        return HttpRange(url, headers, check, self._tls_context() if url.startswith("https:") else None)
+        return HttpRange(url, headers, check, kit.tls_context_for(url, self.env))
 
     def _forget_location(self, ref: _FileRef) -> None:
         with self._lock:
             self._locations.pop((ref.repo_type, ref.repo_id, ref.commit, ref.path), None)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._ssl is None:
-                self._ssl = kit.tls_context(kit.ca_bundle(self.env), kit.certifi_bundle)
-            return self._ssl
 
     def _open(self, ref: _FileRef, obj: RemoteObject, start: int, end: int | None) -> ChunkStream:
         from huggingface_hub import get_session, hf_raise_for_status

@@ -110,7 +110,6 @@ class HttpProvider(Provider):
         super().__init__(context)
         self._local = threading.local()
         self._verify: bool | str = self._ca_bundle()
-        self._ssl: ssl.SSLContext | None = None
         self._pools: dict[str, Pool] = {}
         self._pools_lock = threading.Lock()
 
@@ -284,9 +283,7 @@ class HttpProvider(Provider):
 
     def _tls_context(self) -> ssl.SSLContext:
         """The TLS settings of the provider's ``requests`` session, as an ``ssl`` context."""
-        if self._ssl is None:
-            self._ssl = kit.tls_context(self._verify, kit.certifi_bundle)
-        return self._ssl
+        return kit.tls_context(self._verify, kit.certifi_bundle)
 
     def open_range(
         self, uri: str, obj: RemoteObject, start: int, end: int | None

@@ -61,7 +61,6 @@ class AzureBlobProvider(AzureProvider):
         super().__init__(context)
         self._token_lock = threading.Lock()
         self._token: tuple[str, float] | None = None  # (token, expires_on)
-        self._tls: Any = None
 
     def build_client(self, target: AzureUri, access: Access, options: dict[str, Any]) -> Any:
         from azure.core.credentials import AzureNamedKeyCredential, AzureSasCredential
@@ -187,13 +186,7 @@ class AzureBlobProvider(AzureProvider):
             if ranged:
                 kit.check_partial(status, answer, start, what)
 
-        tls = None
-        if url.startswith("https:"):
-            with self._token_lock:
-                if self._tls is None:
-                    self._tls = kit.tls_context(kit.ca_bundle(self.env), kit.certifi_bundle)
-                tls = self._tls
-        return HttpRange(url, headers, check, tls)
+        return HttpRange(url, headers, check, kit.tls_context_for(url, self.env))
 
     def _bearer(self, container: Any) -> str:
         """An Azure AD token for storage from the client's credential, renewed near its expiry."""

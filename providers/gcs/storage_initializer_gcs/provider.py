@@ -7,7 +7,6 @@ import binascii
 import contextlib
 import json
 import logging
-import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -121,7 +120,6 @@ class GcsProvider(Provider):
         self._sessions: list[Any] = []
         self._token_lock = threading.Lock()
         self._token_request: Any = None
-        self._ssl: ssl.SSLContext | None = None
 
     # -- plumbing --------------------------------------------------------------
     @property
@@ -339,8 +337,7 @@ class GcsProvider(Provider):
                 raise self._api_error(error, uri)
             self._check_served(uri, obj, status, answer, start, ranged)
 
-        tls = self._tls_context() if url.startswith("https:") else None
-        return HttpRange(url, headers, check, tls)
+        return HttpRange(url, headers, check, kit.tls_context_for(url, self.env))
 
     def _auth_headers(self, url: str) -> dict[str, str]:
         """The ``Authorization`` header of a request (the token refreshed when near its expiry)."""
@@ -352,18 +349,9 @@ class GcsProvider(Provider):
             if self._token_request is None:
                 from google.auth.transport.requests import Request
 
-                self._token_request = Request(kit.new_session(self.env, pool_size=1, verify=self._verify()))
+                self._token_request = Request(kit.new_session(self.env, pool_size=1, verify=kit.ca_bundle(self.env)))
             creds.credentials.before_request(self._token_request, "GET", url, headers)
         return headers
-
-    def _verify(self) -> bool | str:
-        return kit.ca_bundle(self.env)
-
-    def _tls_context(self) -> ssl.SSLContext:
-        with self._token_lock:
-            if self._ssl is None:
-                self._ssl = kit.tls_context(self._verify(), kit.certifi_bundle)
-            return self._ssl
 
     def open_range(
         self, uri: str, obj: RemoteObject, start: int, end: int | None

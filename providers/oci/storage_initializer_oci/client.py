@@ -77,7 +77,6 @@ class RegistryClient:
         self._basic = False  # the registry asked for basic auth
         self._challenged = False  # the registry asked for credentials at all
         self._local = threading.local()
-        self._tls: ssl.SSLContext | None = None
 
     # -- sessions ----------------------------------------------------------------
     def session(self) -> Any:
@@ -146,9 +145,7 @@ class RegistryClient:
         self._tokens.drop(self.scope)
 
     def tls_context(self) -> ssl.SSLContext:
-        if self._tls is None:
-            self._tls = kit.tls_context(self.verify, kit.certifi_bundle)
-        return self._tls
+        return kit.tls_context(self.verify, kit.certifi_bundle)
 
     def _authorization(self) -> str | None:
         token = self._tokens.get(self.scope)

@@ -134,7 +134,6 @@ class S3Wire:
         self._targets: dict[str, Target] = {}
         self._shown_uris: dict[str, str] = {}
         self._pools: dict[tuple[str, str | None], Pool] = {}
-        self._tls: ssl.SSLContext | None = None
 
     # -- where buckets live ------------------------------------------------------------
     def target(self, bucket: str) -> Target:
@@ -178,9 +177,7 @@ class S3Wire:
 
     def tls_context(self) -> ssl.SSLContext:
         """How HTTPS endpoints are verified: ``S3_VERIFY_SSL``/``AWS_CA_BUNDLE``, else botocore's CAs."""
-        if self._tls is None:
-            self._tls = kit.tls_context(self.settings.verify, default_ca)
-        return self._tls
+        return kit.tls_context(self.settings.verify, default_ca)
 
     def close(self) -> None:
         with self._lock:
