@@ -242,9 +242,7 @@ class OciProvider(Provider):
         if status not in (200, 206):
             raise status_error(status, what, "")
         if ranged:
-            content_range = headers.get("Content-Range", "")
-            if status != 206 or not content_range.startswith(f"bytes {start}-"):
-                raise TransientError(f"{what} ignored a range request (HTTP {status})")
+            kit.check_partial(status, headers, start, what)
 
     def open_range(
         self, uri: str, obj: RemoteObject, start: int, end: int | None
