@@ -98,6 +98,12 @@ def _session_class() -> Any:
     return _SESSION_CLASS
 
 
+def _host_port(url: str) -> tuple[str, int]:
+    """The server of ``url``: its host name and port (the scheme's default when none is given)."""
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
+
+
 class HttpProvider(Provider):
     """Plain HTTP(S) downloads of one file per URL."""
 
@@ -174,22 +180,20 @@ class HttpProvider(Provider):
             raise UsageError(f"invalid URL {url}: {exc}") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
             # DNS name not found, refused, TLS verification: permanent; timeouts: transient.
-            server = urlsplit(url)
-            where = f"{server.hostname}:{server.port or (443 if server.scheme == 'https' else 80)}"
-            raise network_error(exc, where, ca_hint=_CA_HINT) from None
+            host, port = _host_port(url)
+            raise network_error(exc, f"{host}:{port}", ca_hint=_CA_HINT) from None
 
     def _pool(self, uri: str) -> Pool:
         """The keep-alive pool of ``uri``'s origin (for the probe)."""
-        parts = urlsplit(uri)
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        origin = f"{parts.scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+        host, port = _host_port(uri)
+        scheme = urlsplit(uri).scheme
+        origin = f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
         with self._pools_lock:
             pool = self._pools.get(origin)
             if pool is None:
                 pool = Pool(
                     origin,
-                    ssl_context=self._tls_context() if parts.scheme == "https" else None,
+                    ssl_context=self._tls_context() if scheme == "https" else None,
                     connect_timeout=self.context.connect_timeout,
                     read_timeout=self.context.stall_timeout,
                     maxsize=2,
@@ -211,8 +215,8 @@ class HttpProvider(Provider):
             try:
                 response = retry_refused(lambda: pool.request("GET", target, sent, stream=True), uri)
             except (OSError, HTTPException) as exc:  # refused, DNS, TLS, timeout, a malformed answer
-                where = f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
-                raise network_error(exc, where, ca_hint=_CA_HINT) from None
+                host, port = _host_port(uri)
+                raise network_error(exc, f"{host}:{port}", ca_hint=_CA_HINT) from None
             try:
                 if response.status not in _REDIRECTS:
                     return response.status, response.headers, response.reason
