@@ -105,12 +105,12 @@ def _loop_read(
     loop: NetLoop, provider: Provider, uri: str, obj: RemoteObject, start: int, end: int | None, tmp_path: Path
 ) -> bytes:
     """Bytes ``[start, end)`` of ``obj`` as the engine's event loop fetches them from ``http_range``."""
-    request = provider.http_range(uri, obj, start, end if end is not None else obj.size)
+    stop = end if end is not None else obj.size
+    request = provider.http_range(uri, obj, start, stop)
     assert request is not None, "http_range described one read and not the next"
     path = tmp_path / f"loop-{uuid.uuid4().hex[:8]}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        stop = end if end is not None else obj.size
         loop.fetch(Fetch(request, fd, start, stop, None, lambda n: None, lambda: False, str(tmp_path)))
     finally:
         os.close(fd)
