@@ -93,14 +93,9 @@ CRC64NVME_MIN = 16 * 1024 * 1024
 _passed_over = 0  # bytes for which another digest was chosen, the library not being loaded
 
 
-def _crc64nvme_worth(size: int | None, alone: bool, count: bool = True) -> bool:
-    """Whether awscrt is worth using (loading) for an object of ``size``: it is loaded already,
-    or the object is at least :data:`CRC64NVME_MIN`, or (``count``) that many bytes were passed
-    over in all; ``alone``: it is the only way."""
+def _crc64nvme_worth(size: int | None, alone: bool) -> bool:
     global _passed_over
     if not alone and "awscrt.checksums" not in sys.modules:
-        if not count:
-            return (size or 0) >= CRC64NVME_MIN and _crc64nvme_available()
         _passed_over += size or 0
         if _passed_over < CRC64NVME_MIN:
             return False
@@ -165,7 +160,10 @@ class Checksum:
 
     def new(self) -> Hasher:
         if self.algorithm == "crc32c":
-            use_awscrt = not _google_crc32c_available() or _crc64nvme_worth(self.size, alone=False, count=False)
+            # awscrt when it is loaded already or the object pays for loading it (google-crc32c
+            # copies every buffer); the only choice when google-crc32c's C extension is missing.
+            loaded_or_worth = "awscrt.checksums" in sys.modules or (self.size or 0) >= CRC64NVME_MIN
+            use_awscrt = not _google_crc32c_available() or (loaded_or_worth and _crc64nvme_available())
             return _AwsCrc("crc32c", 8) if use_awscrt else _Crc32c()
         if self.algorithm == "crc64nvme":
             return _AwsCrc("crc64nvme", 16)
