@@ -7,9 +7,11 @@ slowest). A store may also announce a digest in its answer to the read (an S3
 GET with ``x-amz-checksum-mode``): :meth:`Digests.deferred` chooses when the
 first byte is hashed, by which time the provider has seen that answer. Objects read
 in one stream are hashed from the buffers as they arrive. Objects read as
-parallel parts are hashed in order by :class:`~.inorder.InOrderHasher`, which
-follows the contiguous written prefix of the file (reading it back from the
-page cache), so hashing overlaps the download instead of adding a tail.
+parallel parts are hashed, for a CRC, part by part as each lands, the part CRCs
+combined at the end (:class:`~.partwise.PartwiseHasher`); otherwise in order by
+:class:`~.inorder.InOrderHasher`, which follows the contiguous written prefix of
+the file (reading it back from the page cache). Either way hashing overlaps the
+download instead of adding a tail.
 
 A pin (``--expect-digest``, ``--expect-manifest``) needs the file's sha256:
 :class:`Digests` computes it beside the store's checksum in the same pass,
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import sys
 import zlib
 from collections.abc import Callable, Mapping
@@ -56,16 +59,23 @@ class _Crc32c:
 
 class _AwsCrc:
     """A CRC by awscrt's C code (``crc64nvme``: S3's CRC-64/NVME; ``crc32c``), reading the
-    buffer in place, as big-endian hex of ``digits`` digits."""
+    buffer in place, as big-endian hex of ``digits`` digits.
+
+    The library is loaded at the first byte, not when the checksum is chosen: loading it
+    costs ~35 ms of CPU, which before a download's first request delays every byte of it
+    (measured on the 2 GiB S3 object: its GETs went out 39 ms after the HEAD); once the
+    requests are out, the store is already sending.
+    """
 
     def __init__(self, name: str, digits: int) -> None:
-        import awscrt.checksums  # type: ignore[import-untyped, import-not-found, unused-ignore]
-
-        self._crc: Any = getattr(awscrt.checksums, name)
+        self._name = name
+        self._crc: Any = None
         self._digits = digits
         self._value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
+        if self._crc is None:
+            self._crc = aws_crc(self._name)
         self._value = self._crc(data, self._value)
 
     def hexdigest(self) -> str:
@@ -73,7 +83,7 @@ class _AwsCrc:
 
 
 def _crc32c_available() -> bool:
-    return _google_crc32c_available() or _crc64nvme_available()
+    return _google_crc32c_available() or awscrt_available()
 
 
 @functools.cache
@@ -99,17 +109,34 @@ def _crc64nvme_worth(size: int | None, alone: bool) -> bool:
         _passed_over += size or 0
         if _passed_over < CRC64NVME_MIN:
             return False
-    return _crc64nvme_available()
+    return awscrt_available()
 
 
 @functools.cache
-def _crc64nvme_available() -> bool:
-    try:
-        import awscrt.checksums  # type: ignore[import-untyped, import-not-found, unused-ignore]  # noqa: F401
+def awscrt_available() -> bool:
+    """Whether awscrt is installed: looked up, not loaded (see :class:`_AwsCrc`)."""
+    return importlib.util.find_spec("awscrt") is not None and importlib.util.find_spec("_awscrt") is not None
 
-        return True
-    except ImportError:
-        return False
+
+def aws_crc(name: str) -> Callable[..., int]:
+    """awscrt's function ``name`` (``crc64nvme``, ``combine_crc32c``...), loading the library."""
+    import awscrt.checksums  # type: ignore[import-untyped, import-not-found, unused-ignore]
+
+    function: Callable[..., int] = getattr(awscrt.checksums, name)
+    return function
+
+
+class _Known:
+    """A digest already computed: :meth:`Digests.known`."""
+
+    def __init__(self, hexdigest: str) -> None:
+        self._hexdigest = hexdigest
+
+    def update(self, data: bytes | memoryview, /) -> None:
+        raise RuntimeError("a known digest takes no more bytes")
+
+    def hexdigest(self) -> str:
+        return self._hexdigest
 
 
 class _Crc32:
@@ -163,7 +190,7 @@ class Checksum:
             # awscrt when it is loaded already or the object pays for loading it (google-crc32c
             # copies every buffer); the only choice when google-crc32c's C extension is missing.
             loaded_or_worth = "awscrt.checksums" in sys.modules or (self.size or 0) >= CRC64NVME_MIN
-            use_awscrt = not _google_crc32c_available() or (loaded_or_worth and _crc64nvme_available())
+            use_awscrt = not _google_crc32c_available() or (loaded_or_worth and awscrt_available())
             return _AwsCrc("crc32c", 8) if use_awscrt else _Crc32c()
         if self.algorithm == "crc64nvme":
             return _AwsCrc("crc64nvme", 16)
@@ -241,6 +268,14 @@ class Digests:
     def make(cls, checksum: Checksum | None, sha256: bool) -> Digests | None:
         """The hashers needed, or ``None`` when nothing is to be computed."""
         return cls(checksum, sha256) if checksum is not None or sha256 else None
+
+    @classmethod
+    def known(cls, checksum: Checksum, hexdigest: str) -> Digests:
+        """Digests of a file whose ``checksum`` digest was computed elsewhere (combined from its parts)."""
+        digests = cls(None, sha256=False)
+        digests._checksum = checksum
+        digests._store = _Known(hexdigest)
+        return digests
 
     @classmethod
     def deferred(cls, choose: Callable[[], Checksum | None], sha256: bool) -> Digests:

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, cast
 
 from storage_initializer.engine.dest import DestDir, describe_os_error, publish, temp_path_for
-from storage_initializer.engine.hashing import Checksum, Digests, FileHashes, Hasher, choose_checksum
+from storage_initializer.engine.hashing import Checksum, Digests, FileHashes, Hasher, awscrt_available, choose_checksum
 from storage_initializer.engine.inorder import InOrderHasher
 from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
 from storage_initializer.engine.parts import part_size_for, plan_parts
+from storage_initializer.engine.partwise import COMBINABLE, PartwiseHasher
 from storage_initializer.engine.paths import PathFilter, is_own_artifact, safe_relpath
 from storage_initializer.engine.progress import Progress
 from storage_initializer.engine.state import DestState, source_key
@@ -182,7 +183,7 @@ class _FileJob:
         self.done: set[int] = set()
         self.todo: list[int] = []  # parts no stream has taken yet (popped from the end)
         self.fd = -1
-        self.hasher: InOrderHasher | None = None
+        self.hasher: InOrderHasher | PartwiseHasher | None = None
         self.resumed_at = 0  # bytes of a one-stream read already on disk when it (re)started
         self.lock = threading.Lock()
         self.finished = False
@@ -607,8 +608,10 @@ class PairTransfer:
             os.ftruncate(job.fd, job.obj.size)
         except OSError as exc:
             raise describe_os_error(exc, job.final) from None
-        digests = Digests.make(self._checksum(job), self._wants_sha256(job))
-        if digests is not None:
+        checksum, sha256 = self._checksum(job), self._wants_sha256(job)
+        if checksum is not None and not sha256 and checksum.algorithm in COMBINABLE and awscrt_available():
+            job.hasher = PartwiseHasher(checksum, job.fd, parts, self.engine.buffer)
+        elif (digests := Digests.make(checksum, sha256)) is not None:
             job.hasher = InOrderHasher(digests, job.fd, parts, self.engine.buffer)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
@@ -666,12 +669,16 @@ class PairTransfer:
         size = os.fstat(job.fd).st_size
         self._verify_size(job, size)
         if job.hasher is not None:
-            how = "while streaming, in order as the parts landed"
+            how = (
+                "while streaming, in order as the parts landed"
+                if isinstance(job.hasher, InOrderHasher)
+                else "while streaming, the parts one by one as they landed, their CRCs combined"
+            )
             if job.hasher.from_disk:
                 how += f" (the first {job.hasher.from_disk} bytes, {RESUMED})"
             self._verified(job, job.hasher.finish(), how)
             log.debug(
-                "hashed %s in order: %d of %d bytes read back from the page cache",
+                "hashed %s: %d of %d bytes read back from the page cache",
                 job.relpath,
                 job.hasher.read_back,
                 size,

@@ -23,6 +23,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.cli import clean_env, run_cli
 from tests.servers.fault_proxy import FaultProxy, ProxyFault
 from tests.servers.gcs import FakeGcsServer
@@ -231,48 +233,43 @@ def test_pinned_download_killed_and_resumed_still_verifies(http_server: HttpFile
 
 
 # -- the in-order hasher itself -------------------------------------------------------------------
-def test_in_order_hasher_follows_parts_landing_out_of_order(tmp_path: Path) -> None:
-    """Parts written concurrently in chunks, completing in shuffled order, some reporting the
-    bytes they wrote and some only their offset (as the event loop does): the digest is the
-    file's whatever the interleaving; landing in order with the bytes, nothing is read back."""
-    import random
-    import threading
+class _Landing:
+    """Write ``data``'s parts from 4 threads in chunks, in shuffled order, as the engine's streams
+    do: even threads report each chunk with its bytes, odd ones only its offset (as the event
+    loop does). ``direct`` counts the bytes reported with their data."""
 
-    from storage_initializer.engine.hashing import Digests
-    from storage_initializer.engine.inorder import InOrderHasher
+    CHUNK = 64 * 1024
 
-    data = os.urandom(5 * MiB + 999)
-    part, chunk = 512 * 1024, 64 * 1024
-    parts = [(s, min(s + part, len(data))) for s in range(0, len(data), part)]
-    path = tmp_path / "f"
-    path.write_bytes(b"\0" * len(data))
-    fd = os.open(path, os.O_RDWR)
-    buffers = threading.local()
+    def __init__(self, data: bytes, parts: list[tuple[int, int]], fd: int, seed: int) -> None:
+        import random
 
-    def buffer() -> memoryview:
-        if not hasattr(buffers, "view"):
-            buffers.view = memoryview(bytearray(256 * 1024))
-        return buffers.view  # type: ignore[no-any-return]
+        self.data, self.parts, self.fd = data, parts, fd
+        self.direct = 0
+        self._queue = list(range(len(parts)))
+        random.Random(seed).shuffle(self._queue)
 
-    try:
-        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
-        hasher.resumed([])  # nothing on disk yet: a no-op
-        order = list(range(len(parts)))
-        random.Random(7).shuffle(order)
-        queue = list(order)
+    def skip(self, index: int) -> None:
+        self._queue.remove(index)
+
+    def run(self, hasher: Any) -> None:
+        import threading
+
         lock = threading.Lock()
 
         def worker(direct: bool) -> None:
             while True:
                 with lock:
-                    if not queue:
+                    if not self._queue:
                         return
-                    index = queue.pop()
-                start, end = parts[index]
-                for offset in range(start, end, chunk):
-                    piece = memoryview(data)[offset : min(offset + chunk, end)]
-                    os.pwrite(fd, piece, offset)
+                    index = self._queue.pop()
+                start, end = self.parts[index]
+                for offset in range(start, end, self.CHUNK):
+                    piece = memoryview(self.data)[offset : min(offset + self.CHUNK, end)]
+                    os.pwrite(self.fd, piece, offset)
                     hasher.landed(index, offset + len(piece), piece if direct else None)
+                    if direct:
+                        with lock:
+                            self.direct += len(piece)
                 hasher.part_done(index)
 
         threads = [threading.Thread(target=worker, args=(i % 2 == 0,)) for i in range(4)]
@@ -280,6 +277,40 @@ def test_in_order_hasher_follows_parts_landing_out_of_order(tmp_path: Path) -> N
             thread.start()
         for thread in threads:
             thread.join()
+
+
+def _thread_buffers(size: int) -> Callable[[], memoryview]:
+    """The engine's per-thread read-back buffer."""
+    import threading
+
+    buffers = threading.local()
+
+    def buffer() -> memoryview:
+        if not hasattr(buffers, "view"):
+            buffers.view = memoryview(bytearray(size))
+        return buffers.view  # type: ignore[no-any-return]
+
+    return buffer
+
+
+def test_in_order_hasher_follows_parts_landing_out_of_order(tmp_path: Path) -> None:
+    """Parts written concurrently in chunks, completing in shuffled order, some reporting the
+    bytes they wrote and some only their offset (as the event loop does): the digest is the
+    file's whatever the interleaving; landing in order with the bytes, nothing is read back."""
+    from storage_initializer.engine.hashing import Digests
+    from storage_initializer.engine.inorder import InOrderHasher
+
+    data = os.urandom(5 * MiB + 999)
+    part, chunk = 512 * 1024, _Landing.CHUNK
+    parts = [(s, min(s + part, len(data))) for s in range(0, len(data), part)]
+    path = tmp_path / "f"
+    path.write_bytes(b"\0" * len(data))
+    fd = os.open(path, os.O_RDWR)
+    buffer = _thread_buffers(256 * 1024)
+    try:
+        hasher = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
+        hasher.resumed([])  # nothing on disk yet: a no-op
+        _Landing(data, parts, fd, seed=7).run(hasher)
         assert hasher.finish().sha256() == sha(data)
         # The frontier's bytes, reported with the data, are hashed from it: nothing read back.
         in_order = InOrderHasher(Digests(None, sha256=True), fd, parts, buffer)
@@ -311,5 +342,74 @@ def test_in_order_hasher_hashes_a_resumed_prefix_from_disk_once(tmp_path: Path) 
         hasher.part_done(2)  # part 3 follows, from disk
         assert hasher.finish().sha256() == sha(data)
         assert hasher.read_back == 3 * MiB
+    finally:
+        os.close(fd)
+
+
+def _crc(name: str, data: bytes) -> str:
+    import awscrt.checksums
+
+    digits = 16 if name == "crc64nvme" else 8
+    return f"{getattr(awscrt.checksums, name)(data):0{digits}x}"
+
+
+@pytest.mark.parametrize("algorithm", ["crc64nvme", "crc32c", "crc32"])
+def test_partwise_hasher_combines_parts_hashed_in_any_order(tmp_path: Path, algorithm: str) -> None:
+    """Parts written concurrently in chunks, in shuffled order, some reporting the bytes they
+    wrote and some only their offset (as the event loop does), one of them kept from an earlier
+    run: the combined CRC is the whole file's, and bytes reported with the data are not read back."""
+    from storage_initializer.engine.hashing import Checksum
+    from storage_initializer.engine.partwise import PartwiseHasher
+
+    data = os.urandom(5 * MiB + 999)
+    part = 512 * 1024
+    parts = [(s, min(s + part, len(data))) for s in range(0, len(data), part)]
+    path = tmp_path / "f"
+    kept = 3
+    start, end = parts[kept]
+    path.write_bytes(b"\0" * start + data[start:end] + b"\0" * (len(data) - end))
+    fd = os.open(path, os.O_RDWR)
+    buffer = _thread_buffers(200 * 1024)  # smaller than a landing: several reads
+    try:
+        hasher = PartwiseHasher(Checksum(algorithm, _crc(algorithm, data)), fd, parts, buffer)
+        hasher.resumed([kept])
+        assert hasher.from_disk == hasher.read_back == end - start
+        landing = _Landing(data, parts, fd, seed=11)
+        landing.skip(kept)
+        landing.run(hasher)
+        digests = hasher.finish()
+        assert digests.hexdigest() == _crc(algorithm, data)
+        assert digests.checksum is not None and digests.checksum.algorithm == algorithm
+        assert hasher.read_back == len(data) - landing.direct
+        # The same parts hashed from disk after a byte changed there: the digest is not the store's.
+        os.pwrite(fd, b"\xff", 7)
+        again = PartwiseHasher(Checksum(algorithm, _crc(algorithm, data)), fd, parts, buffer)
+        again.resumed(list(range(len(parts))))
+        assert again.finish().hexdigest() != _crc(algorithm, data)
+    finally:
+        os.close(fd)
+
+
+def test_a_part_hashed_to_the_end_twice_is_not_hashed_again(tmp_path: Path) -> None:
+    """A worker's part_done after the loop reported the last byte adds nothing (no double count)."""
+    from storage_initializer.engine.hashing import Checksum
+    from storage_initializer.engine.partwise import PartwiseHasher
+
+    data = os.urandom(2 * MiB)
+    parts = [(0, MiB), (MiB, 2 * MiB)]
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        hasher = PartwiseHasher(
+            Checksum("crc64nvme", _crc("crc64nvme", data)), fd, parts, lambda: memoryview(bytearray(MiB))
+        )
+        hasher.landed(1, 2 * MiB, None)
+        hasher.part_done(1)
+        hasher.landed(0, MiB // 2, memoryview(data)[: MiB // 2])
+        hasher.landed(0, MiB // 4, None)  # a report behind what is hashed changes nothing
+        hasher.part_done(0)
+        assert hasher.finish().hexdigest() == _crc("crc64nvme", data)
+        assert hasher.read_back == MiB + MiB // 2
     finally:
         os.close(fd)

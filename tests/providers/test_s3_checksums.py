@@ -150,16 +150,29 @@ def test_crc64nvme_of_the_check_vector() -> None:
 
 def test_choice_weighs_the_cost_of_loading_awscrt() -> None:
     """Loading awscrt costs what MD5 spends on ~20 MB: the first objects of a small download take
-    another digest; once CRC64NVME_MIN bytes went that way, CRC64NVME (alone: at once)."""
+    another digest; once CRC64NVME_MIN bytes went that way, CRC64NVME (alone: at once). Choosing
+    it does not load the library (that would delay the download's first request): the first
+    byte hashed does."""
     script = (
         "import sys\n"
         "from storage_initializer.engine.hashing import CRC64NVME_MIN, choose_checksum\n"
         "announced = {'md5': '0' * 32, 'crc64nvme': '1' * 16, 'crc32': '2' * 8}\n"
-        "print([choose_checksum(announced, CRC64NVME_MIN // 4).algorithm for _ in range(6)])\n"
+        "chosen = [choose_checksum(announced, CRC64NVME_MIN // 4) for _ in range(6)]\n"
+        "print([c.algorithm for c in chosen])\n"
         "print('awscrt.checksums' in sys.modules)\n"
+        "hasher = chosen[-1].new()\n"
+        "print('awscrt.checksums' in sys.modules)\n"
+        "hasher.update(b'123456789')\n"
+        "print('awscrt.checksums' in sys.modules, hasher.hexdigest())\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[:2] == [str(["crc32"] * 3 + ["crc64nvme"] * 3), "True"], out
+    # Chosen without loading the library: it is loaded at the first byte hashed.
+    assert out.split("\n")[:4] == [
+        str(["crc32"] * 3 + ["crc64nvme"] * 3),
+        "False",
+        "False",
+        "True ae8b14860a799888",
+    ], out
     alone = "from storage_initializer.engine.hashing import choose_checksum\n" + (
         "print(choose_checksum({'crc64nvme': '1' * 16}, 10).algorithm)"  # a multipart upload's only digest
     )
