@@ -296,6 +296,7 @@ class Runner:
         full_env = {**self.base_env(), **env}
         log_path = self.logs / f"{server.name}-{ds.key}-{tool.name}-r{round_no}.log"
         load = os.getloadavg()[0]
+        mem_free, mem_available = datasets.memory_free()
         server_cpu = server.cpu_seconds()
         result = measure.run(argv, full_env, log_path, timeout=self.args.timeout)
         server_cpu = server.cpu_seconds() - server_cpu
@@ -329,6 +330,8 @@ class Runner:
             "hash_checked": hash_ok is not None,
             "server_cpu_s": round(server_cpu, 3),
             "load1": round(load, 2),
+            "mem_free_mib": mem_free >> 20,
+            "mem_available_mib": mem_available >> 20,
             "argv": [a if len(a) < 200 else a[:60] + "..." for a in argv],
         }
         if record:
@@ -407,7 +410,21 @@ def main(argv: list[str] | None = None) -> int:
                     local = args.data_dir / ds.key
                     seconds = server.seed(ds, local)
                     if seconds:
-                        print(f"bench: seeded {source} with {ds.key} in {seconds:.1f} s", flush=True)
+                        dropped = datasets.evict(local)  # the store has it now (see datasets.evict)
+                        print(
+                            f"bench: seeded {source} with {ds.key} in {seconds:.1f} s"
+                            f" (its local copy dropped from the page cache: {dropped / 1e9:.2f} GB)",
+                            flush=True,
+                        )
+                    free, _ = datasets.memory_free()
+                    if free < 2 * ds.total_bytes:
+                        print(
+                            f"bench: warning: {free / 2**30:.1f} GiB of memory free for runs that write"
+                            f" {ds.total_bytes / 2**30:.1f} GiB each: the kernel will reclaim page cache"
+                            " during them, which adds CPU and noise to every tool (free memory with"
+                            " `sync; echo 3 > /proc/sys/vm/drop_caches` as root, or stop other servers)",
+                            flush=True,
+                        )
                     runner.write(
                         {"type": "seed", "source": source, "dataset_key": ds.key, "seconds": round(seconds, 2)}
                     )

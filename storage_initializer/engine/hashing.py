@@ -165,6 +165,11 @@ class _GitBlobSha1:
         return self._impl.hexdigest()
 
 
+#: The CRCs (C code, 7-14 GiB/s here), with their hex digits: cheap enough to hash on the
+#: event loop from the bytes as they arrive, and combinable from the CRCs of a file's parts
+#: (awscrt's ``combine_*``, see :mod:`~.partwise`).
+CRCS = {"crc64nvme": 16, "crc32c": 8, "crc32": 8}
+
 # Preference order: fastest first.
 _PREFERENCE = ("crc64nvme", "crc32c", "crc32", "sha256", "sha1", "git-sha1", "sha512", "md5")
 
@@ -300,6 +305,12 @@ class Digests:
         if self._choose is not None:
             self._resolve()
         return self._store is None and self._own is None
+
+    @property
+    def cheap(self) -> bool:
+        """Only a CRC to compute (resolves a deferred choice, like :attr:`idle`)."""
+        checksum = self.checksum
+        return checksum is not None and checksum.algorithm in CRCS and self._own is None
 
     def _resolve(self) -> None:
         choose, self._choose = self._choose, None

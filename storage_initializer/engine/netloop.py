@@ -95,7 +95,9 @@ class Fetch:
         "on_bytes",
         "on_done",
         "request",
+        "set_aside",
         "stop",
+        "unhashed",
         "where",
     )
 
@@ -123,6 +125,10 @@ class Fetch:
         self.conn: _Conn | None = None
         #: Called in the loop thread once the fetch is done (see :meth:`NetLoop.submit`).
         self.on_done: Callable[[Fetch], None] | None = None
+        #: Asked once the answer's head is checked: True to land the body unhashed (spliced)
+        #: and leave ``hasher`` in :attr:`unhashed`, for the caller to hash from the page cache.
+        self.set_aside: Callable[[], bool] | None = None
+        self.unhashed: Any = None
 
 
 class _Origin:
@@ -611,6 +617,8 @@ class NetLoop:
         if chunked or length is None or encoding not in ("identity", ""):
             raise Unsupported("a chunked, encoded or unsized body")
         fetch.request.check(status, headers, b"")
+        if fetch.hasher is not None and fetch.set_aside is not None and fetch.set_aside():
+            fetch.unhashed, fetch.hasher = fetch.hasher, None
         if fetch.end is not None and length != fetch.end - fetch.offset:
             raise TransientError(f"asked for {fetch.end - fetch.offset} bytes, the answer has {length}")
         conn.body_left = conn.body_total = length

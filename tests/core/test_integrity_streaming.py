@@ -236,7 +236,9 @@ def test_pinned_download_killed_and_resumed_still_verifies(http_server: HttpFile
 class _Landing:
     """Write ``data``'s parts from 4 threads in chunks, in shuffled order, as the engine's streams
     do: even threads report each chunk with its bytes, odd ones only its offset (as the event
-    loop does). ``direct`` counts the bytes reported with their data."""
+    loop does when it splices; to a hasher that takes a part's bytes by ``feed``, odd threads
+    report nothing and its ``part_done`` reads them back). ``direct`` counts the bytes reported
+    with their data."""
 
     CHUNK = 64 * 1024
 
@@ -263,10 +265,14 @@ class _Landing:
                         return
                     index = self._queue.pop()
                 start, end = self.parts[index]
+                feed = hasher.feed(index) if hasattr(hasher, "feed") else None
                 for offset in range(start, end, self.CHUNK):
                     piece = memoryview(self.data)[offset : min(offset + self.CHUNK, end)]
                     os.pwrite(self.fd, piece, offset)
-                    hasher.landed(index, offset + len(piece), piece if direct else None)
+                    if feed is None:
+                        hasher.landed(index, offset + len(piece), piece if direct else None)
+                    elif direct:
+                        feed.update(piece)
                     if direct:
                         with lock:
                             self.direct += len(piece)
@@ -390,8 +396,9 @@ def test_partwise_hasher_combines_parts_hashed_in_any_order(tmp_path: Path, algo
         os.close(fd)
 
 
-def test_a_part_hashed_to_the_end_twice_is_not_hashed_again(tmp_path: Path) -> None:
-    """A worker's part_done after the loop reported the last byte adds nothing (no double count)."""
+def test_partwise_hasher_reads_back_only_what_was_not_fed(tmp_path: Path) -> None:
+    """A part fed to its end is not read again by part_done; one fed halfway is read back from
+    where the feed stopped."""
     from storage_initializer.engine.hashing import Checksum
     from storage_initializer.engine.partwise import PartwiseHasher
 
@@ -401,15 +408,13 @@ def test_a_part_hashed_to_the_end_twice_is_not_hashed_again(tmp_path: Path) -> N
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
     try:
-        hasher = PartwiseHasher(
-            Checksum("crc64nvme", _crc("crc64nvme", data)), fd, parts, lambda: memoryview(bytearray(MiB))
-        )
-        hasher.landed(1, 2 * MiB, None)
+        checksum = Checksum("crc64nvme", _crc("crc64nvme", data))
+        hasher = PartwiseHasher(checksum, fd, parts, lambda: memoryview(bytearray(MiB // 8)))
+        hasher.feed(1).update(memoryview(data)[MiB:])
         hasher.part_done(1)
-        hasher.landed(0, MiB // 2, memoryview(data)[: MiB // 2])
-        hasher.landed(0, MiB // 4, None)  # a report behind what is hashed changes nothing
+        hasher.feed(0).update(memoryview(data)[: MiB // 2])
         hasher.part_done(0)
+        assert hasher.read_back == MiB // 2
         assert hasher.finish().hexdigest() == _crc("crc64nvme", data)
-        assert hasher.read_back == MiB + MiB // 2
     finally:
         os.close(fd)

@@ -65,9 +65,20 @@ def test_the_cheapest_digest_the_answer_names_is_verified_and_recorded(seaweedfs
     verified = _verified_by(record)
     # The listing offered only the ETags' MD5s; the answers named cheaper digests.
     assert set(verified["small.bin"]) == {"crc32"}  # hashed by the loop as it arrived
-    assert set(verified["mid.bin"]) == {"crc32"}  # spliced, hashed from the page cache
-    assert "page cache" in verified["mid.bin"]["crc32"]["hashed"]
+    assert set(verified["mid.bin"]) == {"crc32"}  # a CRC: hashed by the loop too, never read back
+    assert verified["mid.bin"]["crc32"]["hashed"] == "while streaming"
     assert set(verified["legacy.bin"]) == {"md5"}
+    # MD5 of a larger object: spliced, and hashed from the page cache on a worker.
+    legacy = os.urandom(2 * MiB)
+    seaweedfs.client(request_checksum_calculation="when_required").put_object(
+        Bucket=bucket, Key="md5/legacy.bin", Body=legacy
+    )
+    result = run_cli(["--record", str(record), f"s3://{bucket}/md5", str(tmp_path / "md5")], seaweedfs.env() | WHOLE)
+    assert result.returncode == 0, result.stderr
+    assert tree(tmp_path / "md5") == {"legacy.bin": legacy}
+    verified = _verified_by(record)
+    assert set(verified["legacy.bin"]) == {"md5"}
+    assert "page cache" in verified["legacy.bin"]["md5"]["hashed"]
     result = run_cli(["--record", str(record), f"s3://{bucket}/b", str(tmp_path / "big")], seaweedfs.env() | WHOLE)
     assert result.returncode == 0, result.stderr
     assert tree(tmp_path / "big") == {"big.bin": big}
