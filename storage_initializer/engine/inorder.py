@@ -104,6 +104,10 @@ class InOrderHasher:
         if self._take(wait_for_worker=True):
             self._catch_up(None)
 
+    def resumed_part(self, index: int, offset: int) -> None:
+        """Part ``index`` was written up to ``offset`` by an earlier run (hashed once in order)."""
+        self.landed(index, offset)
+
     def finish(self) -> Digests:
         """Hash the rest (every part must be complete) and return the digests."""
         with self._lock:

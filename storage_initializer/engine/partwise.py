@@ -73,6 +73,12 @@ class PartwiseHasher:
             self.part_done(index)
             self.from_disk += self.read_back - before
 
+    def resumed_part(self, index: int, offset: int) -> None:
+        """Part ``index`` was written up to ``offset`` by an earlier run: hash that much from disk, once."""
+        start = self._parts[index][0]
+        self._read_back(index, start, offset)
+        self.from_disk += offset - start
+
     def finish(self) -> Digests:
         """Combine the part CRCs in file order (every part must be complete) into the file's digest."""
         if self._crc is None:

@@ -348,20 +348,34 @@ class DestState:
         """Record that ``relpath``'s temporary file receives this object from its first byte."""
         self.save_parts(relpath, source, obj, STREAM, set())
 
-    def load_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int) -> set[int]:
-        """Indices of parts already in the temporary file, if it is the same object."""
+    def load_parts(
+        self, relpath: str, source: str, obj: RemoteObject, part_size: int
+    ) -> tuple[set[int], dict[int, int]]:
+        """The parts already in the temporary file, if it is the same object: the indices of the
+        complete ones, and how far each part in progress had written (index -> file offset)."""
         raw = self._load_record(relpath, source, obj, part_size)
         if raw is None:
-            return set()
+            return set(), {}
         try:
-            return {int(i) for i in raw.get("done", [])}
+            done = {int(i) for i in raw.get("done", [])}
+            progress = {int(i): int(offset) for i, offset in dict(raw.get("progress") or {}).items()}
         except (TypeError, ValueError):
-            return set()
+            return set(), {}
+        return done, progress
 
-    def save_parts(self, relpath: str, source: str, obj: RemoteObject, part_size: int, done: set[int]) -> None:
+    def save_parts(
+        self,
+        relpath: str,
+        source: str,
+        obj: RemoteObject,
+        part_size: int,
+        done: set[int],
+        progress: Mapping[int, int] | None = None,
+    ) -> None:
+        """Record the complete parts and, for parts in progress, the offset each has written up to."""
         path = self._partial_path(relpath)
         temp = path + f".{threading.get_ident()}.tmp"
-        record = {
+        record: dict[str, Any] = {
             "path": relpath,
             "source": source,
             "size": obj.size,
@@ -370,6 +384,8 @@ class DestState:
             "part_size": part_size,
             "done": sorted(done),
         }
+        if progress:
+            record["progress"] = {str(index): offset for index, offset in sorted(progress.items())}
         try:
             with open(temp, "w", encoding="utf-8") as handle:
                 json.dump(record, handle)

@@ -179,6 +179,11 @@ class _Cursor:
         self.offset = offset
 
 
+def _progress(job: _FileJob) -> dict[int, int]:
+    """How far each part in progress has written, for the parts' record (parts not yet begun: none)."""
+    return {i: cursor.offset for i, cursor in list(job.cursors.items()) if cursor.offset > job.parts[i][0]}
+
+
 def _hash_later(digests: Digests) -> bool:
     """Whether a whole object's body lands unhashed, to be hashed on a worker (``OFFLOAD_HASH_MIN``)."""
     return digests.idle or not digests.cheap
@@ -196,6 +201,8 @@ class _FileJob:
         self.part_size = 0
         self.done: set[int] = set()
         self.todo: list[int] = []  # parts no stream has taken yet (popped from the end)
+        self.cursors: dict[int, _Cursor] = {}  # parts in progress: how far each has written
+        self.resume_at: dict[int, int] = {}  # parts an earlier run left in progress: where to go on
         self.fd = -1
         self.hasher: InOrderHasher | PartwiseHasher | None = None
         self.resumed_at = 0  # bytes of a one-stream read already on disk when it (re)started
@@ -605,10 +612,15 @@ class PairTransfer:
         assert job.obj.size is not None
         job.parts = parts
         job.part_size = part_size_for(job.obj.size, self.settings)
-        resumed = self.state.load_parts(job.relpath, self.source, job.obj, job.part_size)
-        if resumed and os.path.exists(job.temp) and os.path.getsize(job.temp) == job.obj.size:
-            job.done = {i for i in resumed if 0 <= i < len(parts)}
-        job.fd = self._open_temp(job, truncate=not job.done)
+        done, progress = self.state.load_parts(job.relpath, self.source, job.obj, job.part_size)
+        if (done or progress) and os.path.exists(job.temp) and os.path.getsize(job.temp) == job.obj.size:
+            job.done = {i for i in done if 0 <= i < len(parts)}
+            job.resume_at = {
+                i: offset
+                for i, offset in progress.items()
+                if 0 <= i < len(parts) and i not in job.done and parts[i][0] < offset < parts[i][1]
+            }
+        job.fd = self._open_temp(job, truncate=not (job.done or job.resume_at))
         try:
             os.ftruncate(job.fd, job.obj.size)
         except OSError as exc:
@@ -620,12 +632,21 @@ class PairTransfer:
             job.hasher = InOrderHasher(digests, job.fd, parts, self.engine.buffer)
         with self._jobs_lock:
             self._jobs[job.relpath] = job
-        if job.done:
+        if job.done or job.resume_at:
             done_bytes = sum(parts[i][1] - parts[i][0] for i in job.done)
-            log.info("resuming %s: %d of %d parts already downloaded", job.relpath, len(job.done), len(parts))
-            self.progress.add_bytes(done_bytes)
+            partial_bytes = sum(offset - parts[i][0] for i, offset in job.resume_at.items())
+            log.info(
+                "resuming %s: %d of %d parts already downloaded%s",
+                job.relpath,
+                len(job.done),
+                len(parts),
+                f", and {partial_bytes} bytes of {len(job.resume_at)} more" if job.resume_at else "",
+            )
+            self.progress.add_bytes(done_bytes + partial_bytes)
             if job.hasher:
                 job.hasher.resumed(sorted(job.done))
+                for index, offset in sorted(job.resume_at.items()):
+                    job.hasher.resumed_part(index, offset)
             if len(job.done) == len(parts):
                 self._finish_parts(job)
 
@@ -646,7 +667,9 @@ class PairTransfer:
 
     def _download_part(self, job: _FileJob, index: int) -> None:
         start, end = job.parts[index]
-        cursor = _Cursor(start)
+        cursor = _Cursor(job.resume_at.pop(index, start))
+        with job.lock:
+            job.cursors[index] = cursor  # read when the parts are recorded, kept if this part fails
         attempt = 0
         while True:
             before = cursor.offset
@@ -665,8 +688,9 @@ class PairTransfer:
         if job.hasher:
             job.hasher.part_done(index)
         with job.lock:
+            job.cursors.pop(index, None)
             job.done.add(index)
-            self.state.save_parts(job.relpath, self.source, job.obj, job.part_size, job.done)
+            self.state.save_parts(job.relpath, self.source, job.obj, job.part_size, job.done, _progress(job))
             last = len(job.done) == len(job.parts) and not job.finished
             if last:
                 job.finished = True
@@ -722,12 +746,12 @@ class PairTransfer:
         if self._has_http_range and end is not None:
             request = self.provider.http_range(self.uri, obj, cursor.offset, end)
         if request is not None:
-            on_bytes = self.progress.add_bytes
-            if landed is not None:
-                add_bytes = self.progress.add_bytes
+            add_bytes = self.progress.add_bytes
 
-                def on_bytes(n: int) -> None:  # the loop advanced fetch.offset before calling
-                    add_bytes(n)
+            def on_bytes(n: int) -> None:  # the loop advanced fetch.offset before calling
+                add_bytes(n)
+                cursor.offset = fetch.offset  # the parts' record may be saved from another thread
+                if landed is not None:
                     landed(fetch.offset, None)
 
             fetch = Fetch(request, fd, cursor.offset, end, hasher, on_bytes, self._stopped, self.dest.root)
@@ -931,10 +955,15 @@ class PairTransfer:
             self._jobs.clear()
         for job in jobs:
             self._close_fd(job)
-            keep = (job.streamed or (bool(job.parts) and bool(job.done))) and not (disk_problem or changed)
+            progress = _progress(job)
+            resumable = bool(job.done or progress)
+            keep = (job.streamed or (bool(job.parts) and resumable)) and not (disk_problem or changed)
             if isinstance(error, CancelledError):
                 keep = bool(job.parts) or job.streamed
             if not keep:
                 with contextlib.suppress(OSError):
                     os.unlink(job.temp)
                 self.state.forget_parts(job.relpath)
+            elif job.parts and progress:  # how far the parts in progress got: a rerun goes on from there
+                with contextlib.suppress(StorageInitializerError):
+                    self.state.save_parts(job.relpath, self.source, job.obj, job.part_size, job.done, progress)

@@ -287,6 +287,53 @@ def test_killed_download_resumes_and_fetches_only_what_was_missing(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_parts_in_progress_resume_from_the_bytes_they_wrote(
+    tmp_path: Path, http_server: HttpFileServer, sig: signal.Signals
+) -> None:
+    """A 16 MiB file in four 4 MiB parts, each stalled after 1 MiB (for SIGKILL, three of them:
+    the fourth completes, and the parts' record is saved then). The rerun fetches only what no
+    part had written: the record says how far each part in progress got."""
+    data = os.urandom(16 * MiB)
+    url = http_server.add("/p/model.bin", data)
+    stalled = 3 if sig == signal.SIGKILL else 4
+    http_server.faults["/p/model.bin"] = Fault(stall_after=MiB, stall_seconds=60, stall_times=stalled)
+    dest = tmp_path / "out"
+    env = clean_env({**FAST, "STORAGE_INITIALIZER_PART_SIZE": "4M", "STORAGE_INITIALIZER_STALL_TIMEOUT": "120"})
+    argv = [sys.executable, "-m", "storage_initializer", url, str(dest)]
+    proc = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE)
+    temp = dest / ".model.bin.si-partial"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if sig == signal.SIGKILL:
+            records = _partial_records(dest)
+            if records and records[0]["done"]:
+                break
+        elif temp.exists() and temp.stat().st_blocks * 512 >= 4 * MiB and http_server.bytes_sent >= 4 * MiB:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("the parts never got going")
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=30)
+    (record,) = _partial_records(dest)
+    done = {int(i) for i in record["done"]}  # type: ignore[union-attr]
+    progress = {int(i): int(o) for i, o in dict(record.get("progress") or {}).items()}  # type: ignore[call-overload]
+    assert len(done) == 4 - stalled, (record, stderr)
+    assert sorted(progress) == sorted(set(range(4)) - done), record
+    # Each stalled part had sent its first MiB (the stall fires there) before the fourth went on.
+    assert all(offset == index * 4 * MiB + MiB for index, offset in progress.items()), record
+    http_server.faults.clear()
+    http_server.reset_counters()
+    result = run_cli([url, str(dest)], FAST | {"STORAGE_INITIALIZER_PART_SIZE": "4M"})
+    assert result.returncode == 0, result.stderr
+    assert (dest / "model.bin").read_bytes() == data
+    assert f"and {stalled * MiB} bytes of {stalled} more" in result.stderr, result.stderr
+    missing = len(data) - len(done) * 4 * MiB - stalled * MiB
+    assert missing <= http_server.bytes_sent <= missing + 1  # + the size probe's byte
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_files_read_as_one_stream_resume_from_the_bytes_on_disk(
     tmp_path: Path, http_server: HttpFileServer, sig: signal.Signals
 ) -> None:
