@@ -298,9 +298,12 @@ class Runner:
         log_path = self.logs / f"{server.name}-{ds.key}-{tool.name}-r{round_no}.log"
         load = os.getloadavg()[0]
         mem_free, mem_available = datasets.memory_free()
+        reported = datasets.memory_reported()
         server_cpu = server.cpu_seconds()
         result = measure.run(argv, full_env, log_path, timeout=self.args.timeout)
         server_cpu = server.cpu_seconds() - server_cpu
+        reported_after = datasets.memory_reported()
+        handed_back = None if reported is None or reported_after is None else (reported_after - reported) >> 20
         ok_count, problem, hash_ok = check(dest, ds, hashes)
         ok = result.exit_code == 0 and ok_count and hash_ok is not False
         if result.exit_code != 0:
@@ -333,6 +336,8 @@ class Runner:
             "load1": round(load, 2),
             "mem_free_mib": mem_free >> 20,
             "mem_available_mib": mem_available >> 20,
+            # Freed memory the guest handed back to its host during the run (see datasets).
+            "mem_reported_mib": handed_back,
             "argv": [a if len(a) < 200 else a[:60] + "..." for a in argv],
         }
         if record:

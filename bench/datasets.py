@@ -170,3 +170,17 @@ def memory_free() -> tuple[int, int]:
             name, _, rest = line.partition(":")
             fields[name] = int(rest.split()[0]) * 1024
     return fields.get("MemFree", 0), fields.get("MemAvailable", 0)
+
+
+#: Free page reporting (virtio-balloon) of this kind of VM: how much freed memory the guest has
+#: handed back to its host, which then backs those pages again only when they are touched.
+_REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+
+
+def memory_reported() -> int | None:
+    """Bytes of free memory reported to the host so far (``None``: no free page reporting here)."""
+    try:
+        with open(_REPORTED) as handle:
+            return int(handle.read().strip()) * 1024
+    except (OSError, ValueError):
+        return None
