@@ -59,7 +59,9 @@ class _States:
                 self._states[root] = (state, users - 1, ok)
                 return
             del self._states[root]
-        state.close(ok)
+            # Under the lock: a pair starting now for the same DEST opens a new state (its
+            # directory) only once this one's directory is gone, not before its removal.
+            state.close(ok)
 
 
 class Runner:

@@ -151,12 +151,17 @@ def test_parts_adapt_to_size_and_settings() -> None:
     assert plan_parts(RemoteObject("a", 1000), settings) is None
     assert plan_parts(RemoteObject("a", None), settings) is None
     assert plan_parts(RemoteObject("a", 100 * MiB, supports_ranges=False), settings) is None
+    # Two parts per stream of the file (file_concurrency, 4 by default), 8-128 MiB.
     parts = plan_parts(RemoteObject("a", 2048 * MiB), settings)
-    assert parts is not None and len(parts) == 32 and parts[-1][1] == 2048 * MiB
+    assert parts is not None and len(parts) == 16 and parts[-1][1] == 2048 * MiB
+    assert len(plan_parts(RemoteObject("a", 1024 * MiB), settings) or []) == 8
+    assert len(plan_parts(RemoteObject("a", 2048 * MiB), Settings(file_concurrency=16)) or []) == 32
     parts = plan_parts(RemoteObject("a", 100 * MiB + 1), settings)
-    assert parts is not None
-    assert parts[0] == (0, 8 * MiB) and parts[-1][1] == 100 * MiB + 1
+    assert parts is not None and len(parts) == 8
+    assert parts[-1][1] == 100 * MiB + 1
     assert all(a[1] == b[0] for a, b in itertools.pairwise(parts))
+    parts = plan_parts(RemoteObject("a", 40 * MiB), settings)
+    assert parts is not None and parts[0] == (0, 8 * MiB) and len(parts) == 5  # never under 8 MiB
     tuned = Settings(part_size=MiB, multipart_threshold=2 * MiB)
     assert len(plan_parts(RemoteObject("a", 5 * MiB), tuned) or []) == 5
 
