@@ -706,8 +706,9 @@ class PairTransfer:
                 if isinstance(job.hasher, InOrderHasher)
                 else "while streaming, the parts one by one as they landed, their CRCs combined"
             )
-            if job.hasher.from_disk:
-                how += f" (the first {job.hasher.from_disk} bytes, {RESUMED})"
+            if job.hasher.from_disk:  # in order: a prefix of the file; part by part: from any parts
+                where = "the first " if isinstance(job.hasher, InOrderHasher) else ""
+                how += f" ({where}{job.hasher.from_disk} bytes, {RESUMED})"
             self._verified(job, job.hasher.finish(), how)
             log.debug(
                 "hashed %s: %d of %d bytes read back from the page cache",

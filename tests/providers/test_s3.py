@@ -606,6 +606,61 @@ def test_many_files_reuse_connections_without_pool_warnings(seaweedfs: SeaweedFS
     assert "Connection pool is full" not in result.stderr
 
 
+def test_parts_stopped_mid_way_resume_and_the_combined_crc_covers_the_bytes_kept(
+    seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
+) -> None:
+    """A 40 MiB object in 8 MiB parts, verified by its CRC64NVME part by part, stopped (SIGTERM)
+    with every stream stalled 3 MiB into its part: the rerun fetches only what no part wrote,
+    hashes the kept bytes from disk, and the combined CRC is the object's."""
+    import base64
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from awscrt.checksums import crc64nvme
+
+    from tests.cli import clean_env, tree
+    from tests.servers.fault_proxy import ProxyFault
+
+    bucket = seaweedfs.new_bucket("rp")
+    data = os.urandom(40 * MiB)
+    crc = base64.b64encode(crc64nvme(data).to_bytes(8, "big")).decode()
+    seaweedfs.put(bucket, "m/w.bin", data, ChecksumCRC64NVME=crc)
+    proxy = fault_proxy_factory(int(seaweedfs.endpoint_url.rsplit(":", 1)[1]))
+    # Every connection stalls 3 MiB into its body: each of the 4 streams, in its first part.
+    proxy.add(ProxyFault("stall", times=-1, after_bytes=3 * MiB, seconds=600, match="w.bin", unless="list-type"))
+    env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_PART_SIZE": "8M"}
+    dest = tmp_path / "out"
+    argv = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/m", str(dest)]
+    proc = subprocess.Popen(argv, env=clean_env(env), stderr=subprocess.PIPE)
+    temp = dest / ".w.bin.si-partial"
+    deadline = time.monotonic() + 60
+    while not (temp.exists() and temp.stat().st_blocks * 512 >= 4 * 2 * MiB):
+        assert time.monotonic() < deadline, "the download never got going"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143, stderr
+    (record,) = [json.loads(p.read_text()) for p in (dest / ".storage-initializer/partial").glob("*.json")]
+    progress = {int(i): offset for i, offset in record["progress"].items()}
+    assert record["done"] == [] and len(progress) == 4, record
+    assert all(i * 8 * MiB < offset <= i * 8 * MiB + 3 * MiB for i, offset in progress.items()), record
+    kept = sum(offset - i * 8 * MiB for i, offset in progress.items())
+    proxy.clear()
+    before = proxy.bytes_down
+    record_path = tmp_path / "record.json"
+    result = run_cli(["--record", str(record_path), f"s3://{bucket}/m", str(dest)], env)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming w.bin: 0 of 5 parts already downloaded, and {kept} bytes of 4 more" in result.stderr
+    assert tree(dest) == {"w.bin": data}
+    assert proxy.bytes_down - before <= len(data) - kept + 64 * 1024  # the rest, the listing, headers
+    (pair,) = json.loads(record_path.read_text())["pairs"]
+    verified = pair["files"][0]["verified_by"]["crc64nvme"]
+    assert f"({kept} bytes, on disk from an interrupted download" in verified["hashed"], verified
+
+
 def test_a_killed_single_stream_resumes_and_verifies_the_checksum_of_the_whole(
     seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
 ) -> None:
