@@ -11,9 +11,12 @@ import base64
 import hashlib
 import os
 import socket
+import subprocess
+import sys
+import time
 import tracemalloc
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -606,6 +609,21 @@ def test_many_files_reuse_connections_without_pool_warnings(seaweedfs: SeaweedFS
     assert "Connection pool is full" not in result.stderr
 
 
+def _start_until(args: list[str], env: dict[str, str], ready: Callable[[], bool]) -> subprocess.Popen[bytes]:
+    """Start the command with ``args`` and return once ``ready()`` (within 60 s)."""
+    from tests.cli import clean_env
+
+    argv = [sys.executable, "-m", "storage_initializer", *args]
+    proc = subprocess.Popen(argv, env=clean_env(env), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not ready():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the download never got going")
+        time.sleep(0.05)
+    return proc
+
+
 def test_parts_stopped_mid_way_resume_and_the_combined_crc_covers_the_bytes_kept(
     seaweedfs: SeaweedFS, fault_proxy_factory: Any, tmp_path: Path
 ) -> None:
@@ -615,13 +633,10 @@ def test_parts_stopped_mid_way_resume_and_the_combined_crc_covers_the_bytes_kept
     import base64
     import json
     import signal
-    import subprocess
-    import sys
-    import time
 
     from awscrt.checksums import crc64nvme
 
-    from tests.cli import clean_env, tree
+    from tests.cli import tree
     from tests.servers.fault_proxy import ProxyFault
 
     bucket = seaweedfs.new_bucket("rp")
@@ -633,13 +648,10 @@ def test_parts_stopped_mid_way_resume_and_the_combined_crc_covers_the_bytes_kept
     proxy.add(ProxyFault("stall", times=-1, after_bytes=3 * MiB, seconds=600, match="w.bin", unless="list-type"))
     env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_PART_SIZE": "8M"}
     dest = tmp_path / "out"
-    argv = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/m", str(dest)]
-    proc = subprocess.Popen(argv, env=clean_env(env), stderr=subprocess.PIPE)
     temp = dest / ".w.bin.si-partial"
-    deadline = time.monotonic() + 60
-    while not (temp.exists() and temp.stat().st_blocks * 512 >= 4 * 2 * MiB):
-        assert time.monotonic() < deadline, "the download never got going"
-        time.sleep(0.05)
+    proc = _start_until(  # 2 MiB written by each stream
+        [f"s3://{bucket}/m", str(dest)], env, lambda: temp.exists() and temp.stat().st_blocks * 512 >= 8 * MiB
+    )
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 143, stderr
@@ -683,12 +695,9 @@ def test_a_killed_single_stream_resumes_and_verifies_the_checksum_of_the_whole(
     env = {**seaweedfs.env(), "AWS_ENDPOINT_URL": proxy.url, "STORAGE_INITIALIZER_MULTIPART_THRESHOLD": "64M"}
     dest = tmp_path / "out"
     argv = [sys.executable, "-m", "storage_initializer", f"s3://{bucket}/m", str(dest)]
-    proc = subprocess.Popen(argv, env=clean_env(env), stderr=subprocess.PIPE)
     temp = dest / ".w.bin.si-partial"
+    proc = _start_until(argv[3:], env, lambda: temp.exists() and temp.stat().st_size >= 2 * MiB)
     deadline = time.monotonic() + 60
-    while not (temp.exists() and temp.stat().st_size >= 2 * MiB):
-        assert time.monotonic() < deadline, "the download never got going"
-        time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=30)
     kept = temp.stat().st_size
