@@ -23,11 +23,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import os
 import sys
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from storage_initializer.errors import IntegrityError
 
 
 class Hasher(Protocol):
@@ -59,7 +62,7 @@ class _Crc32c:
 
 class _AwsCrc:
     """A CRC by awscrt's C code (``crc64nvme``: S3's CRC-64/NVME; ``crc32c``), reading the
-    buffer in place, as big-endian hex of ``digits`` digits.
+    buffer in place, as big-endian hex (:data:`CRCS` digits).
 
     The library is loaded at the first byte, not when the checksum is chosen: loading it
     costs ~35 ms of CPU, which before a download's first request delays every byte of it
@@ -67,10 +70,10 @@ class _AwsCrc:
     requests are out, the store is already sending.
     """
 
-    def __init__(self, name: str, digits: int) -> None:
+    def __init__(self, name: str) -> None:
         self._name = name
         self._crc: Any = None
-        self._digits = digits
+        self._digits = CRCS[name]
         self._value = 0
 
     def update(self, data: bytes | memoryview, /) -> None:
@@ -116,6 +119,16 @@ def _crc64nvme_worth(size: int | None, alone: bool) -> bool:
 def awscrt_available() -> bool:
     """Whether awscrt is installed: looked up, not loaded (see :class:`_AwsCrc`)."""
     return importlib.util.find_spec("awscrt") is not None and importlib.util.find_spec("_awscrt") is not None
+
+
+def hash_from_file(fd: int, start: int, end: int, hasher: Hasher, buf: memoryview) -> None:
+    """Feed bytes ``[start, end)`` of ``fd`` to ``hasher`` through ``buf`` (bytes already on disk)."""
+    while start < end:
+        n = os.preadv(fd, [buf[: min(len(buf), end - start)]], start)
+        if n <= 0:  # the file is shorter than it should be: not a network error
+            raise IntegrityError(f"the temporary file ended at byte {start} of {end}", retryable=True)
+        hasher.update(buf[:n])
+        start += n
 
 
 def aws_crc(name: str) -> Callable[..., int]:
@@ -196,9 +209,9 @@ class Checksum:
             # copies every buffer); the only choice when google-crc32c's C extension is missing.
             loaded_or_worth = "awscrt.checksums" in sys.modules or (self.size or 0) >= CRC64NVME_MIN
             use_awscrt = not _google_crc32c_available() or (loaded_or_worth and awscrt_available())
-            return _AwsCrc("crc32c", 8) if use_awscrt else _Crc32c()
+            return _AwsCrc("crc32c") if use_awscrt else _Crc32c()
         if self.algorithm == "crc64nvme":
-            return _AwsCrc("crc64nvme", 16)
+            return _AwsCrc("crc64nvme")
         if self.algorithm == "crc32":
             return _Crc32()
         if self.algorithm == "git-sha1":

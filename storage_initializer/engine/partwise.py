@@ -22,11 +22,10 @@ runs after its last byte, so a part's running CRC needs no lock.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 
-from storage_initializer.engine.hashing import CRCS, Checksum, Digests, aws_crc
-from storage_initializer.errors import ConfigError, IntegrityError
+from storage_initializer.engine.hashing import CRCS, Checksum, Digests, aws_crc, hash_from_file
+from storage_initializer.errors import ConfigError
 
 
 class PartwiseHasher:
@@ -46,6 +45,7 @@ class PartwiseHasher:
         self._hashed = [start for start, _ in self._parts]  # how far each part is hashed
         self._crcs = [0] * len(self._parts)
         self._crc: Callable[..., int] | None = None  # loaded at the first byte (see hashing._AwsCrc)
+        self._combine: Callable[..., int] | None = None
         #: Bytes hashed by reading the file back (the rest came from the bytes as they were written).
         self.read_back = 0
         #: Bytes that were on disk from an earlier run when hashing started (:meth:`resumed`).
@@ -56,7 +56,7 @@ class PartwiseHasher:
         return _PartFeed(self, index)
 
     def _update(self, index: int, data: bytes | memoryview) -> None:
-        crc = self._crc or self._load()
+        crc = self._crc or self._load()[0]
         self._crcs[index] = crc(data, self._crcs[index])
         self._hashed[index] += len(data)
 
@@ -81,9 +81,7 @@ class PartwiseHasher:
 
     def finish(self) -> Digests:
         """Combine the part CRCs in file order (every part must be complete) into the file's digest."""
-        if self._crc is None:
-            self._load()
-        combine = aws_crc("combine_" + self.checksum.algorithm)
+        combine = self._combine or self._load()[1]
         value = 0
         for index, (start, end) in enumerate(self._parts):
             if self._hashed[index] != end:
@@ -91,27 +89,19 @@ class PartwiseHasher:
             value = combine(value, self._crcs[index], end - start) if index else self._crcs[index]
         return Digests.known(self.checksum, f"{value:0{CRCS[self.checksum.algorithm]}x}")
 
-    def _load(self) -> Callable[..., int]:
+    def _load(self) -> tuple[Callable[..., int], Callable[..., int]]:
+        """awscrt's CRC of this algorithm and its ``combine_``, loading the library."""
         try:
-            aws_crc("combine_" + self.checksum.algorithm)
+            self._combine = aws_crc("combine_" + self.checksum.algorithm)
         except AttributeError:
             raise ConfigError("the installed awscrt cannot combine CRCs", hint="install awscrt 0.31 or later") from None
         self._crc = aws_crc(self.checksum.algorithm)
-        return self._crc
+        return self._crc, self._combine
 
     def _read_back(self, index: int, start: int, end: int) -> None:
-        crc = self._crc or self._load()
-        buf = self._buffer()
-        value = self._crcs[index]
-        while start < end:
-            n = os.preadv(self._fd, [buf[: min(len(buf), end - start)]], start)
-            if n <= 0:  # as when hashing a kept prefix (PairTransfer._hash_prefix): not a network error
-                raise IntegrityError(f"the temporary file ended at byte {start} of {end}", retryable=True)
-            value = crc(buf[:n], value)
-            start += n
-            self.read_back += n
-        self._crcs[index] = value
-        self._hashed[index] = end
+        """Hash bytes ``[start, end)`` of part ``index`` from disk (``start``: where its CRC stands)."""
+        hash_from_file(self._fd, start, end, self.feed(index), self._buffer())
+        self.read_back += end - start
 
 
 class _PartFeed:

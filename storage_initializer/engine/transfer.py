@@ -30,6 +30,7 @@ from storage_initializer.engine.hashing import (
     Hasher,
     awscrt_available,
     choose_checksum,
+    hash_from_file,
 )
 from storage_initializer.engine.inorder import InOrderHasher
 from storage_initializer.engine.netloop import Fetch, NetLoop, Unsupported
@@ -902,13 +903,7 @@ class PairTransfer:
     def _hash_prefix(self, fd: int, size: int, hasher: Hasher, offset: int = 0) -> None:
         """Feed bytes ``offset`` to ``size`` of ``fd`` (by default the first ``size`` bytes,
         kept from an earlier run) to ``hasher``."""
-        buf = self.engine.buffer()
-        while offset < size:
-            n = os.preadv(fd, [buf[: min(len(buf), size - offset)]], offset)
-            if n <= 0:
-                raise IntegrityError(f"the temporary file ended at byte {offset} of {size}", retryable=True)
-            hasher.update(buf[:n])
-            offset += n
+        hash_from_file(fd, offset, size, hasher, self.engine.buffer())
 
     def _hash_file(self, path: str, hasher: Hasher) -> None:
         buf = self.engine.buffer()
