@@ -11,6 +11,7 @@ asserts: failed or wrong runs are recorded and shown, and the raw results
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -28,6 +29,7 @@ import measure
 import report
 import servers
 import tools
+import vm_memory
 from datasets import Dataset
 
 BENCH = Path(__file__).resolve().parent
@@ -94,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--client-cpus", default="1", help="CPUs of the tool in pinned mode (%(default)s)")
     parser.add_argument("--server-cpus", default="0", help="CPUs of the servers in pinned mode (%(default)s)")
+    parser.add_argument(
+        "--leave-page-reporting",
+        action="store_true",
+        help="do not hold freed memory in a VM with free page reporting (bench/vm_memory.py): every tool"
+        " may then write into pages the host must back again, which moves client CPU by up to 2.5x",
+    )
     args = parser.parse_args(argv)
     if args.mode == "pinned":
         measure.CLIENT_CPUS = _cpus(args.client_cpus)
@@ -401,15 +409,18 @@ def main(argv: list[str] | None = None) -> int:
 
     runner = Runner(args, paths, work, out_jsonl)
     meta = machine_notes(paths, runner.dest_root)
+    held = contextlib.ExitStack()
+    if not args.leave_page_reporting:
+        meta["page_reporting_min_free_ms"] = held.enter_context(vm_memory.freed_pages_held())
     meta.update(
         type="meta",
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         tools={t.name: t.description for t in selected},
     )
-    runner.write(meta)
     print(f"bench: {meta['cores']} cores, load {meta['load_start']}, results -> {out_jsonl}", flush=True)
 
     try:
+        runner.write(meta)
         for source in sources:
             emulator = source in EMULATORS
             quick = args.quick or (emulator and not args.emulator_full)
@@ -464,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; writing what was measured", flush=True)
     finally:
+        held.close()
         runner.write({"type": "end", "load_end": [round(x, 2) for x in os.getloadavg()], "code_digest": code_digest()})
         runner.close()
         if not args.keep:

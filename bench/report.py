@@ -106,6 +106,14 @@ def render(path: Path) -> str:
         mode = "Mode: **shared** (no pinning: tools and servers share every core)."
     out.append("")
     out.append(mode)
+    held = meta.get("page_reporting_min_free_ms")
+    if held:
+        out.append("")
+        out.append(
+            "Freed memory: this VM hands freed pages back to its host (free page reporting); for the run"
+            f" they were held for {held['held'] / 1000:.0f} s (`min_free_ms` {held['was']} -> {held['held']},"
+            " put back after), so every tool writes into memory the host backs (bench/vm_memory.py)."
+        )
     if "s3" in str(args.get("sources", "")):
         out.append("")
         out.append(
