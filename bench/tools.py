@@ -156,6 +156,12 @@ TOOLS: tuple[Tool, ...] = (
     Tool(
         "rclone-tuned", ("s3", "http", "gcs", "azure"), _rclone(*RCLONE_TUNED), "rclone copy " + " ".join(RCLONE_TUNED)
     ),
+    Tool(
+        "rclone-tuned-nv",
+        ("s3", "http"),
+        _rclone(*RCLONE_TUNED, "--ignore-checksum"),
+        "rclone copy " + " ".join(RCLONE_TUNED) + " --ignore-checksum (sizes still checked)",
+    ),
     Tool("aws", ("s3",), _aws(None), "aws s3 cp --recursive (awscli defaults)"),
     Tool(
         "aws-tuned",
