@@ -17,7 +17,8 @@ from storage_initializer.config import parse_bool, parse_list, parse_number, par
 from storage_initializer.errors import ConfigError
 
 ENV_PREFIX = "STORAGE_INITIALIZER_"
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 # Re-exported: these were first defined here.
@@ -39,7 +40,11 @@ class Settings:
     file_concurrency: int = 4
     part_size: int | None = None
     multipart_threshold: int | None = None
-    buffer_size: int = 1 * MiB
+    #: What one read takes: 256 KiB keeps a read's bytes in the core's L2 cache while they are
+    #: hashed and copied to the page cache. Measured pinned, 3 rounds, against 1 MiB: client CPU
+    #: 0.79-0.80 s against 0.83-0.85 s on a 2 GiB object, 1.20-1.27 s against 1.28-1.29 s on
+    #: 256 x 8 MiB, 1.94 s against 2.21 s (median) on 4 x 1 GiB; 64 KiB cost more Python per byte.
+    buffer_size: int = 256 * KiB
     retries: int = 5
     retry_backoff: float = 0.5
     stall_timeout: float = 30.0

@@ -499,9 +499,9 @@ class NetLoop:
             if conn.state == "body":
                 fetch = conn.fetch
                 assert fetch is not None
-                want = min(len(buf), conn.body_left)
                 if self._splice and fetch.hasher is None and conn.origin.tls is None:
-                    moved = self._splice_body(conn, fetch, want)
+                    # Not bounded by the buffer: the pipe takes up to its capacity per call.
+                    moved = self._splice_body(conn, fetch, conn.body_left)
                     if moved < 0:
                         return
                     if moved > 0:
@@ -512,6 +512,7 @@ class NetLoop:
                         continue
                     self._eof(conn)
                     return
+                want = min(len(buf), conn.body_left)
             else:
                 want = len(buf)
             try:
