@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import dest_fs
 import measure
 import report
 import servers
@@ -96,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--client-cpus", default="1", help="CPUs of the tool in pinned mode (%(default)s)")
     parser.add_argument("--server-cpus", default="0", help="CPUs of the servers in pinned mode (%(default)s)")
+    parser.add_argument(
+        "--dest",
+        choices=("node-like", "disk"),
+        default="node-like",
+        help="node-like (default): when this machine's ext4 has no journal, runs write to a journaled ext4"
+        " image, as a node's disk is (bench/dest_fs.py); disk: bench/.work/dest on this machine's disk",
+    )
     parser.add_argument(
         "--leave-page-reporting",
         action="store_true",
@@ -258,7 +266,9 @@ def select_tools(args: argparse.Namespace) -> list[tools.Tool]:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, paths: tools.Paths, work: Path, out_jsonl: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, paths: tools.Paths, work: Path, out_jsonl: Path, dest_root: Path
+    ) -> None:
         self.args = args
         self.paths = paths
         self.work = work
@@ -268,7 +278,7 @@ class Runner:
         self.logs = WORK / "logs" / work.name.removeprefix("run-")  # kept after the run
         for d in (self.home, self.tmp, self.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self.dest_root = WORK / "dest"
+        self.dest_root = dest_root
         self.dest_root.mkdir(parents=True, exist_ok=True)
         self.counter = 0
 
@@ -407,9 +417,20 @@ def main(argv: list[str] | None = None) -> int:
     paths.config_dir = work
     args.data_dir.mkdir(parents=True, exist_ok=True)
 
-    runner = Runner(args, paths, work, out_jsonl)
-    meta = machine_notes(paths, runner.dest_root)
     held = contextlib.ExitStack()
+    dest_root = WORK / "dest"
+    dest_note = None
+    if args.dest == "node-like" and dest_fs.has_journal(WORK) is False:
+        size = max(16, 4 * max(datasets.dataset(n, args.quick).total_bytes for n in names) >> 30)
+        mounted = held.enter_context(dest_fs.journaled_ext4(WORK, size))
+        if mounted is not None:
+            dest_root = mounted / "dest"
+            dest_note = f"a journaled ext4 image ({size} GiB, loop device with direct I/O): this disk has no journal"
+        else:
+            print("bench: warning: could not mount a journaled ext4 for the runs (root, losetup?)", flush=True)
+    runner = Runner(args, paths, work, out_jsonl, dest_root)
+    meta = machine_notes(paths, runner.dest_root)
+    meta["dest_note"] = dest_note
     if not args.leave_page_reporting:
         meta["page_reporting_min_free_ms"] = held.enter_context(vm_memory.freed_pages_held())
     meta.update(
@@ -475,12 +496,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bench: interrupted; writing what was measured", flush=True)
     finally:
+        shutil.rmtree(runner.dest_root, ignore_errors=True)
         held.close()
         runner.write({"type": "end", "load_end": [round(x, 2) for x in os.getloadavg()], "code_digest": code_digest()})
         runner.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(runner.dest_root, ignore_errors=True)
 
     table = report.render(out_jsonl)
     out_md.write_text(table)

@@ -116,6 +116,9 @@ def render(path: Path) -> str:
         mode = "Mode: **shared** (no pinning: tools and servers share every core)."
     out.append("")
     out.append(mode)
+    if meta.get("dest_note"):
+        out.append("")
+        out.append(f"Destination: {meta['dest_note']} (bench/dest_fs.py).")
     held = meta.get("page_reporting_min_free_ms")
     if held:
         out.append("")
