@@ -60,7 +60,7 @@ def journaled_ext4(where: Path, size_gib: int) -> Iterator[Path | None]:
     try:
         with open(image, "wb") as handle:
             handle.truncate(size_gib << 30)
-        _run("mkfs.ext4", "-q", "-F", str(image))
+        _run("mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0", str(image))
         device = _run("losetup", "--direct-io=on", "--find", "--show", str(image))
         _run("mount", device, str(mountpoint))
     except (OSError, subprocess.CalledProcessError):

@@ -127,7 +127,7 @@ def run(
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
     tool_maxrss = 0
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, IndexError):  # empty when the tool was killed
         tool_maxrss = int(maxrss_path.read_text().split()[-1]) * 1024
     return Measured(
         wall=wall,
