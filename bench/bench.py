@@ -110,6 +110,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="do not hold freed memory in a VM with free page reporting (bench/vm_memory.py): every tool"
         " may then write into pages the host must back again, which moves client CPU by up to 2.5x",
     )
+    parser.add_argument(
+        "--touch-memory",
+        action="store_true",
+        help="before each run, touch as much free memory as the run writes, so the host backs it"
+        " (bench/vm_memory.py: measured, not shown to help; off by default)",
+    )
     args = parser.parse_args(argv)
     if args.mode == "pinned":
         measure.CLIENT_CPUS = _cpus(args.client_cpus)
@@ -438,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     meta["dest_note"] = dest_note
     if not args.leave_page_reporting:
         meta["page_reporting_min_free_ms"] = held.enter_context(vm_memory.freed_pages_held())
-        runner.back_memory = meta["page_reporting_min_free_ms"] is not None
+        runner.back_memory = args.touch_memory and meta["page_reporting_min_free_ms"] is not None
     meta.update(
         type="meta",
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

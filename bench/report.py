@@ -125,7 +125,13 @@ def render(path: Path) -> str:
         out.append(
             "Freed memory: this VM hands freed pages back to its host (free page reporting); for the run"
             f" they were held for {held['held'] / 1000:.0f} s (`min_free_ms` {held['was']} -> {held['held']},"
-            " put back after), so every tool writes into memory the host backs (bench/vm_memory.py)."
+            " put back after). The kernel still hands most free memory back within about 30 s, so a"
+            " tool may write into pages the host must back again (bench/vm_memory.py)."
+            + (
+                " Before each run, as much free memory as the run writes was touched."
+                if args.get("touch_memory")
+                else ""
+            )
         )
     if "s3" in str(args.get("sources", "")):
         out.append("")
