@@ -67,8 +67,10 @@ def back_free_memory(want: int, keep: int = 512 << 20) -> float:
     from pages the host backs, as on a node. Measured in shared mode on the 4 x 1 GiB model
     (ours, no verification): touching all free memory once per round, its client CPU went from
     3.2-3.5 s to 1.8-2.4 s; later, touching 5 GiB right before a run, 2.59-2.62 s against
-    2.73-3.42 s for the runs between (the same hour). It narrows the spread, it does not end
-    it: the kernel's copy into fresh page cache still ran 2x slower in some hours than others.
+    2.73-3.42 s for the runs between (the same hour). But a full pinned run touching before
+    every run gave ours 2.3-3.7 s of client CPU on the model, and the rounds right after, without
+    touching, 1.7-2.0 s (s5cmd 2.3-2.4 s in both): freeing gigabytes just before a run sets the
+    kernel handing them back during it. So it is opt-in (``--touch-memory``).
     """
     free = 0
     with contextlib.suppress(OSError, ValueError):
