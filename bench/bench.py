@@ -328,10 +328,13 @@ class Runner:
         if self.back_memory:
             # The host backs what this run will write into, as a node's memory is (see vm_memory).
             vm_memory.back_free_memory(ds.total_bytes + (256 << 20))
+        counters = datasets.vmstat()
         server_cpu = server.cpu_seconds()
         result = measure.run(argv, full_env, log_path, timeout=self.args.timeout)
         server_cpu = server.cpu_seconds() - server_cpu
         reported_after = datasets.memory_reported()
+        counters_after = datasets.vmstat()
+        vmstat_moved = {k: v - counters[k] for k, v in counters_after.items() if k in counters and v != counters[k]}
         handed_back = None if reported is None or reported_after is None else (reported_after - reported) >> 20
         ok_count, problem, hash_ok = check(dest, ds, hashes)
         ok = result.exit_code == 0 and ok_count and hash_ok is not False
@@ -367,6 +370,7 @@ class Runner:
             "mem_available_mib": mem_available >> 20,
             # Freed memory the guest handed back to its host during the run (see datasets).
             "mem_reported_mib": handed_back,
+            "vmstat": vmstat_moved,  # deltas of datasets.VMSTAT_KEYS over the run (machine-wide)
             "argv": [a if len(a) < 200 else a[:60] + "..." for a in argv],
         }
         if record:

@@ -172,6 +172,35 @@ def memory_free() -> tuple[int, int]:
     return fields.get("MemFree", 0), fields.get("MemAvailable", 0)
 
 
+#: Memory-management counters a run may move for reasons outside the tool: reclaim, compaction,
+#: page-cache refaults. Recorded per run (their deltas) to explain a run that cost more CPU.
+VMSTAT_KEYS = (
+    "allocstall_normal",
+    "pgscan_direct",
+    "pgsteal_direct",
+    "pgscan_kswapd",
+    "compact_stall",
+    "compact_migrate_scanned",
+    "compact_isolated",
+    "workingset_refault_file",
+    "pgmajfault",
+)
+
+
+def vmstat() -> dict[str, int]:
+    """The :data:`VMSTAT_KEYS` counters of ``/proc/vmstat`` (empty where there is none)."""
+    counters: dict[str, int] = {}
+    try:
+        with open("/proc/vmstat") as handle:
+            for line in handle:
+                name, _, value = line.partition(" ")
+                if name in VMSTAT_KEYS:
+                    counters[name] = int(value)
+    except (OSError, ValueError):
+        return {}
+    return counters
+
+
 #: Free page reporting (virtio-balloon) of this kind of VM: how much freed memory the guest has
 #: handed back to its host, which then backs those pages again only when they are touched.
 _REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
