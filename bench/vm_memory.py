@@ -7,11 +7,9 @@ download into fresh page cache. Touching 12 GiB of reported memory took 26 s of 
 (2.2 s per GiB, against ~0.3 s per GiB for the copy itself), so one tool's client CPU for the
 same 2 GiB moved between 0.8 and 2.3 s from run to run, depending on which pages it was given.
 
-Two measures, both for every tool alike. Raising ``min_free_ms`` (how long a freed block
-stays unreported) to its largest accepted value for the run, put back when the bench ends; it
-holds less than its name says (see :func:`back_free_memory`). And, before each run, touching as
-much free memory as the run will write, so the tool writes into memory the host backs, as it
-would on a node.
+The bench raises ``min_free_ms`` (how long a freed block stays unreported) to its largest
+accepted value for the run, for every tool alike, and puts it back when the bench ends; it holds
+less than its name says (see :func:`back_free_memory`, the opt-in second measure).
 
 Measured (4 x 1 GiB model, client on CPU 1, store on CPU 0, 4 rounds): s5cmd's client CPU
 read 3.4-8.1 s with reporting at once and 2.0-2.8 s with freed memory held.
@@ -24,6 +22,8 @@ import mmap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import datasets
 
 MIN_FREE_MS = Path("/sys/module/page_reporting/parameters/min_free_ms")
 #: Tried in turn: this kernel refuses values above five minutes.
@@ -62,21 +62,17 @@ def back_free_memory(want: int, keep: int = 512 << 20) -> float:
     The hold above does not keep memory backed for long here: with ``min_free_ms`` at 300000
     (and ``max_waiting_mib`` raised too) the kernel still handed 12.6 GB of 15 GB free back to
     the host within 30 s of it being freed. Touching those 15 GB took 27-41 s when handed
-    back and 9-11 s right after a touch. So just before each run the bench touches as much as
-    the run will write (its dataset plus 256 MiB) and frees it: the tool's page cache then comes
-    from pages the host backs, as on a node. Measured in shared mode on the 4 x 1 GiB model
-    (ours, no verification): touching all free memory once per round, its client CPU went from
+    back and 9-11 s right after a touch. With ``--touch-memory``, just before each run the bench
+    touches as much as the run will write (its dataset plus 256 MiB) and frees it, meaning the
+    tool's page cache to come from pages the host backs, as on a node. Measured in shared mode
+    on the 4 x 1 GiB model (ours, no verification): touching all free memory once per round, its client CPU went from
     3.2-3.5 s to 1.8-2.4 s; later, touching 5 GiB right before a run, 2.59-2.62 s against
     2.73-3.42 s for the runs between (the same hour). But a full pinned run touching before
     every run gave ours 2.3-3.7 s of client CPU on the model, and the rounds right after, without
     touching, 1.7-2.0 s (s5cmd 2.3-2.4 s in both): freeing gigabytes just before a run sets the
     kernel handing them back during it. So it is opt-in (``--touch-memory``).
     """
-    free = 0
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemFree:"):
-                free = int(line.split()[1]) << 10
+    free, _ = datasets.memory_free()
     size = min(want, free - keep) // mmap.PAGESIZE * mmap.PAGESIZE
     if size <= 0:
         return 0.0
