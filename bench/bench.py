@@ -14,10 +14,12 @@ import argparse
 import contextlib
 import datetime as dt
 import hashlib
+import itertools
 import json
 import os
 import platform
 import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -75,6 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="an extra run of this project as it was at GIT_REF (installed once into bench/.work/baseline-COMMIT)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="rounds per source and dataset (%(default)s)")
+    parser.add_argument(
+        "--order-seed",
+        default=secrets.token_hex(4),
+        help="seed of the rounds' tool orders (default: a new one each run, recorded with the results;"
+        " give a run's seed to repeat its orders)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke sizes: 256 MiB / 32x8 MiB / 500x64 KiB / 4x64 MiB")
     parser.add_argument(
         "--emulator-full", action="store_true", help="full dataset sizes for gcs/azure too (default: quick sizes)"
@@ -389,17 +397,35 @@ class Runner:
         return entry
 
 
-def round_order(applicable: list[tools.Tool], round_no: int) -> list[tools.Tool]:
-    """The order of round ``round_no``: each round a different shuffle (seeded: reruns agree).
+def round_orders(applicable: list[tools.Tool], rounds: int, seed: str, after: str = "") -> list[list[tools.Tool]]:
+    """The order of each round: shuffles in which no tool follows the same tool twice.
 
-    A rotation (A B C, B C A, C A B) moves every tool through every position but gives it the
-    same predecessor in every round, so one tool's after-effects (a big delete's journal work,
-    a store left busy) landed on the same next tool each time: seen on 2026-12-07, when ours
-    without verification always followed rclone-tuned's 16 x 16 streams.
+    Tools run one after another, and one tool's after-effects (freed memory the VM hands back,
+    a store left busy) land on the next. A rotation gave each tool the same predecessor in
+    every round; a shuffle seeded by the round number alone gave the same orders in every bench
+    run, and put ours without verification right after rclone tuned in rounds 1 and 3 of all of
+    them (its slow shared-mode medium runs, 2026-12-07). Now each round is a shuffle in which
+    no tool runs right after a tool it followed before (the previous round's last tool counts;
+    5000 tries always find one for the bench's 7-9 tools and up to 5 rounds), and the orders
+    change with ``seed``, a bench option recorded with the results.
     """
-    order = list(applicable)
-    random.Random(round_no).shuffle(order)
-    return order
+    rng = random.Random(seed)
+    used: set[tuple[str, str]] = set()
+    last = after  # the tool that ran just before the first round (the warm-up's last)
+    orders: list[list[tools.Tool]] = []
+    for _ in range(rounds):
+        order = list(applicable)
+        for _attempt in range(5000):
+            rng.shuffle(order)
+            pairs = set(itertools.pairwise([last, *(t.name for t in order)]))
+            if not pairs & used:
+                break
+        else:
+            used.clear()  # more rounds than fresh pairs: start over
+        used |= pairs
+        last = order[-1].name
+        orders.append(order)
+    return orders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,8 +526,13 @@ def main(argv: list[str] | None = None) -> int:
                     if args.warmup:
                         for tool in applicable:
                             runner.run_one(tool, server, ds, 0, None, record=False)
-                    for round_no in range(1, repeats + 1):
-                        order = round_order(applicable, round_no)
+                    orders = round_orders(
+                        applicable,
+                        repeats,
+                        f"{args.order_seed}:{source}:{ds.key}",
+                        after=applicable[-1].name if args.warmup else "",
+                    )
+                    for round_no, order in enumerate(orders, 1):
                         for tool in order:
                             want_hash = args.hash_all or (tool.ours and tool.name not in hashed)
                             entry = runner.run_one(tool, server, ds, round_no, manifest if want_hash else None)

@@ -116,6 +116,12 @@ def render(path: Path) -> str:
         mode = "Mode: **shared** (no pinning: tools and servers share every core)."
     out.append("")
     out.append(mode)
+    if args.get("order_seed"):
+        out.append("")
+        out.append(
+            f"Order: each round shuffled, no tool right after the same tool twice (`--order-seed"
+            f" {args['order_seed']}` repeats these orders; bench.round_orders)."
+        )
     if meta.get("dest_note"):
         out.append("")
         out.append(f"Destination: {meta['dest_note']} (bench/dest_fs.py).")
