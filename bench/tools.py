@@ -140,6 +140,11 @@ def _curl(p: Paths, s: Server, ds: Dataset, dest: Path) -> Command:
     return [p.curl, "-sS", "-f", "--create-dirs", "-o", str(target), s.uri(ds)], {}
 
 
+def _python_floor(p: Paths, s: Server, ds: Dataset, dest: Path) -> Command:
+    python = str(Path(p.ours).parent / "python")  # the interpreter ours runs on
+    return [python, "-S", str(ROOT / "bench" / "floor_get.py"), s.uri(ds), str(dest)], s.env()
+
+
 def _aria2c(p: Paths, s: Server, ds: Dataset, dest: Path) -> Command:
     argv = [p.aria2c, "-x16", "-s16", "-q", "--allow-overwrite=true", "--auto-file-renaming=false"]
     return [*argv, "-d", str(dest), "-o", ds.files[0].path, s.uri(ds)], {}
@@ -173,6 +178,13 @@ TOOLS: tuple[Tool, ...] = (
     Tool("boto3", ("s3",), _boto3, "boto3 TransferManager, max_concurrency 16, all files queued", default=False),
     Tool("curl", ("http",), _curl, "curl -o DEST/FILE URL"),
     Tool("aria2c", ("http",), _aria2c, "aria2c -x16 -s16"),
+    Tool(
+        "python-floor",
+        ("s3", "http"),
+        _python_floor,
+        "bench/floor_get.py: the least a Python program does (one GET per object, no checks): tiny's floor",
+        default=False,
+    ),
 )
 
 
