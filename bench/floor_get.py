@@ -3,8 +3,8 @@
     python -S bench/floor_get.py s3://BUCKET/PREFIX DEST    (AWS_* / AWS_ENDPOINT_URL, plain http)
     python -S bench/floor_get.py http://HOST/PATH DEST
 
-One connection, one ListObjectsV2 page (S3) and one GET per object, SigV4 by hand, each file
-written beside its place and renamed. Nothing else: no TLS, no retries, no checks, no logging, no
+One connection, ListObjectsV2 pages (S3) and one GET per object in turn, SigV4 by hand, each
+file streamed beside its place and renamed. Nothing else: no TLS, no retries, no checks, no logging, no
 configuration, and only ``os``, ``socket``, ``hmac``, ``hashlib`` and ``time`` imported (run with
 ``-S``: no ``site`` either). Not a downloader, a measurement: what the interpreter costs before
 and around the first byte, to set beside a Go binary's whole run (the ``python-floor`` bench tool).
@@ -43,8 +43,9 @@ def _s3_headers(host: str, path: str, query: str) -> str:
     return f"x-amz-content-sha256: {empty}\r\nx-amz-date: {now}\r\nAuthorization: {auth}\r\n"
 
 
-def _get(sock: socket.socket, host: str, target: str, headers: str) -> bytes:
-    """One GET on a kept-alive connection; the body (Content-Length framing only)."""
+def _get(sock: socket.socket, host: str, target: str, headers: str, into: str | None = None) -> bytes:
+    """One GET on a kept-alive connection (``Content-Length`` framing only): the body, or
+    streamed into the file ``into`` (written beside it, then renamed)."""
     sock.sendall(f"GET {target} HTTP/1.1\r\nHost: {host}\r\n{headers}\r\n".encode())
     data = b""
     while b"\r\n\r\n" not in data:
@@ -54,37 +55,52 @@ def _get(sock: socket.socket, host: str, target: str, headers: str) -> bytes:
     if lines[0].split()[1] != "200":
         raise SystemExit(f"floor_get: {lines[0]} for {target}")
     size = next(int(v) for k, _, v in (x.partition(":") for x in lines[1:]) if k.lower() == "content-length")
-    while len(body) < size:
-        body += sock.recv(max(65536, size - len(body)))
-    return body
-
-
-def _write(dest: str, rel: str, body: bytes) -> None:
-    path = os.path.join(dest, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".part", "wb") as f:
+    if into is None:
+        while len(body) < size:
+            body += sock.recv(max(65536, size - len(body)))
+        return body
+    os.makedirs(os.path.dirname(into), exist_ok=True)
+    buf = memoryview(bytearray(256 * 1024))
+    with open(into + ".part", "wb") as f:
         f.write(body)
-    os.rename(path + ".part", path)
+        left = size - len(body)
+        while left:
+            n = sock.recv_into(buf, min(left, len(buf)))
+            if not n:
+                raise SystemExit(f"floor_get: connection closed in {target}")
+            f.write(buf[:n])
+            left -= n
+    os.rename(into + ".part", into)
+    return b""
 
 
 def main() -> None:
     uri, dest = sys.argv[1], sys.argv[2]
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[5:].partition("/")
+        prefix = prefix.rstrip("/") + "/"
         host = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1].rstrip("/")
         name, _, port = host.partition(":")
         sock = socket.create_connection((name, int(port or 80)))
-        query = f"list-type=2&prefix={prefix.rstrip('/')}%2F"
-        listing = _get(sock, host, f"/{bucket}?{query}", _s3_headers(host, f"/{bucket}", query)).decode()
-        keys = [chunk.split("</Key>", 1)[0] for chunk in listing.split("<Key>")[1:]]
-        for key in keys:
-            path = f"/{bucket}/{key}"  # the bench's keys need no escaping
-            _write(dest, key[len(prefix.rstrip("/")) + 1 :], _get(sock, host, path, _s3_headers(host, path, "")))
+        token = ""
+        while True:  # the bench's keys and tokens need no escaping beyond '/', '+' and '='
+            query = f"list-type=2&prefix={prefix.replace('/', '%2F')}"
+            if token:
+                escaped = token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
+                query = f"continuation-token={escaped}&{query}"
+            page = _get(sock, host, f"/{bucket}?{query}", _s3_headers(host, f"/{bucket}", query)).decode()
+            for chunk in page.split("<Key>")[1:]:
+                key = chunk.split("</Key>", 1)[0]
+                path = f"/{bucket}/{key}"
+                _get(sock, host, path, _s3_headers(host, path, ""), os.path.join(dest, key[len(prefix) :]))
+            if "<NextContinuationToken>" not in page:
+                break
+            token = page.split("<NextContinuationToken>", 1)[1].split("<", 1)[0]
     else:
         host, _, path = uri.split("://", 1)[1].partition("/")
         name, _, port = host.partition(":")
         sock = socket.create_connection((name, int(port or 80)))
-        _write(dest, path.rsplit("/", 1)[-1], _get(sock, host, "/" + path, ""))
+        _get(sock, host, "/" + path, "", os.path.join(dest, path.rsplit("/", 1)[-1]))
     sock.close()
 
 
