@@ -418,7 +418,7 @@ def round_orders(applicable: list[tools.Tool], rounds: int, seed: str, after: st
         for _attempt in range(5000):
             rng.shuffle(order)
             pairs = set(itertools.pairwise([last, *(t.name for t in order)]))
-            if not pairs & used:
+            if not pairs & used and order[0].name != last:  # nor twice in a row across rounds
                 break
         else:
             used.clear()  # more rounds than fresh pairs: start over
