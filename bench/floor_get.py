@@ -3,7 +3,8 @@
     python -S bench/floor_get.py s3://BUCKET/PREFIX DEST    (AWS_* / AWS_ENDPOINT_URL, plain http)
     python -S bench/floor_get.py http://HOST/PATH DEST
 
-One connection, ListObjectsV2 pages (S3) and one GET per object in turn, SigV4 by hand, each
+One connection, ListObjectsV2 pages (S3) and one GET per object in turn, SigV4 by hand (not
+``storage_initializer_s3._sigv4``: importing the package is what this leaves out), each
 file streamed beside its place and renamed. Nothing else: no TLS, no retries, no checks, no logging, no
 configuration, and only ``os``, ``socket``, ``hmac``, ``hashlib`` and ``time`` imported (run with
 ``-S``: no ``site`` either). Not a downloader, a measurement: what the interpreter costs before
@@ -76,12 +77,14 @@ def _get(sock: socket.socket, host: str, target: str, headers: str, into: str | 
 
 def main() -> None:
     uri, dest = sys.argv[1], sys.argv[2]
-    if uri.startswith("s3://"):
+    s3 = uri.startswith("s3://")
+    origin = os.environ["AWS_ENDPOINT_URL"] if s3 else uri
+    host = origin.split("://", 1)[1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    sock = socket.create_connection((name, int(port or 80)))
+    if s3:
         bucket, _, prefix = uri[5:].partition("/")
         prefix = prefix.rstrip("/") + "/"
-        host = os.environ["AWS_ENDPOINT_URL"].split("://", 1)[1].rstrip("/")
-        name, _, port = host.partition(":")
-        sock = socket.create_connection((name, int(port or 80)))
         token = ""
         while True:  # the bench's keys and tokens need no escaping beyond '/', '+' and '='
             query = f"list-type=2&prefix={prefix.replace('/', '%2F')}"
@@ -97,9 +100,7 @@ def main() -> None:
                 break
             token = page.split("<NextContinuationToken>", 1)[1].split("<", 1)[0]
     else:
-        host, _, path = uri.split("://", 1)[1].partition("/")
-        name, _, port = host.partition(":")
-        sock = socket.create_connection((name, int(port or 80)))
+        path = uri.split("://", 1)[1].partition("/")[2]
         _get(sock, host, "/" + path, "", os.path.join(dest, path.rsplit("/", 1)[-1]))
     sock.close()
 

@@ -232,7 +232,7 @@ def _target_row(
     if dataset == "tiny":
         cells += ["-", "-", "-"]
         ratio, text = _versus(group, stats.get(TINY_PEER[source]))
-        floor = _versus(group, stats.get(TINY_PEER[source]), "python-floor")[0] if "python-floor" in stats else None
+        floor, _ = _versus(group, stats.get(TINY_PEER[source]), "python-floor")  # None: it did not run
         if floor is not None:
             text += f"; Python's floor {floor:.2f}"  # bench/floor_get.py: no Python tool gets above it
         cells.append(text)
